@@ -1,0 +1,35 @@
+"""spikecast: convert pretrained PyTorch / timm ReLU networks into spiking neural networks.
+
+    import spikecast
+    snn = spikecast.convert(model, calib=data)            # trace, normalise, calibrate, convert
+    res = spikecast.validate(model, snn, data, timesteps=[1, 2, 4, 8, 16, 32, 64, 128])
+    snn.simulate(x, timesteps=[8, 32])                   # mean outputs after 8 and 32 steps, one run
+    snn.save("snn/"); snn2 = spikecast.load("snn/")
+"""
+
+from spikecast.convert.api import convert
+from spikecast.convert.neuron import IFNeuron
+from spikecast.errors import CalibrationError, SpikecastError, TraceError, UnsupportedOperationError
+from spikecast.runtime.network import SimulationConfig, SpikingNetwork
+from spikecast.validate import ValidationResult, validate
+
+__version__ = "0.1.0"
+
+
+def load(path, device=None) -> SpikingNetwork:
+    """Load a network saved with ``SpikingNetwork.save``."""
+    return SpikingNetwork.load(path, device=device)
+
+
+def inspect(model, input_shape=None, **kwargs):
+    """Table of every operation of ``model`` and what conversion will do with it."""
+    from spikecast.inspect import inspect as _inspect
+
+    return _inspect(model, input_shape=input_shape, **kwargs)
+
+
+__all__ = [
+    "convert", "validate", "load", "inspect", "SpikingNetwork", "SimulationConfig", "IFNeuron",
+    "ValidationResult", "SpikecastError", "TraceError", "UnsupportedOperationError", "CalibrationError",
+    "__version__",
+]

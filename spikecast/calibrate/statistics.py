@@ -1,0 +1,122 @@
+"""Streaming activation statistics per site: fixed memory, independent of batch order.
+
+Two passes over the calibration data. Pass 1 records per site the maximum (and checks that the
+data is finite). Pass 2 fills a fixed-size histogram of the positive activations on [0, max]; a
+percentile is read from the histogram with linear interpolation inside a bin, so its error is at
+most max / bins. Sums and maxima commute, so the result does not depend on the batch order, and
+no activation is stored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Optional
+
+import torch
+import torch.fx as fx
+
+from spikecast.errors import CalibrationError
+from spikecast.graph.sites import site_nodes
+from spikecast.progress import progress_bar
+
+DEFAULT_BINS = 8192
+
+
+@dataclass
+class SiteStatistics:
+    """What calibration learned about one activation site (values are of the site's input)."""
+
+    name: str
+    max: float = 0.0
+    numel: int = 0  # elements seen
+    positive: int = 0  # elements > 0 (those the ReLU passes)
+    sum_positive: float = 0.0
+    histogram: Optional[torch.Tensor] = field(default=None, repr=False)  # float64 counts on [0, max]
+
+    @property
+    def firing_fraction(self) -> float:
+        return self.positive / self.numel if self.numel else 0.0
+
+    def percentile(self, p: float) -> float:
+        """The p-th percentile (0-100) of the positive activations."""
+        if self.histogram is None:
+            raise CalibrationError(f"site {self.name}: no histogram collected")
+        if self.positive == 0 or self.max <= 0:
+            return 0.0
+        counts = self.histogram
+        cdf = torch.cumsum(counts, 0)
+        total = float(cdf[-1])
+        target = total * p / 100.0
+        idx = int(torch.searchsorted(cdf, torch.tensor(target, dtype=cdf.dtype)).clamp(max=len(cdf) - 1))
+        below = float(cdf[idx - 1]) if idx > 0 else 0.0
+        in_bin = float(counts[idx])
+        frac = (target - below) / in_bin if in_bin > 0 else 1.0
+        width = self.max / len(counts)
+        return min(self.max, (idx + min(max(frac, 0.0), 1.0)) * width)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "max": self.max, "numel": self.numel,
+                "firing_fraction": self.firing_fraction,
+                "mean_positive": self.sum_positive / self.positive if self.positive else 0.0}
+
+
+def iterate_inputs(data) -> Iterable[torch.Tensor]:
+    """Input tensors from a DataLoader / iterable of batches / tensor / (x, y) tuple."""
+    from spikecast.data import as_loader, split_batch
+
+    for batch in as_loader(data):
+        x, _ = split_batch(batch)
+        yield x
+
+
+def _run_with_hooks(gm: fx.GraphModule, data, hook: Callable[[str, torch.Tensor], None],
+                    description: str, progress: bool, device) -> int:
+    handles = []
+    for node, site in site_nodes(gm):
+        handles.append(site.register_forward_pre_hook(lambda mod, args, key=node.target: hook(key, args[0])))
+    batches = 0
+    try:
+        with torch.inference_mode(), progress_bar(description, None, progress) as bar:
+            for x in iterate_inputs(data):
+                if not torch.isfinite(x).all():
+                    raise CalibrationError(f"calibration batch {batches} contains NaN or Inf values")
+                gm(x.to(device) if device is not None else x)
+                batches += 1
+                bar.advance()
+    finally:
+        for h in handles:
+            h.remove()
+    if batches == 0:
+        raise CalibrationError("the calibration data is empty: it yielded no batch")
+    return batches
+
+
+def collect_statistics(gm: fx.GraphModule, data, *, histogram: bool = True, bins: int = DEFAULT_BINS,
+                       progress: bool = True, device=None) -> dict[str, SiteStatistics]:
+    """Run ``data`` through the normalised graph ``gm`` and return statistics per site target."""
+    stats = {node.target: SiteStatistics(site.name) for node, site in site_nodes(gm)}
+
+    def first_pass(key: str, x: torch.Tensor) -> None:
+        s = stats[key]
+        if not torch.isfinite(x).all():
+            raise CalibrationError(f"site {s.name}: activations contain NaN or Inf during calibration")
+        s.max = max(s.max, float(x.max()))
+        pos = x > 0
+        s.numel += x.numel()
+        s.positive += int(pos.sum())
+        s.sum_positive += float(x[pos].double().sum())
+
+    _run_with_hooks(gm, data, first_pass, "calibration: ranges", progress, device)
+    if histogram:
+        for s in stats.values():
+            s.histogram = torch.zeros(bins, dtype=torch.float64)
+
+        def second_pass(key: str, x: torch.Tensor) -> None:
+            s = stats[key]
+            if s.max <= 0:
+                return
+            pos = x[x > 0].float()
+            s.histogram += torch.histc(pos, bins=bins, min=0.0, max=s.max).double()
+
+        _run_with_hooks(gm, data, second_pass, "calibration: histograms", progress, device)
+    return stats

@@ -1,0 +1,97 @@
+"""``spikecast.convert``: ANN -> traced -> normalised -> calibrated -> spiking network, one call."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.fx as fx
+
+from spikecast.calibrate.statistics import iterate_inputs
+from spikecast.calibrate.thresholds import CalibrationConfig, calibrate
+from spikecast.convert.spiking import NeuronConfig, to_spiking
+from spikecast.errors import CalibrationError
+from spikecast.graph.normalize import normalize
+from spikecast.graph.trace import trace
+from spikecast.models import ModelLike, resolve_model
+from spikecast.runtime.network import SimulationConfig, SpikingNetwork
+
+
+def first_batch(data) -> torch.Tensor:
+    for x in iterate_inputs(data):
+        return x
+    raise CalibrationError("the calibration data is empty: it yielded no batch")
+
+
+def prepare(model: torch.nn.Module, example: torch.Tensor) -> fx.GraphModule:
+    """Trace and normalise ``model`` (stages 1-2), returning the normalised ANN graph."""
+    return normalize(trace(model, example[:2]))
+
+
+def convert(
+    model: ModelLike,
+    calib=None,
+    *,
+    method: str = "percentile",
+    percentile: float = 99.99,
+    checkpoint: Optional[Union[str, Path]] = None,
+    pretrained: Optional[bool] = None,
+    timesteps: int = 64,
+    v_init: float = 0.5,
+    mask_ratio: float = 0.0,
+    mask_sites: Optional[Sequence[str]] = None,
+    mask_seed: int = 0,
+    encoding: str = "analog",
+    device: Union[str, torch.device, None] = None,
+    progress: bool = True,
+) -> SpikingNetwork:
+    """Convert a ReLU network into a spiking network of integrate-and-fire neurons.
+
+    Args:
+        model: an ``nn.Module``, ``"zoo:<name>"`` (e.g. ``"zoo:cifar10-resnet20"``) or a timm name.
+        calib: unlabeled calibration data - a DataLoader yielding ``x`` or ``(x, y)``, an iterable
+            of batches, or a tensor. Labels are ignored.
+        method: threshold selection, ``"max"`` or ``"percentile"``.
+        percentile: percentile (0-100] of the positive activations used by ``"percentile"``.
+        checkpoint: local weights file (.pth/.pt/.th/.safetensors) to load into the model.
+        pretrained: load the model's default weights (zoo: default True; timm: False, needs
+            internet when True).
+        timesteps: default number of steps of ``snn(x)``; ``simulate`` takes any budget.
+        v_init: initial membrane potential as a fraction of the threshold (0.5 = half threshold).
+        mask_ratio, mask_sites, mask_seed: random spike masking (see :class:`IFNeuron`).
+        encoding: ``"analog"`` (direct input, default) or ``"poisson"`` (rate-coded input).
+        device: where calibration runs and the SNN lives (default: CPU, or the model's device).
+        progress: show progress bars.
+
+    Returns:
+        A :class:`SpikingNetwork`. Raises :class:`UnsupportedOperationError` naming each module
+        path whose op cannot be converted; nothing is skipped silently.
+    """
+    if calib is None:
+        raise CalibrationError("convert() needs calibration data (`calib=`): a DataLoader, batches or a tensor")
+    started = time.perf_counter()
+    ann, name = resolve_model(model, checkpoint, pretrained)
+    calib_config = CalibrationConfig(method=method, percentile=percentile)
+    neuron_config = NeuronConfig(v_init=v_init, mask_ratio=mask_ratio,
+                                 mask_sites=tuple(mask_sites) if mask_sites else None, mask_seed=mask_seed)
+    sim_config = SimulationConfig(timesteps=timesteps, encoding=encoding)
+    if device is None:
+        device = next((p.device for p in ann.parameters()), torch.device("cpu"))
+    example = first_batch(calib).to(device)
+    normalised = prepare(ann, example)
+    calibrated, stats = calibrate(normalised, calib, calib_config, progress=progress, device=device)
+    if encoding == "poisson":
+        sim_config.input_scale = max(float(x.abs().max()) for x in iterate_inputs(calib))
+    snn_graph = to_spiking(calibrated, neuron_config, input_varies=encoding != "analog")
+    n_images = sum(int(x.shape[0]) for x in iterate_inputs(calib))
+    metadata = {
+        "source": name,
+        "calibration": {"method": method, "percentile": percentile if method == "percentile" else None,
+                        "images": n_images, "seconds": round(time.perf_counter() - started, 3)},
+        "neuron": {"v_init": v_init, "mask_ratio": mask_ratio, "mask_sites": list(mask_sites or []),
+                   "mask_seed": mask_seed},
+        "sites": [stats[k].to_dict() for k in stats],
+    }
+    return SpikingNetwork(snn_graph, sim_config, metadata).to(device)

@@ -1,0 +1,95 @@
+"""The one spiking neuron of spikecast: integrate-and-fire with soft reset.
+
+Per step ``t`` with input current ``I_t``::
+
+    v <- v + I_t
+    s_t = theta if v >= theta else 0        (at most one spike per step)
+    v <- v - s_t                            (soft reset: reset by subtraction)
+
+with ``v_0 = v_init * theta`` (half-threshold start by default). Under a constant current ``I``
+the number of spikes after ``T`` steps is exactly ``clamp(floor(T*I/theta + v_init), 0, T)``, so
+the mean output ``theta * N/T`` is ``I`` quantised to ``theta/T`` with rounding and clipped to
+``[0, theta]`` - the rate code that makes ReLU networks convertible.
+
+Optional random spike masking (synaptic failure, Masked Spiking Transformer's RSM): each emitted
+spike is withheld from the next layer with probability ``mask_ratio``; the neuron still resets.
+With ``mask_rescale`` a transmitted spike carries ``theta / (1 - mask_ratio)`` so the expected
+output is unchanged. The mask stream is seeded and restarts at every simulation.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+
+class IFNeuron(nn.Module):
+    """Integrate-and-fire neuron with soft reset; one call = one time step."""
+
+    def __init__(self, threshold, name: str = "", *, v_init: float = 0.5, upper: Optional[float] = None,
+                 mask_ratio: float = 0.0, mask_seed: int = 0, mask_rescale: bool = True):
+        super().__init__()
+        if not 0.0 <= mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+        theta = torch.as_tensor(threshold, dtype=torch.float32).detach().clone()
+        if (theta <= 0).any() or not torch.isfinite(theta).all():
+            raise ValueError(f"neuron {name!r}: thresholds must be finite and > 0")
+        self.register_buffer("threshold", theta)
+        self.name = name
+        self.v_init = float(v_init)
+        self.upper = upper  # clip of the source activation (ReLU6: 6), for reference
+        self.mask_ratio = float(mask_ratio)
+        self.mask_seed = int(mask_seed)
+        self.mask_rescale = bool(mask_rescale)
+        self.record = False  # count spikes (for firing rates); off in the hot path by default
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the membrane state and restart the mask stream (call before each simulation)."""
+        self.v: Optional[torch.Tensor] = None
+        self.spike_count = 0.0
+        self.neuron_steps = 0.0  # number of (neuron, step) pairs seen, for the firing rate
+        self._generator: Optional[torch.Generator] = None
+
+    def _mask(self, like: torch.Tensor) -> torch.Tensor:
+        if self._generator is None or self._generator.device != like.device:
+            self._generator = torch.Generator(device=like.device)
+            self._generator.manual_seed(self.mask_seed)
+        keep = torch.rand(like.shape, generator=self._generator, device=like.device) >= self.mask_ratio
+        scale = 1.0 / (1.0 - self.mask_ratio) if self.mask_rescale else 1.0
+        return keep * scale
+
+    def forward(self, current: torch.Tensor) -> torch.Tensor:
+        theta = self.threshold
+        if self.v is None:
+            self.v = torch.empty_like(current).copy_((theta * self.v_init).expand_as(current))
+        v = self.v
+        v.add_(current)
+        fired = v >= theta
+        out = torch.where(fired, theta, 0.0)
+        v.sub_(out)
+        if self.record:
+            self.spike_count += float(fired.sum())
+            self.neuron_steps += fired.numel()
+        if self.mask_ratio > 0.0:
+            out = out * self._mask(out)
+        return out
+
+    @property
+    def firing_rate(self) -> float:
+        """Spikes per neuron per step since the last reset (needs ``record = True``)."""
+        return self.spike_count / self.neuron_steps if self.neuron_steps else 0.0
+
+    def config(self) -> dict:
+        return {"name": self.name, "v_init": self.v_init, "upper": self.upper, "mask_ratio": self.mask_ratio,
+                "mask_seed": self.mask_seed, "mask_rescale": self.mask_rescale}
+
+    @classmethod
+    def from_config(cls, config: dict, tensors: dict[str, torch.Tensor]) -> "IFNeuron":
+        return cls(tensors["threshold"], **config)
+
+    def extra_repr(self) -> str:
+        th = f"{float(self.threshold):.4g}" if self.threshold.numel() == 1 else f"per-channel{tuple(self.threshold.shape)}"
+        return f"name={self.name!r}, threshold={th}, v_init={self.v_init}, mask_ratio={self.mask_ratio}"

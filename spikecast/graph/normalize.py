@@ -1,0 +1,337 @@
+"""Stage 2: traced graph -> normalised graph.
+
+Pure passes over ``fx.GraphModule`` (each returns a new module and leaves its input untouched):
+
+* :func:`remove_identities` - dropout (eval), clone, alias and friends disappear.
+* :func:`fold_batchnorm` - BatchNorm folded into the conv/linear before it; a BatchNorm with no
+  foldable predecessor stays as an exact affine op.
+* :func:`insert_activation_sites` - every ReLU-like op becomes an :class:`ActivationSite`.
+* :func:`move_maxpool_before_sites` - ``maxpool(relu(x)) == relu(maxpool(x))``; moving the pool
+  before the site makes it exact in the SNN.
+* :func:`find_unsupported` - lists every op that cannot run in the spiking part.
+
+:func:`normalize` runs them in order.
+"""
+
+from __future__ import annotations
+
+import copy
+import operator
+from collections import defaultdict
+from typing import Optional
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from spikecast.errors import UnsupportedSite
+from spikecast.graph import ops
+from spikecast.graph.sites import ActivationSite, attr_name, container, site_nodes
+from spikecast.graph.trace import _set_attr, module_path, module_type, op_name
+
+aten = torch.ops.aten
+
+
+def fresh_copy(gm: fx.GraphModule) -> fx.GraphModule:
+    """A new GraphModule with a copied graph that shares the (never mutated) tensors of ``gm``."""
+    graph = fx.Graph()
+    out = graph.graph_copy(gm.graph, {})
+    graph.output(out)
+    new = fx.GraphModule(gm, graph, class_name=gm.__class__.__name__)
+    if hasattr(gm, "sites"):
+        # Site modules are configuration objects: copy them so a pass never edits its input's.
+        new.sites = copy.deepcopy(gm.sites)
+    return new
+
+
+def _finish(gm: fx.GraphModule) -> fx.GraphModule:
+    gm.graph.eliminate_dead_code()
+    gm.graph.lint()
+    gm.recompile()
+    return gm
+
+
+# --------------------------------------------------------------------------------------------
+def remove_identities(gm: fx.GraphModule) -> fx.GraphModule:
+    """Drop ops that are the identity at inference: dropout, clone, alias, detach, contiguous."""
+    gm = fresh_copy(gm)
+    identity = ops.DROPOUTS | {aten.clone, aten.alias, aten.detach, aten.contiguous, aten.lift_fresh_copy}
+    for node in list(gm.graph.nodes):
+        if node.op == "call_function" and ops.packet(node) in identity:
+            node.replace_all_uses_with(node.args[0])
+            gm.graph.erase_node(node)
+    return _finish(gm)
+
+
+# --------------------------------------------------------------------------------------------
+_BN = {aten._native_batch_norm_legit_no_training}
+
+
+def _bn_parts(node: fx.Node):
+    """(input, weight, bias, mean, var, eps) of an eval-mode BatchNorm node."""
+    if ops.packet(node) is aten._native_batch_norm_legit_no_training:
+        inp, w, b, mean, var, _momentum, eps = node.args[:7]
+        return inp, w, b, mean, var, eps
+    return None
+
+
+def _attr(gm: fx.GraphModule, node: Optional[fx.Node]) -> Optional[torch.Tensor]:
+    if node is None:
+        return None
+    if not isinstance(node, fx.Node) or node.op != "get_attr":
+        raise ValueError("not a constant")
+    obj = gm
+    for part in node.target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _foldable_layer(gm: fx.GraphModule, node: fx.Node) -> bool:
+    if node.op != "call_function" or len(node.users) != 1:
+        return False
+    p = ops.packet(node)
+    if p in (aten.conv1d, aten.conv2d, aten.conv3d, aten.linear):
+        weight = node.args[1]
+    elif p is aten.convolution and not node.args[6]:  # transposed convs fold on another axis
+        weight = node.args[1]
+    else:
+        return False
+    bias = node.args[2] if len(node.args) > 2 else None
+    return isinstance(weight, fx.Node) and weight.op == "get_attr" and (
+        bias is None or (isinstance(bias, fx.Node) and bias.op == "get_attr")
+    )
+
+
+def fold_batchnorm(gm: fx.GraphModule) -> fx.GraphModule:
+    """Fold each eval-mode BatchNorm into the conv/linear that feeds only it.
+
+    W' = W * s, b' = (b - mean) * s + beta with s = gamma / sqrt(var + eps). A BatchNorm whose
+    input is not such a layer (e.g. DenseNet's pre-activation order) is left in place: in eval
+    mode it is an exact per-channel affine map, which the SNN runs at every step.
+    """
+    gm = fresh_copy(gm)
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or ops.packet(node) not in _BN:
+            continue
+        inp, w_node, b_node, mean_node, var_node, eps = _bn_parts(node)
+        if not _foldable_layer(gm, inp):
+            continue
+        if any(u.target is not operator.getitem or u.args[1] != 0 for u in node.users):
+            continue
+        try:
+            gamma, beta = _attr(gm, w_node), _attr(gm, b_node)
+            mean, var = _attr(gm, mean_node), _attr(gm, var_node)
+            weight, bias = _attr(gm, inp.args[1]), _attr(gm, inp.args[2] if len(inp.args) > 2 else None)
+        except ValueError:
+            continue  # statistics computed at run time: not foldable
+        scale = torch.rsqrt(var.double() + eps)
+        if gamma is not None:
+            scale = scale * gamma.double()
+        shift = -mean.double() * scale
+        if beta is not None:
+            shift = shift + beta.double()
+        new_w = (weight.double() * scale.reshape(-1, *([1] * (weight.dim() - 1)))).to(weight.dtype)
+        new_b = shift if bias is None else bias.double() * scale + shift
+        new_b = new_b.to(weight.dtype)
+        w_name = f"{inp.args[1].target}"
+        b_name = f"{w_name.rsplit('.', 1)[0]}.bias" if "." in w_name else f"{w_name}_bias"
+        if bias is not None:
+            b_name = inp.args[2].target
+        _set_attr(gm, w_name, new_w)
+        _set_attr(gm, b_name, new_b)
+        with gm.graph.inserting_before(inp):
+            b_get = gm.graph.get_attr(b_name)
+        args = list(inp.args)
+        while len(args) < 3:
+            args.append(None)
+        args[2] = b_get
+        inp.args = tuple(args)
+        inp.meta.setdefault("spikecast", {})["folded_bn"] = module_path(node)
+        for user in list(node.users):
+            user.replace_all_uses_with(inp)
+            gm.graph.erase_node(user)
+        gm.graph.erase_node(node)
+    return _finish(gm)
+
+
+# --------------------------------------------------------------------------------------------
+_ACTIVATION_TYPE_WORDS = ("relu", "hardtanh", "clamp", "act")
+
+
+def _relu_clip(node: fx.Node) -> tuple[bool, Optional[float]]:
+    """(is ReLU-like, upper clip) for a call_function node."""
+    p = ops.packet(node)
+    args = list(node.args) + [None] * 4
+    kw = node.kwargs
+    if p in (aten.relu, aten.relu_):
+        return True, None
+    if p in (aten.relu6,):
+        return True, 6.0
+    if p in (aten.hardtanh, aten.hardtanh_):
+        lo = kw.get("min_val", args[1] if args[1] is not None else -1.0)
+        hi = kw.get("max_val", args[2] if args[2] is not None else 1.0)
+        return (float(lo) == 0.0, float(hi))
+    if p in (aten.clamp, aten.clamp_):
+        lo, hi = kw.get("min", args[1]), kw.get("max", args[2])
+        if isinstance(lo, (int, float)) and float(lo) == 0.0 and (hi is None or isinstance(hi, (int, float))):
+            return True, None if hi is None else float(hi)
+    if p is aten.clamp_min and isinstance(args[1], (int, float)) and float(args[1]) == 0.0:
+        return True, None
+    if p is aten.threshold and args[1] == 0 and args[2] == 0:
+        return True, None
+    return False, None
+
+
+def _site_name(node: fx.Node, counts: dict) -> str:
+    path = module_path(node)
+    mtype = module_type(node).rsplit(".", 1)[-1].lower()
+    if path and any(w in mtype for w in _ACTIVATION_TYPE_WORDS):
+        base = path  # an activation module (nn.ReLU, timm act): its path says it all
+    else:
+        base = f"{path}.{op_name(node).split('.')[-1]}" if path else op_name(node).split(".")[-1]
+    k = counts[base]
+    counts[base] += 1
+    return base if k == 0 and not base.endswith(("relu", "hardtanh", "clamp", "relu6")) else f"{base}[{k}]"
+
+
+def insert_activation_sites(gm: fx.GraphModule) -> fx.GraphModule:
+    """Replace each ReLU-like op by a call to a named :class:`ActivationSite`."""
+    gm = fresh_copy(gm)
+    box = container(gm)
+    taken = set(dict(box.named_children()))
+    counts: dict[str, int] = defaultdict(int)
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function":
+            continue
+        is_relu, upper = _relu_clip(node)
+        if not is_relu:
+            continue
+        name = _site_name(node, counts)
+        site = ActivationSite(name, op=op_name(node) + ("" if upper is None else f"(0, {upper:g})"), upper=upper)
+        key = attr_name(name, taken)
+        box.add_module(key, site)
+        with gm.graph.inserting_after(node):
+            new = gm.graph.call_module(f"sites.{key}", (node.args[0],))
+        new.meta = copy.copy(node.meta)
+        node.replace_all_uses_with(new)
+        gm.graph.erase_node(node)
+    return _finish(gm)
+
+
+# --------------------------------------------------------------------------------------------
+def _maxpool_input(node: fx.Node) -> Optional[fx.Node]:
+    if node.op == "call_function" and ops.packet(node) in ops.MAXPOOLS:
+        return node.args[0]
+    return None
+
+
+def move_maxpool_before_sites(gm: fx.GraphModule) -> fx.GraphModule:
+    """Rewrite ``maxpool(site(x))`` as ``site'(maxpool(x))`` - exact, since max commutes with any
+    non-decreasing function. When the site has other users it stays for them and the pooled path
+    gets its own site (calibrated on its own)."""
+    gm = fresh_copy(gm)
+    box = container(gm)
+    taken = set(dict(box.named_children()))
+    for pool in list(gm.graph.nodes):
+        src = _maxpool_input(pool)
+        if src is None or not (src.op == "call_module" and str(src.target).startswith("sites.")):
+            continue
+        site = gm.get_submodule(src.target)
+        with gm.graph.inserting_after(pool):
+            new_pool = gm.graph.call_function(pool.target, (src.args[0], *pool.args[1:]), dict(pool.kwargs))
+        new_pool.meta = copy.copy(pool.meta)
+        pooled = new_pool
+        if ops.packet(pool) in (aten.max_pool2d_with_indices, aten.adaptive_max_pool2d):
+            # tuple output: users take [0] (values) - keep that structure
+            pooled = None
+        if len(src.users) == 1:
+            target, name = src.target, site.name
+        else:
+            name = f"{site.name}@pooled"
+            key = attr_name(name, taken)
+            box.add_module(key, ActivationSite(name, op=site.op, upper=site.upper))
+            target = f"sites.{key}"
+        if pooled is None:
+            for user in list(pool.users):
+                if user.target is operator.getitem and user.args[1] == 0:
+                    with gm.graph.inserting_after(user):
+                        get0 = gm.graph.call_function(operator.getitem, (new_pool, 0))
+                        new_site = gm.graph.call_module(target, (get0,))
+                    new_site.meta = copy.copy(src.meta)
+                    user.replace_all_uses_with(new_site)
+                elif len(user.users):
+                    raise ValueError(f"max-pool indices are used at {module_path(pool)}; cannot reorder")
+        else:
+            with gm.graph.inserting_after(new_pool):
+                new_site = gm.graph.call_module(target, (new_pool,))
+            new_site.meta = copy.copy(src.meta)
+            pool.replace_all_uses_with(new_site)
+        new_pool.meta.setdefault("spikecast", {})["maxpool"] = "exact: moved before the neuron"
+    gm = _finish(gm)
+    # drop site modules that lost their last call
+    used = {n.target for n, _ in site_nodes(gm)}
+    for key, _ in list(gm.sites.named_children()):
+        if f"sites.{key}" not in used:
+            delattr(gm.sites, key)
+    return gm
+
+
+# --------------------------------------------------------------------------------------------
+def time_varying_nodes(gm: fx.GraphModule, input_varies: bool = False) -> set[fx.Node]:
+    """Nodes whose value changes from step to step in the SNN: everything downstream of a site
+    (and of the input when the input itself is spike-encoded)."""
+    varying: set[fx.Node] = set()
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            if input_varies:
+                varying.add(node)
+        elif node.op == "call_module" and str(node.target).startswith("sites."):
+            varying.add(node)
+        elif any(a in varying for a in node.all_input_nodes):
+            varying.add(node)
+    return varying
+
+
+def find_unsupported(gm: fx.GraphModule, input_varies: bool = False) -> list[UnsupportedSite]:
+    """Every op in the time-varying part of the graph that has no spiking equivalent."""
+    varying = time_varying_nodes(gm, input_varies)
+    bad: list[UnsupportedSite] = []
+    for node in gm.graph.nodes:
+        if node not in varying or node.op != "call_function":
+            continue
+        reason = unsupported_reason(node, varying)
+        if reason:
+            bad.append(UnsupportedSite(module_path(node), op_name(node), node.name, reason))
+    return bad
+
+
+def unsupported_reason(node: fx.Node, varying: set[fx.Node]) -> Optional[str]:
+    """Why ``node`` (time-varying) cannot run per step; None when it can."""
+    if ops.is_shape_op(node) or node.target is operator.getitem:
+        return None
+    p = ops.packet(node)
+    if p in ops.WEIGHTED:
+        weight = node.args[1]
+        if isinstance(weight, fx.Node) and weight in varying:
+            return "weight varies in time (product of two spike trains)"
+        return None
+    if p in ops.LINEAR:
+        return None
+    if p in ops.PRODUCTS:
+        moving = [a for a in ops.tensor_args(node) if a in varying]
+        if len(moving) <= 1:
+            return None
+        return "product of two time-varying tensors is not linear"
+    if p in ops.MAXPOOLS:
+        return None  # converted with the spiking max-pool approximation (warned)
+    return "non-linear op with no spiking equivalent"
+
+
+# --------------------------------------------------------------------------------------------
+def normalize(gm: fx.GraphModule) -> fx.GraphModule:
+    """Run all normalisation passes: identities, BN folding, activation sites, max-pool order."""
+    gm = remove_identities(gm)
+    gm = fold_batchnorm(gm)
+    gm = insert_activation_sites(gm)
+    gm = move_maxpool_before_sites(gm)
+    return gm

@@ -1,0 +1,84 @@
+"""The op vocabulary: which ATen ops commute with averaging over time.
+
+A rate-coded SNN is correct when every operation between neurons is affine in its time-varying
+input: then the time-mean of the op's output equals the op applied to the time-mean of its input,
+so it can run unchanged once per step. This module is the single place that says which ops are
+such. Anything not listed is non-linear and cannot run inside the spiking part of a network (it
+may still run in the static prefix, which is computed once on the analog input).
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.fx as fx
+
+aten = torch.ops.aten
+
+# Weighted layers: affine in the input when the weight is a constant.
+WEIGHTED = {
+    aten.conv1d, aten.conv2d, aten.conv3d, aten.convolution,
+    aten.conv_transpose1d, aten.conv_transpose2d, aten.conv_transpose3d,
+    aten.linear,
+}
+
+# Ops that are linear (or affine with constant extra operands) in every tensor argument.
+LINEAR = {
+    # shape and layout
+    aten.view, aten.reshape, aten._unsafe_view, aten.flatten, aten.unflatten, aten.permute,
+    aten.transpose, aten.t, aten.expand, aten.squeeze, aten.unsqueeze, aten.contiguous,
+    aten.clone, aten.alias, aten.detach, aten.slice, aten.select, aten.narrow, aten.split,
+    aten.split_with_sizes, aten.chunk, aten.unbind, aten.cat, aten.stack, aten.repeat,
+    aten.flip, aten.roll, aten.pixel_shuffle, aten.pixel_unshuffle, aten.channel_shuffle,
+    aten.index_select, aten.movedim, aten.lift_fresh_copy, aten._to_copy,
+    # padding (constant value: an affine constant, the same at every step)
+    aten.pad, aten.constant_pad_nd, aten.zero_pad2d if hasattr(aten, "zero_pad2d") else aten.pad,
+    # averaging and sums
+    aten.avg_pool1d, aten.avg_pool2d, aten.avg_pool3d, aten.adaptive_avg_pool1d,
+    aten.adaptive_avg_pool2d, aten.adaptive_avg_pool3d, aten.mean, aten.sum,
+    aten.upsample_nearest1d, aten.upsample_nearest2d, aten.upsample_bilinear2d,
+    # elementwise linear
+    aten.add, aten.sub, aten.neg, aten.rsub,
+    # eval-mode batch norm with constant statistics is a per-channel affine map
+    aten._native_batch_norm_legit_no_training, aten.batch_norm,
+    # identity in eval mode
+    aten.dropout, aten.feature_dropout, aten.alpha_dropout,
+}
+
+# Products: linear when at most one operand varies in time (the other is static).
+PRODUCTS = {aten.mul, aten.div, aten.mm, aten.bmm, aten.matmul, aten.einsum, aten.addmm}
+
+# Python-level helpers that export leaves in the graph; they never touch tensor values.
+STRUCTURAL_FUNCTIONS = {operator.getitem, operator.mul, operator.add, operator.floordiv, operator.sub}
+
+MAXPOOLS = {aten.max_pool1d, aten.max_pool2d, aten.max_pool3d, aten.max_pool2d_with_indices,
+            aten.adaptive_max_pool2d}
+
+DROPOUTS = {aten.dropout, aten.feature_dropout, aten.alpha_dropout}
+
+
+def packet(node: fx.Node):
+    """The OpOverloadPacket of a call_function node (``aten.relu`` for ``aten.relu.default``)."""
+    target = node.target
+    return getattr(target, "overloadpacket", target)
+
+
+def is_shape_op(node: fx.Node) -> bool:
+    """True for nodes that compute sizes (SymInts), not tensor values."""
+    target = node.target
+    if target in STRUCTURAL_FUNCTIONS and target is not operator.getitem:
+        return True
+    return getattr(target, "overloadpacket", None) in {aten.sym_size, aten.sym_numel, aten.sym_stride}
+
+
+def tensor_args(node: fx.Node) -> list[fx.Node]:
+    """Node inputs of ``node`` that carry tensors (not sizes)."""
+    out = []
+    for arg in node.all_input_nodes:
+        val = arg.meta.get("val")
+        if arg.op == "get_attr" or isinstance(val, torch.Tensor) or (
+            isinstance(val, (tuple, list)) and any(isinstance(v, torch.Tensor) for v in val)
+        ):
+            out.append(arg)
+    return out

@@ -1,0 +1,1 @@
+"""spikecast.report"""

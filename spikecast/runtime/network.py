@@ -1,0 +1,241 @@
+"""Stage 5: the simulation runtime - one implementation used by validate, the CLI and benchmarks.
+
+A :class:`SpikingNetwork` wraps the spiking graph and splits it once into
+
+* a **static prefix**: every op that depends only on the (analog) input - e.g. the first conv and
+  its folded BatchNorm - computed once per input instead of once per step, and
+* a **step graph**: everything downstream of a neuron, run once per step.
+
+A simulation keeps only the neuron membranes and one running sum of the output, so memory does not
+grow with the number of steps, and every timestep budget of a list (1, 2, 4, ..., 256) is read off
+the same run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Optional, Sequence, Union
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from spikecast.convert.maxpool import SpikingMaxPool
+from spikecast.convert.neuron import IFNeuron
+from spikecast.graph import serialize
+from spikecast.graph.normalize import time_varying_nodes
+from spikecast.runtime.encoding import ENCODINGS, PoissonEncoder
+
+MODULE_TYPES = {"IFNeuron": IFNeuron, "SpikingMaxPool": SpikingMaxPool}
+CONFIG_FILE, WEIGHTS_FILE = "spikecast.json", "weights.safetensors"
+
+
+@dataclass
+class SimulationConfig:
+    """How the network is run. ``timesteps`` is the default budget of ``forward``."""
+
+    timesteps: int = 64
+    encoding: str = "analog"
+    input_scale: float = 1.0  # Poisson: largest |input| seen at calibration
+    encoding_seed: int = 0
+
+    def __post_init__(self):
+        if self.encoding not in ENCODINGS:
+            raise ValueError(f"unknown encoding {self.encoding!r}; choose one of {ENCODINGS}")
+        if int(self.timesteps) < 1:
+            raise ValueError("timesteps must be >= 1")
+
+
+StepCallback = Callable[[int, torch.Tensor], None]
+
+
+class SpikingNetwork(nn.Module):
+    """A converted spiking network. ``simulate`` runs it; ``forward`` = mean output at the default T."""
+
+    def __init__(self, graph_module: fx.GraphModule, config: SimulationConfig = SimulationConfig(),
+                 metadata: Optional[dict] = None):
+        super().__init__()
+        self.graph_module = graph_module
+        self.config = config
+        self.metadata = dict(metadata or {})
+        self._build_split()
+
+    def _build_split(self) -> None:
+        # Plain attributes (not submodules): they share graph_module's tensors and modules.
+        prefix, step = _split_static_prefix(self.graph_module, self.config.encoding != "analog")
+        self.__dict__["_prefix"], self.__dict__["_step"] = prefix, step
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to()/.cuda()/.half() replace buffers; re-split so prefix/step see the moved tensors.
+        super()._apply(fn, *args, **kwargs)
+        self._build_split()
+        return self
+
+    # ------------------------------------------------------------------ introspection
+    def neurons(self) -> dict[str, IFNeuron]:
+        """All neurons by readable site name, in graph order."""
+        out = {}
+        for node in self.graph_module.graph.nodes:
+            if node.op == "call_module":
+                mod = self.graph_module.get_submodule(node.target)
+                if isinstance(mod, IFNeuron):
+                    out[mod.name] = mod
+        return out
+
+    def stateful_modules(self) -> list[nn.Module]:
+        return [m for m in self.graph_module.modules() if isinstance(m, (IFNeuron, SpikingMaxPool))]
+
+    def reset(self) -> None:
+        for m in self.stateful_modules():
+            m.reset()
+
+    @property
+    def static_prefix_ops(self) -> int:
+        """Number of ops computed once per input (not per step)."""
+        return sum(1 for n in self._prefix.graph.nodes if n.op == "call_function")
+
+    # ------------------------------------------------------------------ simulation
+    def simulate(self, x: torch.Tensor, timesteps: Union[int, Sequence[int]],
+                 callback: Optional[StepCallback] = None) -> Union[torch.Tensor, dict[int, torch.Tensor]]:
+        """Run ``max(timesteps)`` steps on ``x`` once and return the mean output after each budget.
+
+        ``timesteps`` an int: returns the mean output tensor after that many steps. A sequence:
+        returns ``{T: mean output after T steps}``. ``callback(t, output_t)`` is called after each
+        step ``t`` (1-based) - for recording diagnostics without keeping per-step activations.
+        """
+        single = isinstance(timesteps, int)
+        budgets = sorted({int(t) for t in ([timesteps] if single else timesteps)})
+        if not budgets or budgets[0] < 1:
+            raise ValueError(f"timesteps must be positive integers, got {timesteps!r}")
+        device = _device_of(self.graph_module)
+        if device is not None and x.device != device:
+            x = x.to(device)
+        self.reset()
+        means: dict[int, torch.Tensor] = {}
+        with torch.inference_mode():
+            static = self._prefix(x)
+            encoder = None
+            if self.config.encoding == "poisson":
+                encoder = PoissonEncoder(self.config.input_scale, self.config.encoding_seed)
+                encoder.start(x)
+            total = None
+            wanted = set(budgets)
+            for t in range(1, budgets[-1] + 1):
+                x_t = encoder.step() if encoder is not None else x
+                out = self._step(x_t, *static)
+                total = out.clone() if total is None else total.add_(out)
+                if t in wanted:
+                    means[t] = total / t
+                if callback is not None:
+                    callback(t, out)
+        return means[budgets[0]] if single else means
+
+    def forward(self, x: torch.Tensor, timesteps: Optional[int] = None) -> torch.Tensor:
+        return self.simulate(x, int(timesteps or self.config.timesteps))
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: Union[str, Path]) -> Path:
+        """Save to a folder: ``spikecast.json`` (graph + config) and ``weights.safetensors``."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        gm = self.graph_module
+        tensors = {k: v.detach().cpu().contiguous().clone() for k, v in gm.state_dict().items()}
+        doc = {
+            "format": "spikecast-snn", "format_version": serialize.FORMAT_VERSION,
+            "simulation": asdict(self.config), "metadata": self.metadata,
+            "attributes": sorted(k for k in tensors if not _is_module_tensor(k, gm)),
+            "modules": serialize.module_specs(gm, MODULE_TYPES),
+            "graph": serialize.graph_to_json(gm),
+        }
+        # write to temporary names first so an interrupted save never leaves a half-written model
+        tmp_json, tmp_w = path / (CONFIG_FILE + ".tmp"), path / (WEIGHTS_FILE + ".tmp")
+        tmp_json.write_text(json.dumps(doc, indent=1))
+        save_file(tensors, str(tmp_w), metadata={"format": "pt"})
+        tmp_w.replace(path / WEIGHTS_FILE)
+        tmp_json.replace(path / CONFIG_FILE)
+        return path
+
+    @classmethod
+    def load(cls, path: Union[str, Path], device: Union[str, torch.device, None] = None) -> "SpikingNetwork":
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        cfg_file, w_file = path / CONFIG_FILE, path / WEIGHTS_FILE
+        if not cfg_file.is_file() or not w_file.is_file():
+            raise FileNotFoundError(f"{path} is not a saved spikecast network (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
+        doc = json.loads(cfg_file.read_text())
+        if doc.get("format") != "spikecast-snn":
+            raise ValueError(f"{cfg_file} is not a spikecast network file")
+        if doc.get("format_version", 0) > serialize.FORMAT_VERSION:
+            raise ValueError(f"{cfg_file} was written by a newer spikecast (format {doc['format_version']})")
+        tensors = load_file(str(w_file), device=str(device) if device else "cpu")
+        root = nn.Module()
+        from spikecast.graph.trace import _set_attr
+
+        for name in doc["attributes"]:
+            _set_attr(root, name, tensors[name])
+        serialize.build_modules(root, doc["modules"], MODULE_TYPES, tensors)
+        gm = fx.GraphModule(root, serialize.graph_from_json(doc["graph"]), class_name="SpikingGraph")
+        return cls(gm, SimulationConfig(**doc["simulation"]), doc.get("metadata"))
+
+
+def _device_of(module: nn.Module) -> Optional[torch.device]:
+    for tensor in module.parameters():
+        return tensor.device
+    for tensor in module.buffers():
+        return tensor.device
+    return None
+
+
+def _is_module_tensor(key: str, gm: fx.GraphModule) -> bool:
+    owner = key.rsplit(".", 1)[0]
+    try:
+        return isinstance(gm.get_submodule(owner), tuple(MODULE_TYPES.values()))
+    except AttributeError:
+        return False
+
+
+def _split_static_prefix(gm: fx.GraphModule, input_varies: bool) -> tuple[fx.GraphModule, fx.GraphModule]:
+    """Split ``gm`` into prefix(x) -> static values, and step(x_t, *static values) -> output."""
+    varying = time_varying_nodes(gm, input_varies)
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+    out_value = output.args[0]
+    boundary: list[fx.Node] = []
+    for node in gm.graph.nodes:
+        if node in varying or node.op in ("get_attr", "output", "placeholder"):
+            continue
+        if any(u in varying for u in node.users) or node is out_value:
+            boundary.append(node)
+
+    prefix_graph = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    for node in gm.graph.nodes:
+        if node.op == "output" or node in varying:
+            continue
+        env[node] = prefix_graph.node_copy(node, lambda n: env[n])
+    prefix_graph.output(tuple(env[b] for b in boundary))
+    prefix = fx.GraphModule(gm, prefix_graph, class_name="StaticPrefix")
+    prefix.graph.eliminate_dead_code()
+    prefix.recompile()
+
+    step_graph = fx.Graph()
+    env = {}
+    x_t = step_graph.placeholder("x_t")
+    for b in boundary:
+        env[b] = step_graph.placeholder(f"static_{b.name}")
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            env[node] = x_t
+        elif node.op == "get_attr":
+            env[node] = step_graph.node_copy(node, lambda n: env[n])
+        elif node in varying:
+            env[node] = step_graph.node_copy(node, lambda n: env[n])
+    step_graph.output(env[out_value] if out_value in env else x_t)
+    step = fx.GraphModule(gm, step_graph, class_name="SimulationStep")
+    step.graph.eliminate_dead_code()
+    step.recompile()
+    return prefix, step

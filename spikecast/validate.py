@@ -1,0 +1,117 @@
+"""Stage 6: validation - the SNN against its source ANN at every timestep budget, one simulation."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spikecast.progress import progress_bar
+from spikecast.runtime.network import SpikingNetwork
+
+DEFAULT_TIMESTEPS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+@dataclass
+class ValidationResult:
+    """Accuracy of the ANN and of the SNN at each T, plus how closely the SNN follows the ANN.
+
+    ``snn_accuracy``, ``agreement`` (top-1 equal to the ANN's), ``logit_error`` (mean absolute
+    difference of outputs) and ``cosine`` (mean cosine similarity of outputs) are dicts T -> value.
+    Accuracies are ``None`` when the data has no labels. ``passed``: at the largest T the SNN is
+    within ``tolerance`` of the ANN (accuracy when labelled, else agreement >= 1 - tolerance).
+    """
+
+    timesteps: list[int]
+    samples: int
+    ann_accuracy: Optional[float]
+    snn_accuracy: dict[int, Optional[float]]
+    agreement: dict[int, float]
+    logit_error: dict[int, float]
+    cosine: dict[int, float]
+    tolerance: float
+    passed: bool
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for key in ("snn_accuracy", "agreement", "logit_error", "cosine"):
+            d[key] = {str(t): v for t, v in d[key].items()}
+        return d
+
+    def table(self) -> str:
+        """Markdown table: one row per T."""
+        ann = "n/a" if self.ann_accuracy is None else f"{100 * self.ann_accuracy:.2f}%"
+        lines = [f"ANN top-1: {ann} on {self.samples} samples", "",
+                 "| T | SNN top-1 | agreement with ANN | mean logit error | cosine |",
+                 "|---:|---:|---:|---:|---:|"]
+        for t in self.timesteps:
+            acc = self.snn_accuracy[t]
+            acc_s = "n/a" if acc is None else f"{100 * acc:.2f}%"
+            lines.append(f"| {t} | {acc_s} | {100 * self.agreement[t]:.2f}% | {self.logit_error[t]:.4f} | "
+                         f"{self.cosine[t]:.4f} |")
+        lines.append("")
+        lines.append(f"{'PASSED' if self.passed else 'FAILED'} (tolerance {100 * self.tolerance:.1f} points at "
+                     f"T={self.timesteps[-1]})")
+        return "\n".join(lines)
+
+
+def validate(ann: nn.Module, snn: SpikingNetwork, data, timesteps: Sequence[int] = DEFAULT_TIMESTEPS,
+             tolerance: float = 0.01, progress: bool = True, max_batches: Optional[int] = None) -> ValidationResult:
+    """Compare ``snn`` with ``ann`` on ``data`` at every T of ``timesteps`` from ONE simulation of
+    ``max(timesteps)`` steps per batch. ``data``: DataLoader / batches / tensor / (x, y)."""
+    import time
+
+    from spikecast.data import as_loader, split_batch
+
+    budgets = sorted({int(t) for t in timesteps})
+    device = next((p.device for p in snn.parameters()), torch.device("cpu"))
+    ann = ann.eval().to(device)
+    correct_ann, n, labelled = 0, 0, True
+    correct = {t: 0 for t in budgets}
+    agree = {t: 0 for t in budgets}
+    err = {t: 0.0 for t in budgets}
+    cos = {t: 0.0 for t in budgets}
+    started = time.perf_counter()
+    with progress_bar("validate", None, progress) as bar:
+        for i, batch in enumerate(as_loader(data)):
+            if max_batches is not None and i >= max_batches:
+                break
+            x, y = split_batch(batch)
+            x = x.to(device)
+            with torch.inference_mode():
+                ref = ann(x)
+            outs = snn.simulate(x, budgets)
+            ref_top = ref.argmax(-1)
+            if y is None:
+                labelled = False
+            else:
+                y = y.to(device)
+                correct_ann += int((ref_top == y).sum())
+            for t, out in outs.items():
+                top = out.argmax(-1)
+                agree[t] += int((top == ref_top).sum())
+                err[t] += float((out - ref).abs().flatten(1).mean(1).sum())
+                cos[t] += float(F.cosine_similarity(out.flatten(1).double(), ref.flatten(1).double(), dim=1).sum())
+                if y is not None:
+                    correct[t] += int((top == y).sum())
+            n += x.shape[0]
+            bar.advance()
+    if n == 0:
+        raise ValueError("validation data is empty")
+    ann_acc = correct_ann / n if labelled else None
+    snn_acc = {t: (correct[t] / n if labelled else None) for t in budgets}
+    agreement = {t: agree[t] / n for t in budgets}
+    final = budgets[-1]
+    if labelled:
+        passed = snn_acc[final] >= ann_acc - tolerance
+    else:
+        passed = agreement[final] >= 1.0 - tolerance
+    return ValidationResult(
+        timesteps=budgets, samples=n, ann_accuracy=ann_acc, snn_accuracy=snn_acc, agreement=agreement,
+        logit_error={t: err[t] / n for t in budgets}, cosine={t: cos[t] / n for t in budgets},
+        tolerance=tolerance, passed=passed, seconds=time.perf_counter() - started)
