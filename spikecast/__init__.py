@@ -9,6 +9,7 @@
 
 from spikecast.convert.api import convert
 from spikecast.convert.neuron import IFNeuron
+from spikecast.inspection import InspectionReport, inspect
 from spikecast.errors import CalibrationError, SpikecastError, TraceError, UnsupportedOperationError
 from spikecast.runtime.network import SimulationConfig, SpikingNetwork
 from spikecast.validate import ValidationResult, validate
@@ -21,15 +22,8 @@ def load(path, device=None) -> SpikingNetwork:
     return SpikingNetwork.load(path, device=device)
 
 
-def inspect(model, input_shape=None, **kwargs):
-    """Table of every operation of ``model`` and what conversion will do with it."""
-    from spikecast.inspect import inspect as _inspect
-
-    return _inspect(model, input_shape=input_shape, **kwargs)
-
-
 __all__ = [
     "convert", "validate", "load", "inspect", "SpikingNetwork", "SimulationConfig", "IFNeuron",
-    "ValidationResult", "SpikecastError", "TraceError", "UnsupportedOperationError", "CalibrationError",
+    "ValidationResult", "InspectionReport", "SpikecastError", "TraceError", "UnsupportedOperationError", "CalibrationError",
     "__version__",
 ]

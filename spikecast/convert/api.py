@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -10,7 +11,7 @@ import torch
 import torch.fx as fx
 
 from spikecast.calibrate.statistics import iterate_inputs
-from spikecast.calibrate.thresholds import CalibrationConfig, calibrate
+from spikecast.calibrate.thresholds import DEFAULT_PERCENTILE, CalibrationConfig, calibrate
 from spikecast.convert.spiking import NeuronConfig, to_spiking
 from spikecast.errors import CalibrationError
 from spikecast.graph.normalize import normalize
@@ -35,7 +36,7 @@ def convert(
     calib=None,
     *,
     method: str = "percentile",
-    percentile: float = 99.99,
+    percentile: float = DEFAULT_PERCENTILE,
     checkpoint: Optional[Union[str, Path]] = None,
     pretrained: Optional[bool] = None,
     timesteps: int = 64,
@@ -85,6 +86,9 @@ def convert(
     if encoding == "poisson":
         sim_config.input_scale = max(float(x.abs().max()) for x in iterate_inputs(calib))
     snn_graph = to_spiking(calibrated, neuron_config, input_varies=encoding != "analog")
+    if not stats:
+        warnings.warn(f"{name} has no ReLU-like activation: the converted network has no spiking neuron "
+                      "and computes the ANN exactly. Run `spikecast inspect` to see its ops.", stacklevel=2)
     n_images = sum(int(x.shape[0]) for x in iterate_inputs(calib))
     metadata = {
         "source": name,

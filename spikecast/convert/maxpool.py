@@ -1,10 +1,17 @@
-"""Spiking max-pool approximation, for max-pools that do not directly follow a ReLU.
+"""Spiking max-pool, for every max-pool left in the time-varying part of the network.
 
-A max-pool of spikes is not the max of the rates. Following Rueckauer et al. (2017), each window
-passes on the current input of the element with the largest *accumulated* input so far (a gate
-that settles on the element with the highest rate). This is an approximation: early steps may
-pass the wrong element. Conversion warns and names every site where it is used. Max-pools directly
-after a ReLU are made exact instead (moved before the neuron) and never use this module.
+A max-pool of spikes (or of per-step currents) is not the max of the rates. Each window tracks the
+accumulated input ``A_t = x_1 + ... + x_t`` of its elements, as the gate of Rueckauer et al. (2017)
+does, but instead of passing the current input of the leading element it passes the *increase of
+the window maximum*: ``out_t = max(A_t) - max(A_{t-1})``. The sum telescopes, so after any T steps
+the summed output is exactly ``max(A_T)`` = T x (max of the mean inputs): the rate code of
+``maxpool`` is exact at every T, whichever element leads early on. (Passing the leader's input
+instead over-counts every time the lead changes.) Inputs that are spikes of one threshold stay
+spikes: the window maximum of spike counts grows by at most one spike per step.
+
+This matters beyond "max-pool not after a ReLU": a max-pool moved before its neuron
+(``maxpool(relu(x)) -> relu(maxpool(x))``) pools the per-step *current* of the layer before it,
+which varies from step to step unless that layer is in the static prefix (VGG, ResNet-D stems, DLA).
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ _POOLS = {
 
 
 class SpikingMaxPool(nn.Module):
-    """Gate each pooling window to the input with the largest running sum."""
+    """Per step, the increase of each window's maximum of the accumulated input."""
 
     def __init__(self, kind: str, pool_args: list, name: str = ""):
         super().__init__()
@@ -33,17 +40,24 @@ class SpikingMaxPool(nn.Module):
 
     def reset(self) -> None:
         self.acc: Optional[torch.Tensor] = None
+        self.pooled: Optional[torch.Tensor] = None  # window max of ``acc`` after the previous step
+
+    def _pool(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "adaptive_max_pool2d":
+            return F.adaptive_max_pool2d(x, self.pool_args[0])
+        # aten order: kernel, stride=[], padding=0, dilation=1, ceil_mode=False; fill only the
+        # arguments the graph node left out (export usually passes kernel and stride).
+        defaults = [None, [], 0, 1, False]
+        args = list(self.pool_args) + defaults[len(self.pool_args):]
+        kernel, stride, padding, dilation, ceil_mode = args[:5]
+        return _POOLS[self.kind](x, kernel, stride or None, padding, dilation, ceil_mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.acc = x.clone() if self.acc is None else self.acc.add_(x)
-        if self.kind == "adaptive_max_pool2d":
-            _, idx = F.adaptive_max_pool2d(self.acc, self.pool_args[0], return_indices=True)
-        else:
-            kernel, stride, padding, dilation, ceil_mode = (self.pool_args + [None, 0, 1, False])[:5]
-            _, idx = _POOLS[self.kind](self.acc, kernel, stride or None, padding, dilation, ceil_mode,
-                                       return_indices=True)
-        flat = x.flatten(2).gather(2, idx.flatten(2))
-        return flat.view_as(idx)
+        pooled = self._pool(self.acc)
+        out = pooled if self.pooled is None else pooled - self.pooled
+        self.pooled = pooled
+        return out
 
     def config(self) -> dict:
         return {"kind": self.kind, "pool_args": self.pool_args, "name": self.name}

@@ -1,8 +1,8 @@
 """Stage 4: calibrated graph -> spiking graph.
 
 Every activation site becomes an :class:`IFNeuron` with the site's calibrated threshold; max-pools
-left inside the spiking part (not directly after a ReLU) become :class:`SpikingMaxPool` with a
-warning naming them; any other op that cannot run per step raises
+left inside the spiking part (on spikes, or on a time-varying current) become
+:class:`SpikingMaxPool` with a warning naming them; any other op that cannot run per step raises
 :class:`UnsupportedOperationError` listing each offender's module path.
 """
 
@@ -103,6 +103,9 @@ def _replace_varying_maxpools(gm: fx.GraphModule, input_varies: bool) -> None:
         approximated.append(name)
     if approximated:
         gm.graph.eliminate_dead_code()
+        # The rate of a SpikingMaxPool is exact (see convert/maxpool.py); the warning stays because
+        # its per-step output is not the ANN's and it is stateful, which users may want to know.
         warnings.warn(
-            "max-pool not directly after a ReLU: using the spiking max-pool approximation "
-            f"(gate to the largest running input) at {', '.join(approximated)}", stacklevel=3)
+            "max-pool on time-varying input (spikes, or the current of a layer inside the spiking "
+            "part): using the spiking max-pool (per step, the increase of the window max of the "
+            f"accumulated input; exact in the mean over steps) at {', '.join(approximated)}", stacklevel=3)

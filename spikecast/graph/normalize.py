@@ -319,6 +319,8 @@ def unsupported_reason(node: fx.Node, varying: set[fx.Node]) -> Optional[str]:
         return None
     if p in ops.PRODUCTS:
         moving = [a for a in ops.tensor_args(node) if a in varying]
+        if p is aten.div and len(node.args) > 1 and isinstance(node.args[1], fx.Node) and node.args[1] in varying:
+            return "division by a time-varying tensor is not linear"
         if len(moving) <= 1:
             return None
         return "product of two time-varying tensors is not linear"

@@ -73,9 +73,12 @@ def is_shape_op(node: fx.Node) -> bool:
 
 
 def tensor_args(node: fx.Node) -> list[fx.Node]:
-    """Node inputs of ``node`` that carry tensors (not sizes)."""
+    """Node inputs of ``node`` that carry tensors (not sizes), once per occurrence: ``mul(x, x)``
+    lists ``x`` twice (``node.all_input_nodes`` would deduplicate it and hide the square)."""
+    occurrences: list[fx.Node] = []
+    fx.node.map_arg((node.args, node.kwargs), occurrences.append)
     out = []
-    for arg in node.all_input_nodes:
+    for arg in occurrences:
         val = arg.meta.get("val")
         if arg.op == "get_attr" or isinstance(val, torch.Tensor) or (
             isinstance(val, (tuple, list)) and any(isinstance(v, torch.Tensor) for v in val)

@@ -64,7 +64,7 @@ def _export(model: nn.Module, example: torch.Tensor) -> torch.export.ExportedPro
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ep = torch.export.export(model, (example,), dynamic_shapes={"x": {0: batch}}, strict=False)
+            ep = torch.export.export(model, (example,), dynamic_shapes=({0: batch},), strict=False)
             return ep.run_decompositions({})
     except Exception as exc:  # torch.export raises many types; all mean "could not trace".
         raise TraceError(_explain_export_failure(model, exc)) from exc

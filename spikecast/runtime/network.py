@@ -40,6 +40,7 @@ class SimulationConfig:
     encoding: str = "analog"
     input_scale: float = 1.0  # Poisson: largest |input| seen at calibration
     encoding_seed: int = 0
+    channels_last: bool = True  # run 4-D feature maps in NHWC layout (faster convolutions on CPU)
 
     def __post_init__(self):
         if self.encoding not in ENCODINGS:
@@ -115,6 +116,10 @@ class SpikingNetwork(nn.Module):
         self.reset()
         means: dict[int, torch.Tensor] = {}
         with torch.inference_mode():
+            if x.dim() == 4 and self.config.channels_last:
+                # oneDNN convolutions run without layout reorders on NHWC; everything downstream
+                # (neuron state included) inherits the layout.
+                x = x.contiguous(memory_format=torch.channels_last)
             static = self._prefix(x)
             encoder = None
             if self.config.encoding == "poisson":
@@ -167,18 +172,27 @@ class SpikingNetwork(nn.Module):
         cfg_file, w_file = path / CONFIG_FILE, path / WEIGHTS_FILE
         if not cfg_file.is_file() or not w_file.is_file():
             raise FileNotFoundError(f"{path} is not a saved spikecast network (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
-        doc = json.loads(cfg_file.read_text())
-        if doc.get("format") != "spikecast-snn":
+        try:
+            doc = json.loads(cfg_file.read_text())
+        except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+            raise ValueError(f"{cfg_file} is corrupt (not valid JSON): {exc}") from exc
+        if not isinstance(doc, dict) or doc.get("format") != "spikecast-snn":
             raise ValueError(f"{cfg_file} is not a spikecast network file")
         if doc.get("format_version", 0) > serialize.FORMAT_VERSION:
             raise ValueError(f"{cfg_file} was written by a newer spikecast (format {doc['format_version']})")
-        tensors = load_file(str(w_file), device=str(device) if device else "cpu")
+        try:
+            tensors = load_file(str(w_file), device=str(device) if device else "cpu")
+        except Exception as exc:  # safetensors raises its own SafetensorError type
+            raise ValueError(f"{w_file} is corrupt (cannot read it as safetensors): {exc}") from exc
         root = nn.Module()
         from spikecast.graph.trace import _set_attr
 
-        for name in doc["attributes"]:
-            _set_attr(root, name, tensors[name])
-        serialize.build_modules(root, doc["modules"], MODULE_TYPES, tensors)
+        try:
+            for name in doc["attributes"]:
+                _set_attr(root, name, tensors[name])
+            serialize.build_modules(root, doc["modules"], MODULE_TYPES, tensors)
+        except KeyError as exc:
+            raise ValueError(f"{w_file} does not match {cfg_file}: missing entry {exc}") from exc
         gm = fx.GraphModule(root, serialize.graph_from_json(doc["graph"]), class_name="SpikingGraph")
         return cls(gm, SimulationConfig(**doc["simulation"]), doc.get("metadata"))
 
@@ -199,6 +213,14 @@ def _is_module_tensor(key: str, gm: fx.GraphModule) -> bool:
         return False
 
 
+def _views_to_reshapes(graph: fx.Graph) -> None:
+    # A view needs compatible strides; with NHWC feature maps it may not have them. reshape gives
+    # the same values for any layout (copying only when it must).
+    for node in graph.nodes:
+        if node.op == "call_function" and node.target in (torch.ops.aten.view.default, torch.ops.aten._unsafe_view.default):
+            node.target = torch.ops.aten.reshape.default
+
+
 def _split_static_prefix(gm: fx.GraphModule, input_varies: bool) -> tuple[fx.GraphModule, fx.GraphModule]:
     """Split ``gm`` into prefix(x) -> static values, and step(x_t, *static values) -> output."""
     varying = time_varying_nodes(gm, input_varies)
@@ -214,10 +236,12 @@ def _split_static_prefix(gm: fx.GraphModule, input_varies: bool) -> tuple[fx.Gra
     prefix_graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
     for node in gm.graph.nodes:
-        if node.op == "output" or node in varying:
+        # the placeholder is kept even when the input spikes (Poisson): prefix(x) always takes x
+        if node.op == "output" or (node in varying and node.op != "placeholder"):
             continue
         env[node] = prefix_graph.node_copy(node, lambda n: env[n])
     prefix_graph.output(tuple(env[b] for b in boundary))
+    _views_to_reshapes(prefix_graph)
     prefix = fx.GraphModule(gm, prefix_graph, class_name="StaticPrefix")
     prefix.graph.eliminate_dead_code()
     prefix.recompile()
@@ -232,9 +256,10 @@ def _split_static_prefix(gm: fx.GraphModule, input_varies: bool) -> tuple[fx.Gra
             env[node] = x_t
         elif node.op == "get_attr":
             env[node] = step_graph.node_copy(node, lambda n: env[n])
-        elif node in varying:
+        elif node in varying and node.op != "output":  # the step graph gets its own output below
             env[node] = step_graph.node_copy(node, lambda n: env[n])
     step_graph.output(env[out_value] if out_value in env else x_t)
+    _views_to_reshapes(step_graph)
     step = fx.GraphModule(gm, step_graph, class_name="SimulationStep")
     step.graph.eliminate_dead_code()
     step.recompile()

@@ -1,0 +1,607 @@
+"""The ``spikecast`` command line: a thin layer over the library.
+
+    spikecast demo [--out DIR]                           # digits CNN -> SNN -> validated, offline, < 1 min
+    spikecast inspect MODEL [--input-shape 3,32,32]      # what happens to every op; exit 1 if unsupported
+    spikecast convert MODEL --data SPEC [--out DIR]      # convert + validate + save
+    spikecast validate SNN_DIR --data SPEC [--model M]   # validate a saved SNN against its ANN
+
+MODEL is ``zoo:<name>`` (or a bare zoo name such as ``digits-cnn``), a timm model name, or
+``path/to/file.py:Name`` / ``package.module:Name`` naming an ``nn.Module`` instance, class or
+factory. SPEC is a data spec of :mod:`spikecast.datasets` (``cifar10``, ``digits``, an image folder,
+a ``.pt`` file).
+
+Exit codes: 0 = success (converted and within tolerance; inspect: everything convertible),
+1 = error (or, for inspect, unsupported operations), 2 = converted but the SNN missed the tolerance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import importlib.util
+import json
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Optional, Sequence
+
+EXIT_OK, EXIT_ERROR, EXIT_MISSED = 0, 1, 2
+DEFAULT_TIMESTEPS = "1,2,4,8,16,32,64,128"
+DEMO_OUT = "spikecast-demo"
+
+
+# ------------------------------------------------------------------------------------------------ output
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def _seconds(s: float) -> str:
+    return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min"
+
+
+# ------------------------------------------------------------------------------------------------ parsing
+def parse_timesteps(text: str) -> list[int]:
+    """``"1,2,4,8"`` -> [1, 2, 4, 8]; ``"64"`` -> [64]. An ellipsis continues the pattern up to the
+    last value: ``"1,2,4,...,128"`` doubles (three terms with a constant ratio), ``"8,16,...,64"``
+    adds 8 (a constant step, as in 1, 2, ..., n); the last value is always included."""
+    items = [t.strip() for t in str(text).replace(" ", "").split(",") if t.strip()]
+    if not items:
+        raise ValueError("--timesteps is empty; example: 1,2,4,...,128")
+    try:
+        if "..." in items:
+            k = items.index("...")
+            head, tail = [int(t) for t in items[:k]], [int(t) for t in items[k + 1:]]
+            if len(head) < 2 or len(tail) != 1:
+                raise ValueError
+            a, b, last = head[-2], head[-1], tail[0]
+            values = list(head)
+            geometric = len(head) >= 3 and a > 0 and b % a == 0 and all(
+                head[i + 1] == head[i] * (b // a) for i in range(len(head) - 1))
+            if geometric and b > a:  # 1,2,4,...: keep multiplying
+                while values[-1] * (b // a) <= last:
+                    values.append(values[-1] * (b // a))
+            elif b > a and all(head[i + 1] - head[i] == b - a for i in range(len(head) - 1)):
+                while values[-1] + (b - a) <= last:  # 8,16,...: keep adding
+                    values.append(values[-1] + (b - a))
+            else:
+                raise ValueError
+            if values[-1] != last:
+                values.append(last)
+        else:
+            values = [int(t) for t in items]
+    except ValueError:
+        raise ValueError(f"cannot read --timesteps {text!r}: give positive integers such as 1,2,4,8 "
+                         "or 1,2,4,...,128") from None
+    if any(v < 1 for v in values):
+        raise ValueError(f"--timesteps must be positive integers, got {text!r}")
+    return sorted(set(values))
+
+
+def parse_shape(text: Optional[str]) -> Optional[tuple[int, ...]]:
+    """``"3,32,32"`` or ``"3x32x32"`` -> (3, 32, 32) (one input, no batch dimension)."""
+    if text is None:
+        return None
+    try:
+        shape = tuple(int(t) for t in str(text).lower().replace("x", ",").split(",") if t.strip())
+    except ValueError:
+        shape = ()
+    if not shape or any(d < 1 for d in shape):
+        raise ValueError(f"cannot read --input-shape {text!r}: give the shape of one input, e.g. 3,32,32")
+    return shape
+
+
+def parse_floats(text: Optional[str], flag: str) -> Optional[tuple[float, ...]]:
+    if text is None:
+        return None
+    try:
+        return tuple(float(t) for t in str(text).split(",") if t.strip())
+    except ValueError:
+        raise ValueError(f"cannot read {flag} {text!r}: give comma-separated numbers, e.g. 0.485,0.456,0.406") from None
+
+
+# ------------------------------------------------------------------------------------------------ models
+def model_ref(text: str):
+    """What the user typed as MODEL -> something :func:`spikecast.models.resolve_model` takes."""
+    from spikecast import zoo
+
+    text = text.strip()
+    if text.startswith("zoo:"):
+        return text
+    if ":" in text:
+        return _import_model(text)
+    if zoo.is_model(text):
+        return f"zoo:{text}"
+    return text
+
+
+def _import_model(text: str):
+    """``file.py:Name`` or ``package.module:Name`` -> nn.Module (an instance, or a class / factory
+    called without arguments)."""
+    from torch import nn
+
+    where, _, attr = text.rpartition(":")
+    if where.endswith(".py"):
+        path = Path(where).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"model file not found: {where}")
+        spec = importlib.util.spec_from_file_location(f"_spikecast_user_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ImportError as exc:
+            raise ValueError(f"cannot import {where!r} for model {text!r}: {exc}") from exc
+    if not hasattr(module, attr):
+        raise ValueError(f"{where} has no attribute {attr!r}")
+    obj = getattr(module, attr)
+    if not isinstance(obj, nn.Module) and callable(obj):
+        obj = obj()
+    if not isinstance(obj, nn.Module):
+        raise ValueError(f"{text} is a {type(obj).__name__}, not an nn.Module (or a class / function making one)")
+    return obj
+
+
+def load_ann(ref, checkpoint, pretrained):
+    """(model in eval mode, display name); warns when a timm model gets random weights."""
+    from spikecast.models import resolve_model
+
+    ann, name = resolve_model(ref, checkpoint, pretrained)
+    if isinstance(ref, str) and not ref.startswith("zoo:") and checkpoint is None and not pretrained:
+        warnings.warn(f"{name} has random weights (give --checkpoint FILE or --pretrained): accuracies will "
+                      "be chance level", UserWarning, stacklevel=2)
+    return ann, name
+
+
+def model_defaults(ref, ann) -> dict:
+    """mean / std / size / input shape of the model, from zoo metadata or timm's pretrained_cfg."""
+    from spikecast import zoo
+    from spikecast.models import default_input_shape
+
+    out = {}
+    if isinstance(ref, str) and ref.startswith("zoo:"):
+        info = zoo.model_info(ref[4:])
+        out.update(mean=tuple(info.mean), std=tuple(info.std))
+    else:
+        cfg = getattr(ann, "pretrained_cfg", None) or getattr(ann, "default_cfg", None)
+        if isinstance(cfg, dict) and "mean" in cfg and "std" in cfg:
+            out.update(mean=tuple(cfg["mean"]), std=tuple(cfg["std"]))
+    shape = default_input_shape(ref, ann)
+    if shape:
+        out["input_shape"] = tuple(shape)
+        if len(shape) == 3:
+            out["size"] = int(shape[-1])
+    return out
+
+
+def _display(ref, name: str) -> str:
+    return ref if isinstance(ref, str) else name
+
+
+# ------------------------------------------------------------------------------------------------ data
+def load_data(args, ref, ann, eval_spec: str, limit: Optional[int], split: Optional[str] = None):
+    from spikecast.datasets import resolve_data
+
+    defaults = model_defaults(ref, ann)
+    mean = parse_floats(getattr(args, "mean", None), "--mean") or defaults.get("mean")
+    std = parse_floats(getattr(args, "std", None), "--std") or defaults.get("std")
+    size = getattr(args, "size", None) or defaults.get("size")
+    return resolve_data(eval_spec, split, limit, mean=mean, std=std, size=size)
+
+
+def check_model_runs(ann, x) -> None:
+    """Run the ANN on two samples, turning a shape mismatch into a clear error."""
+    import torch
+
+    device = next((p.device for p in ann.parameters()), torch.device("cpu"))
+    try:
+        with torch.inference_mode():
+            ann(x[:2].to(device))
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"the model cannot run on this data (input shape {tuple(x.shape[1:])}): {first}. "
+                         "Check the data spec, --size / --mean / --std and the model.") from exc
+
+
+# ------------------------------------------------------------------------------------------------ results
+def write_results(out: Path, result, info: dict) -> tuple[Path, Path]:
+    """``validation.json`` (the result's dict plus ``info``) and ``validation.md`` (the table)."""
+    out.mkdir(parents=True, exist_ok=True)
+    doc = {**result.to_dict(), **info}
+    json_path, md_path = out / "validation.json", out / "validation.md"
+    json_path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    lines = ["# spikecast validation", ""]
+    for key in ("model", "data", "calibration"):
+        if key in info:
+            value = info[key]
+            if isinstance(value, dict):
+                value = ", ".join(f"{k}: {v}" for k, v in value.items() if v is not None)
+            lines.append(f"- {key}: {value}")
+    lines += ["", result.table(), ""]
+    md_path.write_text("\n".join(lines))
+    return json_path, md_path
+
+
+def _environment() -> dict:
+    import torch
+
+    from spikecast import __version__
+
+    return {"spikecast": __version__, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def _exit_code(result) -> int:
+    return EXIT_OK if result.passed else EXIT_MISSED
+
+
+# ------------------------------------------------------------------------------------------------ commands
+def cmd_inspect(args) -> int:
+    from spikecast.inspection import inspect
+
+    ref = model_ref(args.model)
+    report = inspect(ref, input_shape=parse_shape(args.input_shape), checkpoint=args.checkpoint,
+                     pretrained=args.pretrained, encoding=args.encoding)
+    if args.json:
+        say(json.dumps(report.to_dict(), indent=2))
+    else:
+        say(report.table(markdown=not args.text))
+    return EXIT_OK if report.ok else EXIT_ERROR
+
+
+def cmd_convert(args) -> int:
+    import spikecast
+    from spikecast.data import TensorBatches
+    from spikecast.datasets import parse_data_spec
+
+    started = time.perf_counter()
+    timesteps = parse_timesteps(args.timesteps)
+    ref = model_ref(args.model)
+    ann, name = load_ann(ref, args.checkpoint, args.pretrained)
+    if args.device:
+        ann = ann.to(args.device)
+    shown = _display(ref, name)
+    say(f"spikecast convert: {shown}")
+    spec = parse_data_spec(args.data)
+    calib_spec = parse_data_spec(args.calib_data) if args.calib_data else spec
+    x, y = load_data(args, ref, ann, args.data, args.eval_images)
+    x_cal, _ = load_data(args, ref, ann, calib_spec, args.calib_images,
+                         split="train" if calib_spec.has_splits else None)
+    if not calib_spec.has_splits and not args.calib_data:
+        warnings.warn(f"{spec.name} has no separate training split: calibrating on {len(x_cal)} of the "
+                      "evaluation images (use --calib-data SPEC for a separate calibration set)", UserWarning)
+    check_model_runs(ann, x)
+    eval_name = _split_name(spec, spec.split or "test") if spec.has_splits else spec.name
+    cal_name = _split_name(calib_spec, "train") if calib_spec.has_splits else calib_spec.name
+    say(f"  data: {eval_name}, {len(x)} evaluation images; calibration: {cal_name}, {len(x_cal)} images")
+    how = f"percentile {args.percentile:g}" if args.method == "percentile" else "max"
+    say(f"  converting (thresholds: {how} of the activations)...")
+    t0 = time.perf_counter()
+    snn = spikecast.convert(ann, calib=TensorBatches(x_cal, batch_size=args.batch_size), method=args.method,
+                            percentile=args.percentile, timesteps=max(timesteps), encoding=args.encoding,
+                            device=args.device, progress=True)
+    convert_s = time.perf_counter() - t0
+    say(f"  converted in {_seconds(convert_s)}: {len(snn.neurons())} IF neuron layers")
+    say(f"  validating the SNN against the ANN at T = {_list(timesteps)} on {len(x)} images...")
+    result = spikecast.validate(ann, snn, TensorBatches(x, y, batch_size=args.batch_size), timesteps=timesteps,
+                                tolerance=args.tolerance)
+    out = Path(args.out)
+    snn.metadata["cli"] = {"model": _saved_model_text(args.model),
+                           "checkpoint": str(Path(args.checkpoint).resolve()) if args.checkpoint else None,
+                           "pretrained": args.pretrained, "data": spec.name}
+    snn_dir = snn.save(out / "snn")
+    info = {
+        "model": {"name": shown, "checkpoint": args.checkpoint, "pretrained": args.pretrained},
+        "data": {"spec": eval_name, "images": len(x)},
+        "calibration": {"spec": cal_name, "images": len(x_cal), "method": args.method,
+                        "percentile": args.percentile if args.method == "percentile" else None},
+        "config": {"timesteps": timesteps, "tolerance": args.tolerance, "encoding": args.encoding,
+                   "batch_size": args.batch_size, "device": args.device or "cpu",
+                   "convert_seconds": round(convert_s, 3)},
+        "snn_dir": str(snn_dir),
+        "environment": _environment(),
+        "total_seconds": round(time.perf_counter() - started, 3),
+    }
+    json_path, md_path = write_results(out, result, info)
+    say()
+    say(result.table())
+    say()
+    say(f"saved: {snn_dir}/ (reload with spikecast.load), {json_path}, {md_path}")
+    return _exit_code(result)
+
+
+def cmd_validate(args) -> int:
+    import spikecast
+    from spikecast.data import TensorBatches
+    from spikecast.datasets import parse_data_spec
+
+    snn = spikecast.load(args.snn_dir, device=args.device)
+    saved = snn.metadata.get("cli", {}) if isinstance(snn.metadata, dict) else {}
+    model_text = args.model or saved.get("model")
+    if model_text is None:
+        source = snn.metadata.get("source")
+        raise ValueError(f"{args.snn_dir} does not record which model it came from"
+                         f"{f' (source: {source})' if source else ''}: pass --model")
+    checkpoint = args.checkpoint or (saved.get("checkpoint") if not args.model else None)
+    pretrained = args.pretrained if args.pretrained is not None else (saved.get("pretrained") if not args.model else None)
+    data_text = args.data or saved.get("data")
+    if data_text is None:
+        raise ValueError("pass --data SPEC (e.g. cifar10, digits, a folder or a .pt file)")
+    timesteps = parse_timesteps(args.timesteps)
+    ref = model_ref(model_text)
+    ann, name = load_ann(ref, checkpoint, pretrained)
+    if args.device:
+        ann = ann.to(args.device)
+    spec = parse_data_spec(data_text)
+    x, y = load_data(args, ref, ann, data_text, args.eval_images)
+    check_model_runs(ann, x)
+    shown = _display(ref, name)
+    say(f"spikecast validate: {args.snn_dir} against {shown}")
+    say(f"  validating at T = {_list(timesteps)} on {len(x)} images of {spec.name}...")
+    result = spikecast.validate(ann, snn, TensorBatches(x, y, batch_size=args.batch_size), timesteps=timesteps,
+                                tolerance=args.tolerance)
+    say()
+    say(result.table())
+    if args.out:
+        info = {"model": {"name": shown, "checkpoint": checkpoint, "pretrained": pretrained},
+                "data": {"spec": spec.name, "images": len(x)}, "snn_dir": str(args.snn_dir),
+                "config": {"timesteps": timesteps, "tolerance": args.tolerance, "batch_size": args.batch_size},
+                "environment": _environment()}
+        json_path, md_path = write_results(Path(args.out), result, info)
+        say()
+        say(f"saved: {json_path}, {md_path}")
+    return _exit_code(result)
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int):
+    """Run with ``n`` intra-op threads: the demo's tensors are tiny, and extra threads only add
+    synchronisation (on a busy machine they make it several times slower)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def cmd_demo(args) -> int:
+    with _torch_threads(1):
+        return _demo(args)
+
+
+def _demo(args) -> int:
+    import spikecast
+    from spikecast.data import TensorBatches
+    from spikecast.zoo import create_model
+    from spikecast.zoo.digits import digits_cnn_weights_path, digits_tensors, evaluate_accuracy
+
+    started = time.perf_counter()
+    timesteps = parse_timesteps(DEFAULT_TIMESTEPS)
+    out = Path(args.out)
+    say("spikecast demo: turn a small trained CNN into a spiking network and check it - offline, on the CPU.")
+    say()
+    cached = digits_cnn_weights_path().is_file()
+    say("[1/4] Model: digits-cnn (conv-BN-ReLU x2, avg-pool, linear-ReLU, linear) for scikit-learn's 8x8 digits")
+    t0 = time.perf_counter()
+    ann = create_model("digits-cnn", pretrained=True)
+    x_train, _ = digits_tensors("train")
+    x_test, y_test = digits_tensors("test")
+    how = "loaded from the cache" if cached else "trained now and cached"
+    say(f"      weights {how} in {_seconds(time.perf_counter() - t0)}: {digits_cnn_weights_path()}")
+    say(f"      ANN test accuracy: {100 * evaluate_accuracy(ann, x_test, y_test):.2f}% on {len(x_test)} images")
+    say()
+    say(f"[2/4] Converting: trace, fold BatchNorm into the convs, calibrate each neuron's threshold on "
+        f"{len(x_train)} training images")
+    t0 = time.perf_counter()
+    snn = spikecast.convert(ann, calib=TensorBatches(x_train, batch_size=args.batch_size),
+                            timesteps=max(timesteps), progress=True)
+    convert_s = time.perf_counter() - t0
+    say(f"      {len(snn.neurons())} layers of integrate-and-fire neurons, converted in {_seconds(convert_s)}")
+    say()
+    say(f"[3/4] Simulating the SNN on the {len(x_test)} test images for T = {_list(timesteps)} time steps "
+        "(one run, read at each T)")
+    result = spikecast.validate(ann, snn, TensorBatches(x_test, y_test, batch_size=args.batch_size),
+                                timesteps=timesteps, tolerance=args.tolerance)
+    say()
+    say(result.table())
+    say()
+    snn.metadata["cli"] = {"model": "zoo:digits-cnn", "checkpoint": None, "pretrained": True, "data": "digits:test"}
+    snn_dir = snn.save(out / "snn")
+    info = {
+        "model": {"name": "zoo:digits-cnn", "weights": str(digits_cnn_weights_path())},
+        "data": {"spec": "digits:test", "images": len(x_test)},
+        "calibration": {"spec": "digits:train", "images": len(x_train), "method": "percentile",
+                        "percentile": _default_percentile()},
+        "config": {"timesteps": timesteps, "tolerance": args.tolerance, "batch_size": args.batch_size,
+                   "convert_seconds": round(convert_s, 3)},
+        "snn_dir": str(snn_dir),
+        "environment": _environment(),
+    }
+    info["total_seconds"] = round(time.perf_counter() - started, 3)
+    json_path, md_path = write_results(out, result, info)
+    say(f"[4/4] Saved to {out}/: snn/ (the spiking network), validation.json, validation.md")
+    say(f"      reload it with:  spikecast.load({str(snn_dir)!r})")
+    say()
+    final = timesteps[-1]
+    gap = 100 * (result.ann_accuracy - result.snn_accuracy[final])
+    if abs(gap) < 0.005:
+        verdict = "matches the ANN's accuracy"
+    else:
+        verdict = f"is {abs(gap):.2f} points {'below' if gap > 0 else 'above'} the ANN"
+    say(f"Done in {_seconds(time.perf_counter() - started)}. At T={final} the SNN {verdict} "
+        f"({'within' if result.passed else 'outside'} the {100 * args.tolerance:.1f}-point tolerance).")
+    say("Next: `spikecast inspect zoo:cifar10-resnet20` or `spikecast convert zoo:cifar10-resnet20 --data cifar10`.")
+    return _exit_code(result)
+
+
+def _default_percentile() -> float:
+    from spikecast.calibrate.thresholds import CalibrationConfig
+
+    return CalibrationConfig().percentile
+
+
+def _split_name(spec, split: str) -> str:
+    return f"{spec.path / split}" if spec.path is not None else f"{spec.kind}:{split}"
+
+
+def _saved_model_text(text: str) -> str:
+    """MODEL as recorded in a saved SNN: a ``file.py:Name`` path made absolute."""
+    where, sep, attr = text.rpartition(":")
+    if sep and where.endswith(".py"):
+        return f"{Path(where).expanduser().resolve()}:{attr}"
+    return text
+
+
+def _list(values: Sequence[int]) -> str:
+    values = list(values)
+    if len(values) > 4 and all(b == 2 * a for a, b in zip(values, values[1:])):
+        return f"{values[0]}, {values[1]}, {values[2]}, ..., {values[-1]}"
+    return ", ".join(str(v) for v in values)
+
+
+# ------------------------------------------------------------------------------------------------ parser
+class _Parser(argparse.ArgumentParser):
+    """argparse exits with 2 on usage errors; spikecast reserves 2 for 'missed tolerance'."""
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from spikecast import __version__
+
+    common = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS: a subcommand's default must not undo `spikecast --debug COMMAND ...`
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the full traceback of errors")
+    parser = _Parser(
+        prog="spikecast", parents=[common],
+        description="Convert pretrained ReLU networks (PyTorch / timm) into spiking neural networks, "
+                    "calibrate, validate and save them.",
+        epilog="Exit codes: 0 success; 1 error (inspect: unsupported ops); 2 converted but missed the tolerance. "
+               "Start with `spikecast demo`.")
+    parser.add_argument("--version", action="version", version=f"spikecast {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    def model_args(p, weights_help="local weights file (.pth/.pt/.th/.safetensors)"):
+        p.add_argument("--checkpoint", metavar="FILE", help=weights_help)
+        p.add_argument("--pretrained", action="store_true", default=None,
+                       help="load the model's default weights (zoo: the default; timm: downloads)")
+
+    def data_args(p, required=True):
+        p.add_argument("--data", metavar="SPEC", required=required,
+                       help="cifar10[:test], digits[:test], a folder of class subfolders, or a .pt file of x or (x, y)")
+        p.add_argument("--eval-images", type=int, metavar="N", help="validate on N images (class-balanced; default all)")
+        p.add_argument("--timesteps", default=DEFAULT_TIMESTEPS, metavar="LIST",
+                       help="budgets to report, e.g. 1,2,4,...,128 (default) or 32,64")
+        p.add_argument("--tolerance", type=float, default=0.01,
+                       help="allowed drop of top-1 at the largest T, as a fraction (default 0.01 = 1 point)")
+        p.add_argument("--batch-size", type=int, default=128, metavar="B")
+        p.add_argument("--mean", metavar="M,M,M", help="image folders: normalisation mean (default: the model's)")
+        p.add_argument("--std", metavar="S,S,S", help="image folders: normalisation std (default: the model's)")
+        p.add_argument("--size", type=int, metavar="PX", help="image folders: resize + centre-crop to PX (default: the model's)")
+        p.add_argument("--device", help="cpu (default), cuda, cuda:1...")
+
+    p = sub.add_parser("inspect", parents=[common], help="list every op and what conversion does with it",
+                       description="Trace MODEL (no data needed) and print every operation with its module path and "
+                                   "what conversion will do with it. Exit code 1 if any op is unsupported.")
+    p.add_argument("model", metavar="MODEL", help="zoo:<name>, a timm name, or file.py:Name")
+    model_args(p, "weights to load (not needed: the graph does not depend on them)")
+    p.add_argument("--input-shape", metavar="C,H,W", help="shape of one input (default: the model's, when known)")
+    p.add_argument("--encoding", choices=("analog", "poisson"), default="analog")
+    p.add_argument("--text", action="store_true", help="aligned text instead of a Markdown table")
+    p.add_argument("--json", action="store_true", help="machine-readable JSON")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("convert", parents=[common], help="convert, validate and save an SNN",
+                       description="Convert MODEL to a spiking network (thresholds calibrated on the training split), "
+                                   "validate it against the ANN at every T and save DIR/snn, DIR/validation.json and "
+                                   "DIR/validation.md. Exit 0: within tolerance, 2: missed it, 1: error.")
+    p.add_argument("model", metavar="MODEL", help="zoo:<name>, a timm name, or file.py:Name")
+    model_args(p)
+    data_args(p)
+    p.add_argument("--calib-data", metavar="SPEC", help="calibration data (default: the train split of --data)")
+    p.add_argument("--calib-images", type=int, default=512, metavar="N",
+                   help="class-balanced calibration images (default 512)")
+    p.add_argument("--method", choices=("percentile", "max"), default="percentile", help="threshold selection")
+    p.add_argument("--percentile", type=float, default=_default_percentile(),
+                   help=f"percentile of the activations (default {_default_percentile():g})")
+    p.add_argument("--encoding", choices=("analog", "poisson"), default="analog")
+    p.add_argument("--out", default="spikecast-out", metavar="DIR", help="output folder (default spikecast-out)")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("validate", parents=[common], help="validate a saved SNN against its ANN",
+                       description="Load SNN_DIR (saved by convert) and compare it with its ANN at every T. The model, "
+                                   "checkpoint and data default to those recorded by `spikecast convert`.")
+    p.add_argument("snn_dir", metavar="SNN_DIR")
+    p.add_argument("--model", metavar="MODEL", help="the source ANN (default: recorded in SNN_DIR)")
+    model_args(p)
+    data_args(p, required=False)
+    p.add_argument("--out", metavar="DIR", help="also write DIR/validation.json and DIR/validation.md")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("demo", parents=[common], help="the offline end-to-end demo (digits CNN, < 1 min)",
+                       description="Train (once, cached) a small CNN on scikit-learn's digits, convert it to an SNN, "
+                                   "validate it at T = 1..128 and save everything to DIR. Needs no download.")
+    p.add_argument("--out", default=DEMO_OUT, metavar="DIR", help=f"output folder (default {DEMO_OUT}/)")
+    p.add_argument("--tolerance", type=float, default=0.01, help="allowed top-1 drop at T=128 (default 0.01)")
+    p.add_argument("--batch-size", type=int, default=256, metavar="B")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+@contextlib.contextmanager
+def _friendly_warnings():
+    """Show warnings as one ``warning: ...`` line on stderr, without the source line."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``spikecast`` command; returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors
+        return exc.code if isinstance(exc.code, int) else EXIT_ERROR
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return EXIT_ERROR
+    from spikecast.errors import SpikecastError
+
+    for flag in ("batch_size", "calib_images", "eval_images"):
+        value = getattr(args, flag, None)
+        if value is not None and value < 1:
+            print(f"error: --{flag.replace('_', '-')} must be at least 1, got {value}", file=sys.stderr)
+            return EXIT_ERROR
+    try:
+        with _friendly_warnings():
+            return int(args.func(args))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `spikecast inspect MODEL | head`: stop quietly
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_ERROR
+    except (SpikecastError, OSError, ValueError) as exc:
+        if getattr(args, "debug", False):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""Data specs: one short string names a dataset, for the CLI and for library users.
+
+==========================  =====================================================================
+spec                        data
+==========================  =====================================================================
+``cifar10[:train|test]``    CIFAR-10 from the shared JPEG folder (``spikecast.data.cifar10_tensors``)
+``digits[:train|test]``     scikit-learn's bundled 8x8 digits (no download), the fixed 1,347 / 450
+                            split of the ``digits-cnn`` zoo model
+``path/to/folder``          a folder of class subfolders (torchvision ImageFolder); when it holds
+                            ``train/`` and ``test/`` folders, those are the splits
+``path/to/file.pt``         a tensor ``x``, a pair ``(x, y)`` or a dict with ``x`` / ``y`` keys
+==========================  =====================================================================
+
+:func:`resolve_data` returns ``(x, y)`` tensors (``y`` is None for unlabelled data); a ``limit``
+keeps a deterministic class-balanced subset. Named datasets have a train and a test split; the
+split suffix of a spec picks the default split, and an explicit ``split`` argument overrides it
+(calibration always asks for ``"train"``). A folder without ``train/``/``test/`` and a ``.pt``
+file have one split, used for both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["DataSpec", "parse_data_spec", "resolve_data", "DATASETS", "SPLITS"]
+
+DATASETS = ("cifar10", "digits")
+SPLITS = ("train", "test")
+_SPEC_HELP = ("'cifar10', 'cifar10:test', 'digits', 'digits:test', a folder of class subfolders, "
+              "or a .pt file holding a tensor or (x, y)")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """A parsed data spec. ``kind``: ``"cifar10"``, ``"digits"``, ``"folder"`` or ``"tensor"``."""
+
+    kind: str
+    split: Optional[str] = None  # split named in the spec ("cifar10:test" -> "test")
+    path: Optional[Path] = None  # folder / file for "folder" and "tensor"
+
+    @property
+    def name(self) -> str:
+        if self.path is not None:
+            return str(self.path)
+        return self.kind if self.split is None else f"{self.kind}:{self.split}"
+
+    @property
+    def has_splits(self) -> bool:
+        """True when train and test are different images (named datasets, folders with train/ test/)."""
+        if self.kind in DATASETS:
+            return True
+        return self.kind == "folder" and all((self.path / s).is_dir() for s in SPLITS)
+
+
+def parse_data_spec(spec: Union[str, Path, DataSpec]) -> DataSpec:
+    """Parse a data spec string (see the module docstring); raises ValueError / FileNotFoundError
+    with a message that lists the accepted forms."""
+    if isinstance(spec, DataSpec):
+        return spec
+    text = str(spec).strip()
+    if not text:
+        raise ValueError(f"empty data spec; expected {_SPEC_HELP}")
+    head, sep, tail = text.partition(":")
+    if head.lower() in DATASETS:
+        split = tail.lower() if sep else None
+        if split is not None and split not in SPLITS:
+            raise ValueError(f"unknown split {tail!r} in data spec {text!r}: use {head}:train or {head}:test")
+        return DataSpec(head.lower(), split)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return DataSpec("folder", None, path)
+    if path.suffix.lower() in (".pt", ".pth"):
+        if not path.is_file():
+            raise FileNotFoundError(f"data file not found: {text}")
+        return DataSpec("tensor", None, path)
+    if path.exists():
+        raise ValueError(f"cannot read data from {path}: expected {_SPEC_HELP}")
+    looks_like_path = any(c in text for c in "/\\.") or text.startswith("~")
+    if looks_like_path:
+        raise FileNotFoundError(f"data folder or file not found: {text} (expected {_SPEC_HELP})")
+    raise ValueError(f"unknown data spec {text!r}: expected {_SPEC_HELP}")
+
+
+def resolve_data(spec: Union[str, Path, DataSpec], split: Optional[str] = None, limit: Optional[int] = None, *,
+                 mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
+                 size: Optional[int] = None, channels: Optional[int] = None) -> tuple[Tensor, Optional[Tensor]]:
+    """Load the data named by ``spec`` as ``(x, y)`` tensors (``y`` None when unlabelled).
+
+    Args:
+        spec: a data spec string (see the module docstring) or a :class:`DataSpec`.
+        split: ``"train"`` or ``"test"``; default the spec's own suffix, else ``"test"``.
+        limit: keep at most this many samples, a deterministic class-balanced subset when labelled
+            (the first ``limit`` otherwise).
+        mean, std, size, channels: image folders only - normalisation (default: ImageNet's),
+            resize of the shorter side then centre crop to ``size`` (default: keep the images'
+            size; they must then all be the same), and 1 (grayscale) or 3 (RGB) channels
+            (default: ``len(mean)`` when given, else 3).
+    """
+    parsed = parse_data_spec(spec)
+    if split is None:
+        split = parsed.split or "test"
+    if split not in SPLITS:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"the number of images must be at least 1, got {limit}")
+    if parsed.kind == "cifar10":
+        from spikecast.data import cifar10_tensors
+
+        x, y = cifar10_tensors(split, limit=limit)
+        return x, y
+    if parsed.kind == "digits":
+        from spikecast.zoo.digits import digits_tensors
+
+        x, y = digits_tensors(split)
+        return _limit(x, y, limit)
+    if parsed.kind == "folder":
+        return _image_folder(parsed.path, split, limit, mean, std, size, channels)
+    return _limit(*_tensor_file(parsed.path), limit)
+
+
+def _limit(x: Tensor, y: Optional[Tensor], limit: Optional[int]) -> tuple[Tensor, Optional[Tensor]]:
+    if limit is None or limit >= len(x):
+        return x, y
+    if y is None:
+        return x[:limit], None
+    from spikecast.data import balanced_indices
+
+    index = torch.from_numpy(balanced_indices(y.numpy(), limit=limit))
+    return x[index], y[index]
+
+
+def _tensor_file(path: Path) -> tuple[Tensor, Optional[Tensor]]:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling errors come in many types
+        raise ValueError(f"cannot load {path} as tensors: {type(exc).__name__}: {exc}") from exc
+    if isinstance(obj, dict):
+        x = next((obj[k] for k in ("x", "input", "inputs", "image", "images", "data") if k in obj), None)
+        y = next((obj[k] for k in ("y", "label", "labels", "target", "targets") if k in obj), None)
+    elif isinstance(obj, Tensor):
+        x, y = obj, None
+    elif isinstance(obj, (tuple, list)) and 1 <= len(obj) <= 2:
+        x, y = obj[0], (obj[1] if len(obj) == 2 else None)
+    else:
+        x, y = None, None
+    if not isinstance(x, Tensor) or (y is not None and not isinstance(y, Tensor)):
+        raise ValueError(f"{path} must hold a tensor x, a pair (x, y) of tensors or a dict with 'x' (and 'y'); "
+                         f"found {type(obj).__name__}")
+    if x.dim() < 2 or len(x) == 0:
+        raise ValueError(f"{path}: x must be a non-empty batch [N, ...], got shape {tuple(x.shape)}")
+    if y is not None:
+        if y.dim() != 1 or len(y) != len(x):
+            raise ValueError(f"{path}: y must be N integer labels for the N={len(x)} inputs, got shape "
+                             f"{tuple(y.shape)}")
+        y = y.long()
+    return x.float(), y
+
+
+def _image_folder(root: Path, split: str, limit: Optional[int], mean, std, size, channels
+                  ) -> tuple[Tensor, Tensor]:
+    from torchvision.datasets import ImageFolder
+
+    from spikecast.data import balanced_indices
+    from spikecast.zoo.registry import IMAGENET_MEAN, IMAGENET_STD
+
+    folder = root / split if all((root / s).is_dir() for s in SPLITS) else root
+    mean = tuple(float(m) for m in (mean if mean is not None else IMAGENET_MEAN))
+    std = tuple(float(s) for s in (std if std is not None else IMAGENET_STD))
+    channels = channels or (len(mean) if len(mean) in (1, 3) else 3)
+    if len(mean) not in (1, channels) or len(std) not in (1, channels):
+        raise ValueError(f"mean {mean} / std {std} do not fit {channels}-channel images")
+    try:
+        dataset = ImageFolder(str(folder))
+    except (FileNotFoundError, RuntimeError) as exc:  # RuntimeError: older torchvision, no images
+        raise FileNotFoundError(f"{folder}: not an image folder with class subfolders ({exc})") from exc
+    labels = np.asarray(dataset.targets, dtype=np.int64)
+    index = balanced_indices(labels, limit=limit) if limit is not None else np.arange(len(labels))
+    from PIL import Image
+
+    images = []
+    for i in index:
+        path = dataset.samples[i][0]
+        with Image.open(path) as img:
+            img = img.convert("L" if channels == 1 else "RGB")
+            if size is not None:
+                img = _resize_center_crop(img, int(size))
+            images.append(torch.from_numpy(np.array(img, dtype=np.uint8, copy=True)))
+    shapes = {tuple(t.shape) for t in images}
+    if len(shapes) > 1:
+        raise ValueError(f"images in {folder} have different sizes {sorted(shapes)[:3]}...: pass a size "
+                         "(CLI: --size) to resize them")
+    x = torch.stack(images).float().div_(255.0)
+    x = x.unsqueeze(1) if channels == 1 else x.permute(0, 3, 1, 2)
+    x = (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+    return x.contiguous(), torch.from_numpy(labels[index].copy())
+
+
+def _resize_center_crop(img, size: int):
+    from PIL import Image
+
+    w, h = img.size
+    if (w, h) != (size, size):
+        scale = size / min(w, h)
+        img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
+        w, h = img.size
+        left, top = (w - size) // 2, (h - size) // 2
+        img = img.crop((left, top, left + size, top + size))
+    return img

@@ -1,0 +1,36 @@
+"""The shared CIFAR-10 ResNets, written as their authors wrote them, convert with no edits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import spikecast
+from spikecast.paths import shared_dir
+from spikecast.zoo import create_model, model_info
+
+
+def _need_shared(name: str):
+    ckpt = shared_dir() / model_info(name).default_checkpoint
+    data = shared_dir() / "data" / "cifar10-jpeg"
+    if not ckpt.is_file() or not data.is_dir():
+        pytest.skip(f"shared weights/data not found at {ckpt} / {data}: set SPIKECAST_SHARED")
+
+
+@pytest.mark.parametrize("name", ["cifar10-resnet20", "cifar10-resnet32"])
+def test_shared_resnet_converts_and_tracks_ann(name):
+    _need_shared(name)
+    from spikecast.data import cifar10_tensors
+
+    ann = create_model(name, pretrained=True)
+    x_cal, _ = cifar10_tensors("train", limit=256)
+    x, y = cifar10_tensors("test", limit=200)
+    snn = spikecast.convert(ann, calib=(x_cal,), progress=False)
+    # every F.relu of the authors' code became a neuron: 1 stem + 2 per block
+    blocks = (int(name.split("resnet")[1]) - 2) // 2
+    assert len(snn.neurons()) == 1 + 2 * blocks
+    res = spikecast.validate(ann, snn, (x, y), timesteps=[16, 128], progress=False)
+    assert res.agreement[128] >= 0.90, res.table()
+    assert res.snn_accuracy[128] >= res.ann_accuracy - 0.04, res.table()
+    # more steps, closer to the ANN
+    assert res.cosine[128] > res.cosine[16]

@@ -1,0 +1,182 @@
+"""Tests of the command line (``spikecast.cli``), ``spikecast.inspect`` and the data specs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import spikecast
+from spikecast.cli import main, parse_shape, parse_timesteps
+from spikecast.datasets import parse_data_spec, resolve_data
+
+# A model whose time-varying part (after the first ReLU) calls torch.sigmoid inside `blocks.1`.
+SIGMOID_MODEL = textwrap.dedent("""
+    import torch
+    from torch import nn
+
+    class Gate(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(8, 8)
+
+        def forward(self, x):
+            return torch.sigmoid(self.fc(x))
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Linear(4, 8)
+            self.blocks = nn.Sequential(nn.ReLU(), Gate())
+            self.head = nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.head(self.blocks(self.stem(x)))
+""")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The models here are tiny: one thread is fastest, and much faster on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory, one_thread):
+    """`spikecast convert` on the digits data spec, end to end (shared by the tests below)."""
+    out = tmp_path_factory.mktemp("convert")
+    code = main(["convert", "digits-cnn", "--data", "digits", "--calib-images", "200", "--eval-images", "100",
+                 "--timesteps", "1,2,4,...,64", "--batch-size", "64", "--out", str(out)])
+    return code, out
+
+
+def test_demo_writes_results_and_snn_matches_ann(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| 128 |" in printed and "PASSED" in printed
+    for name in ("validation.json", "validation.md", "snn/spikecast.json", "snn/weights.safetensors"):
+        assert (out / name).is_file(), name
+    doc = json.loads((out / "validation.json").read_text())
+    assert doc["timesteps"] == [1, 2, 4, 8, 16, 32, 64, 128]
+    assert doc["samples"] == 450
+    assert abs(doc["snn_accuracy"]["128"] - doc["ann_accuracy"]) <= 0.02
+    assert doc["model"]["name"] == "zoo:digits-cnn" and doc["calibration"]["images"] == 1347
+    assert "| 128 |" in (out / "validation.md").read_text()
+    snn = spikecast.load(out / "snn")
+    assert len(snn.neurons()) == 3
+
+
+def test_inspect_cli_names_unsupported_sigmoid(tmp_path, capsys):
+    model_file = tmp_path / "sigmoid_model.py"
+    model_file.write_text(SIGMOID_MODEL)
+    assert main(["inspect", f"{model_file}:Net", "--input-shape", "4"]) == 1
+    printed = capsys.readouterr().out
+    assert "UNSUPPORTED" in printed and "blocks.1" in printed and "aten.sigmoid" in printed
+    assert "NOT convertible" in printed
+
+
+def test_inspect_report_lists_every_op():
+    namespace: dict = {}
+    exec(SIGMOID_MODEL, namespace)
+    report = spikecast.inspect(namespace["Net"](), input_shape=(4,))
+    assert not report.ok
+    assert [(s.path, s.op) for s in report.unsupported] == [("blocks.1", "aten.sigmoid")]
+    kinds = [(r.path, r.kind) for r in report.rows]
+    assert kinds == [("stem", "static"), ("blocks.0", "neuron"), ("blocks.1.fc", "weighted"),
+                     ("blocks.1", "unsupported"), ("head", "weighted")]
+    assert report.to_dict()["summary"]["unsupported"] == 1
+    assert "blocks.1" in report.table() and "blocks.1" in report.table(markdown=False)
+
+    digits = spikecast.inspect("zoo:digits-cnn")
+    assert digits.ok and digits.neurons == 3 and digits.folded_batchnorms == 2
+    assert digits.rows[0].action == "static prefix: computed once (weighted layer, BN folded: features.1)"
+    assert digits.rows[2].action == "weighted layer (BN folded: features.4)"
+    # stem max-pool (after the first ReLU) moves into the static prefix; a later one pools a varying current
+    vgg = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                        nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16, 2))
+    pools = [(r.path, r.kind) for r in spikecast.inspect(vgg, input_shape=(3, 8, 8)).rows if "max_pool" in r.op]
+    assert pools == [("2", "static"), ("5", "maxpool-spiking")]
+    with pytest.raises(ValueError, match="input_shape"):
+        spikecast.inspect(nn.Sequential(nn.Linear(4, 2), nn.ReLU()))
+
+
+def test_convert_digits_end_to_end(converted, capsys):
+    code, out = converted
+    assert code == 0
+    doc = json.loads((out / "validation.json").read_text())
+    assert doc["timesteps"] == [1, 2, 4, 8, 16, 32, 64] and doc["samples"] == 100
+    assert doc["calibration"]["images"] == 200 and doc["calibration"]["spec"] == "digits:train"
+    assert doc["passed"] is True
+    assert (out / "validation.md").is_file() and (out / "snn" / "spikecast.json").is_file()
+
+
+def test_validate_saved_snn(converted, capsys):
+    _, out = converted
+    args = ["validate", str(out / "snn"), "--eval-images", "50", "--timesteps", "32,64"]
+    assert main(args + ["--out", str(out / "again")]) == 0  # model and data recorded by convert
+    assert "| 64 |" in capsys.readouterr().out
+    assert json.loads((out / "again" / "validation.json").read_text())["samples"] == 50
+    assert main(args + ["--tolerance", "-1"]) == 2  # converted, but missed the (impossible) tolerance
+
+
+def test_data_spec_errors_are_clear(tmp_path, capsys):
+    with pytest.raises(ValueError, match="unknown data spec 'imagenet'.*cifar10"):
+        parse_data_spec("imagenet")
+    with pytest.raises(ValueError, match="unknown split 'val'.*digits:train or digits:test"):
+        parse_data_spec("digits:val")
+    with pytest.raises(FileNotFoundError, match="not found: ./missing/folder"):
+        parse_data_spec("./missing/folder")
+    bad = tmp_path / "bad.pt"
+    torch.save([1, 2, 3], bad)
+    with pytest.raises(ValueError, match="must hold a tensor"):
+        resolve_data(str(bad))
+    with pytest.raises(ValueError, match="at least 1"):
+        resolve_data("digits", limit=0)
+
+    assert main(["convert", "digits-cnn", "--data", "imagenet", "--out", str(tmp_path / "x")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown data spec 'imagenet'") and "Traceback" not in err
+    assert main(["convert", "digits-cnn", "--data", "digits", "--timesteps", "1,x"]) == 1
+    assert "error: cannot read --timesteps" in capsys.readouterr().err
+    assert main(["convert", "digits-cnn"]) == 1  # --data missing: usage error is 1, never 2
+    assert "--data" in capsys.readouterr().err
+
+
+def test_data_specs_load_tensors(tmp_path):
+    x, y = resolve_data("digits", "train", limit=50)
+    assert x.shape == (50, 1, 8, 8) and torch.bincount(y).tolist() == [5] * 10
+    assert len(resolve_data("digits:test")[0]) == 450
+    path = tmp_path / "data.pt"
+    torch.save({"x": x, "y": y}, path)
+    x2, y2 = resolve_data(str(path), limit=20)
+    assert x2.shape == (20, 1, 8, 8) and len(set(y2.tolist())) == 10
+    torch.save(x, path)
+    assert resolve_data(str(path))[1] is None
+
+
+def test_argument_parsing_helpers():
+    assert parse_timesteps("1,2,4,...,128") == [1, 2, 4, 8, 16, 32, 64, 128]
+    assert parse_timesteps("8,16,...,40") == [8, 16, 24, 32, 40]
+    assert parse_timesteps("64, 32") == [32, 64]
+    assert parse_timesteps("1,3,9,...,30") == [1, 3, 9, 27, 30]
+    assert parse_shape("3,32,32") == parse_shape("3x32x32") == (3, 32, 32)
+    with pytest.raises(ValueError):
+        parse_timesteps("0,4")
+    with pytest.raises(ValueError):
+        parse_shape("3,,-1")
+
+
+def test_python_dash_m_runs():
+    done = subprocess.run([sys.executable, "-m", "spikecast", "--version"], capture_output=True, text=True,
+                          timeout=120, cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0 and done.stdout.startswith("spikecast ")
