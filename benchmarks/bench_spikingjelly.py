@@ -67,8 +67,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.timesteps = sorted({int(t) for t in args.timesteps})
     if args.timesteps[0] < 1:
         p.error("--timesteps must be positive")
-    if args.images < 1 or args.batch_size < 1 or args.timing_images < 0:
-        p.error("--images and --batch-size must be >= 1, --timing-images >= 0")
+    if args.images < 1 or args.batch_size < 1 or args.timing_images < 1:
+        p.error("--images, --timing-images and --batch-size must be >= 1")
     args.timing_images = min(args.timing_images, args.images)
     return args
 
@@ -164,6 +164,23 @@ def sj_simulate(net: nn.Module, x: torch.Tensor, timesteps: list[int], functiona
     return means
 
 
+def spikecast_revision() -> str:
+    """``git describe`` of the checkout spikecast is imported from (``+dirty`` with local changes)."""
+    import subprocess
+
+    import spikecast
+
+    root = Path(spikecast.__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "spikecast"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (rev + ("+dirty" if dirty else "")) if rev else "unknown"
+
+
 def fmt_pct(v: float) -> str:
     return f"{100 * v:.2f}%"
 
@@ -195,6 +212,7 @@ def main(argv=None) -> int:
     except Exception:
         pass
 
+    revision = spikecast_revision()  # of the code imported now (the checkout may change during a long run)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     T_max = args.timesteps[-1]
@@ -204,7 +222,7 @@ def main(argv=None) -> int:
     print(f"machine: {cpu_model()}, {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}, "
           f"load average {load_start}")
     print(f"torch {torch.__version__}, spikingjelly {sj_version}, "
-          f"spikecast {spikecast.__version__}")
+          f"spikecast {spikecast.__version__} (git {revision})")
 
     # ---- data and models
     t0 = time.perf_counter()
@@ -289,8 +307,8 @@ def main(argv=None) -> int:
         eta = elapsed / done * (len(x_test) - done)
         accs = "; ".join(f"{n} " + "/".join(fmt_pct(correct[n][t] / done) for t in args.timesteps) for n in names)
         rates = ", ".join(f"{n} {done * T_max / seconds[n]:.0f}" for n in names)
-        print(f"[{i + 1}/{n_batches}] {done} images, ANN {fmt_pct(correct_ann / done)}, top-1 so far at T={args.timesteps}: {accs}; image-steps/s: {rates}; "
-              f"elapsed {elapsed / 60:.1f} min, ETA {eta / 60:.1f} min, load {loadavg()}", flush=True)
+        print(f"[{i + 1}/{n_batches}] {done} images, ANN {fmt_pct(correct_ann / done)}, "
+              f"top-1 so far at T={args.timesteps}: {accs}; image-steps/s: {rates}; elapsed {elapsed / 60:.1f} min, ETA {eta / 60:.1f} min, load {loadavg()}", flush=True)
     load_end = loadavg()
     ann_acc = correct_ann / len(x_test)
 
@@ -349,14 +367,20 @@ def main(argv=None) -> int:
         "membranes at 0. spikecast computes the input-only prefix (first conv + BN) once per image, "
         "SpikingJelly every step.",
         f"- Machine: {cpu_model()}, {os.cpu_count()} logical CPUs, {torch.get_num_threads()} torch threads; "
-        f"torch {torch.__version__}, Python {platform.python_version()}. Load average (1/5/15 min) "
+        f"torch {torch.__version__}, Python {platform.python_version()}, spikecast git {revision}. "
+        f"Load average (1/5/15 min) "
         f"at start {load_start}, at end {load_end} (a shared machine: absolute rates vary with load, the "
         "interleaved ratio much less).",
         f"- Run {started_at:%Y-%m-%d %H:%M} UTC, {(time.perf_counter() - run_started) / 60:.1f} min of simulation: "
         f"`{command}`",
         "",
     ])
-    write_section(RESULTS, section)
+    try:  # the helper the other benchmark scripts share (benchmarks/results_file.py)
+        from results_file import update_section
+    except ImportError:
+        write_section(RESULTS, section)
+    else:
+        update_section(SECTION[3:], section[len(SECTION):], RESULTS)
     print(f"\nwrote section '{SECTION[3:]}' of {RESULTS}")
     return 0
 

@@ -14,6 +14,8 @@ from spikecast.errors import CalibrationError, SpikecastError, TraceError, Unsup
 from spikecast.runtime.network import SimulationConfig, SpikingNetwork
 from spikecast.validate import ValidationResult, validate
 
+from spikecast import data, zoo  # noqa: E402  (spikecast.zoo.create_model works after `import spikecast`)
+
 __version__ = "0.1.0"
 
 

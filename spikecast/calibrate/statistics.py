@@ -98,13 +98,14 @@ def collect_statistics(gm: fx.GraphModule, data, *, histogram: bool = True, bins
 
     def first_pass(key: str, x: torch.Tensor) -> None:
         s = stats[key]
-        if not torch.isfinite(x).all():
+        # Reductions only (no boolean indexing, which copies): a NaN/Inf anywhere makes the sum
+        # non-finite, which is the cheap check.
+        if not torch.isfinite(x.sum()):
             raise CalibrationError(f"site {s.name}: activations contain NaN or Inf during calibration")
         s.max = max(s.max, float(x.max()))
-        pos = x > 0
         s.numel += x.numel()
-        s.positive += int(pos.sum())
-        s.sum_positive += float(x[pos].double().sum())
+        s.positive += int((x > 0).sum())
+        s.sum_positive += float(x.clamp_min(0).sum(dtype=torch.float64))
 
     _run_with_hooks(gm, data, first_pass, "calibration: ranges", progress, device)
     if histogram:
@@ -115,8 +116,9 @@ def collect_statistics(gm: fx.GraphModule, data, *, histogram: bool = True, bins
             s = stats[key]
             if s.max <= 0:
                 return
-            pos = x[x > 0].float()
-            s.histogram += torch.histc(pos, bins=bins, min=0.0, max=s.max).double()
+            counts = torch.histc(x.clamp_min(0).float(), bins=bins, min=0.0, max=s.max).double()
+            counts[0] -= x.numel() - int((x > 0).sum())  # the clamped non-positives all landed in bin 0
+            s.histogram += counts
 
         _run_with_hooks(gm, data, second_pass, "calibration: histograms", progress, device)
     return stats

@@ -325,7 +325,7 @@ def unsupported_reason(node: fx.Node, varying: set[fx.Node]) -> Optional[str]:
             return None
         return "product of two time-varying tensors is not linear"
     if p in ops.MAXPOOLS:
-        return None  # converted with the spiking max-pool approximation (warned)
+        return None  # converted to SpikingMaxPool (exact in the mean; warned)
     return "non-linear op with no spiking equivalent"
 
 
