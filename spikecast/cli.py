@@ -282,7 +282,7 @@ def cmd_convert(args) -> int:
     t0 = time.perf_counter()
     snn = spikecast.convert(ann, calib=TensorBatches(x_cal, batch_size=args.batch_size), method=args.method,
                             percentile=args.percentile, timesteps=max(timesteps), encoding=args.encoding,
-                            device=args.device, progress=True)
+                            signed=args.signed, mask_ratio=args.mask_ratio, device=args.device, progress=True)
     convert_s = time.perf_counter() - t0
     say(f"  converted in {_seconds(convert_s)}: {len(snn.neurons())} IF neuron layers")
     say(f"  validating the SNN against the ANN at T = {_list(timesteps)} on {len(x)} images...")
@@ -534,6 +534,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--percentile", type=float, default=_default_percentile(),
                    help=f"percentile of the activations (default {_default_percentile():g})")
     p.add_argument("--encoding", choices=("analog", "poisson"), default="analog")
+    p.add_argument("--signed", action="store_true",
+                   help="signed neurons: a neuron may take back a spike it sent on a transient")
+    p.add_argument("--mask-ratio", type=float, default=0.0, metavar="P",
+                   help="random spike masking: drop each spike with probability P (rescaled)")
     p.add_argument("--out", default="spikecast-out", metavar="DIR", help="output folder (default spikecast-out)")
     p.set_defaults(func=cmd_convert)
 

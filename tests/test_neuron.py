@@ -235,3 +235,20 @@ def test_masking_off_by_default_is_exact():
     n = IFNeuron(1.0)
     outs = torch.stack([n(cur.clone()) for _ in range(10)])
     assert set(outs.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_signed_neuron_keeps_the_constant_input_formula_and_retracts_transient_spikes():
+    from spikecast.convert.neuron import IFNeuron
+
+    theta, T = 0.5, 64
+    currents = torch.tensor([-0.25, 0.0, 0.125, 0.1875, 0.5, 0.75])
+    neuron = IFNeuron(theta, "signed", signed=True)
+    total = sum(neuron(currents.clone()) for _ in range(T))
+    expected = torch.clamp(torch.floor(T * currents / theta + 0.5), 0, T) * theta
+    assert torch.equal(total, expected)
+    # a positive kick then a negative drive of the same charge: the binary neuron keeps its spike,
+    # the signed one takes it back, so its net output matches relu(mean input) = 0
+    for signed, net in ((False, 1.0), (True, 0.0)):
+        n = IFNeuron(1.0, "kick", signed=signed)
+        out = n(torch.tensor([1.0])) + n(torch.tensor([-1.0])) + n(torch.tensor([0.0]))
+        assert float(out) == net

@@ -44,6 +44,7 @@ def convert(
     mask_ratio: float = 0.0,
     mask_sites: Optional[Sequence[str]] = None,
     mask_seed: int = 0,
+    signed: bool = False,
     encoding: str = "analog",
     device: Union[str, torch.device, None] = None,
     progress: bool = True,
@@ -62,6 +63,8 @@ def convert(
         timesteps: default number of steps of ``snn(x)``; ``simulate`` takes any budget.
         v_init: initial membrane potential as a fraction of the threshold (0.5 = half threshold).
         mask_ratio, mask_sites, mask_seed: random spike masking (see :class:`IFNeuron`).
+        signed: neurons may send a negative spike to take back an earlier positive one (see
+            :class:`IFNeuron`); fixes over-firing on transients at the cost of ternary spikes.
         encoding: ``"analog"`` (direct input, default) or ``"poisson"`` (rate-coded input).
         device: where calibration runs and the SNN lives (default: CPU, or the model's device).
         progress: show progress bars.
@@ -76,7 +79,8 @@ def convert(
     ann, name = resolve_model(model, checkpoint, pretrained)
     calib_config = CalibrationConfig(method=method, percentile=percentile)
     neuron_config = NeuronConfig(v_init=v_init, mask_ratio=mask_ratio,
-                                 mask_sites=tuple(mask_sites) if mask_sites else None, mask_seed=mask_seed)
+                                 mask_sites=tuple(mask_sites) if mask_sites else None, mask_seed=mask_seed,
+                                 signed=signed)
     sim_config = SimulationConfig(timesteps=timesteps, encoding=encoding)
     if device is None:
         device = next((p.device for p in ann.parameters()), torch.device("cpu"))
@@ -95,7 +99,7 @@ def convert(
         "calibration": {"method": method, "percentile": percentile if method == "percentile" else None,
                         "images": n_images, "seconds": round(time.perf_counter() - started, 3)},
         "neuron": {"v_init": v_init, "mask_ratio": mask_ratio, "mask_sites": list(mask_sites or []),
-                   "mask_seed": mask_seed},
+                   "mask_seed": mask_seed, "signed": signed},
         "sites": [stats[k].to_dict() for k in stats],
     }
     return SpikingNetwork(snn_graph, sim_config, metadata).to(device)

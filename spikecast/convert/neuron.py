@@ -11,6 +11,14 @@ the number of spikes after ``T`` steps is exactly ``clamp(floor(T*I/theta + v_in
 the mean output ``theta * N/T`` is ``I`` quantised to ``theta/T`` with rounding and clipped to
 ``[0, theta]`` - the rate code that makes ReLU networks convertible.
 
+Optional signed spikes (``signed=True``): a neuron that has already sent positive spikes emits a
+negative spike ``-theta`` (and ``v <- v + theta``) when its membrane falls below 0, i.e. below the
+rounding band ``[0, theta)`` of the half-threshold start. A negative spike only cancels earlier
+positive charge, so the output stays a clipped ReLU, but spikes fired early on a transient
+(depthwise convolutions, deep stacks) are taken back instead of staying as a permanent error. Under
+constant input it never fires negatively, so the formula above holds unchanged. It costs a second
+state tensor and ternary instead of binary spikes (log2(3) bits per step).
+
 Optional random spike masking (synaptic failure, Masked Spiking Transformer's RSM): each emitted
 spike is withheld from the next layer with probability ``mask_ratio``; the neuron still resets.
 With ``mask_rescale`` a transmitted spike carries ``theta / (1 - mask_ratio)`` so the expected
@@ -29,7 +37,7 @@ class IFNeuron(nn.Module):
     """Integrate-and-fire neuron with soft reset; one call = one time step."""
 
     def __init__(self, threshold, name: str = "", *, v_init: float = 0.5, upper: Optional[float] = None,
-                 mask_ratio: float = 0.0, mask_seed: int = 0, mask_rescale: bool = True):
+                 mask_ratio: float = 0.0, mask_seed: int = 0, mask_rescale: bool = True, signed: bool = False):
         super().__init__()
         if not 0.0 <= mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
@@ -43,6 +51,7 @@ class IFNeuron(nn.Module):
         self.mask_ratio = float(mask_ratio)
         self.mask_seed = int(mask_seed)
         self.mask_rescale = bool(mask_rescale)
+        self.signed = bool(signed)
         self.record = False  # count spikes (for firing rates); off in the hot path by default
         self.reset()
 
@@ -52,6 +61,7 @@ class IFNeuron(nn.Module):
         self.spike_count = 0.0
         self.neuron_steps = 0.0  # number of (neuron, step) pairs seen, for the firing rate
         self._generator: Optional[torch.Generator] = None
+        self.emitted: Optional[torch.Tensor] = None  # signed: net charge sent so far
 
     def _mask(self, like: torch.Tensor) -> torch.Tensor:
         if self._generator is None or self._generator.device != like.device:
@@ -68,7 +78,16 @@ class IFNeuron(nn.Module):
         v = self.v
         v.add_(current)
         fired = v >= theta
-        out = torch.where(fired, theta, 0.0)
+        if self.signed:
+            if self.emitted is None:
+                self.emitted = torch.zeros_like(current)
+            # take back a spike already sent when the membrane fell below the rounding band
+            retract = (v < 0) & (self.emitted > 0)
+            out = torch.where(fired, theta, torch.where(retract, -theta, 0.0))
+            self.emitted.add_(out)
+            fired = fired | retract
+        else:
+            out = torch.where(fired, theta, 0.0)
         v.sub_(out)
         if self.record:
             self.spike_count += float(fired.sum())
@@ -84,7 +103,7 @@ class IFNeuron(nn.Module):
 
     def config(self) -> dict:
         return {"name": self.name, "v_init": self.v_init, "upper": self.upper, "mask_ratio": self.mask_ratio,
-                "mask_seed": self.mask_seed, "mask_rescale": self.mask_rescale}
+                "mask_seed": self.mask_seed, "mask_rescale": self.mask_rescale, "signed": self.signed}
 
     @classmethod
     def from_config(cls, config: dict, tensors: dict[str, torch.Tensor]) -> "IFNeuron":

@@ -41,6 +41,7 @@ class NeuronConfig:
     mask_sites: Optional[Sequence[str]] = None
     mask_seed: int = 0
     mask_rescale: bool = True
+    signed: bool = False
 
     def masks(self, site_name: str) -> bool:
         if self.mask_ratio <= 0:
@@ -64,7 +65,8 @@ def to_spiking(gm: fx.GraphModule, neuron: NeuronConfig = NeuronConfig(), *,
         masked = neuron.masks(site.name)
         spiking = IFNeuron(theta, site.name, v_init=neuron.v_init, upper=site.upper,
                            mask_ratio=neuron.mask_ratio if masked else 0.0,
-                           mask_seed=neuron.mask_seed + k, mask_rescale=neuron.mask_rescale)
+                           mask_seed=neuron.mask_seed + k, mask_rescale=neuron.mask_rescale,
+                           signed=neuron.signed)
         key = node.target.split(".", 1)[1]
         setattr(out.sites, key, spiking)
     _replace_varying_maxpools(out, input_varies)
