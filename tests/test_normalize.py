@@ -29,13 +29,7 @@ from spikecast.runtime.network import SpikingNetwork
 aten = torch.ops.aten
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny tensors: one intra-op thread is much faster (and steadier on a busy machine)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 BN_OPS = {aten._native_batch_norm_legit_no_training, aten.batch_norm, aten._native_batch_norm_legit,

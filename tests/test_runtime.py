@@ -20,12 +20,7 @@ from spikecast.convert.maxpool import SpikingMaxPool
 aten = torch.ops.aten
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 class Net(nn.Module):

@@ -15,12 +15,7 @@ from spikecast import SpikingNetwork
 from spikecast.convert.maxpool import SpikingMaxPool
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 class Net(nn.Module):

@@ -13,12 +13,7 @@ from spikecast.graph.normalize import find_unsupported, normalize
 from spikecast.graph.trace import trace
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 X = torch.rand(8, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
