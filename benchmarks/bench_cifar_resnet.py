@@ -56,6 +56,11 @@ def main() -> None:
         print(f"\n{name}: calibration {calib_s:.1f}s, validation {res.seconds:.0f}s")
         print(res.table())
         rows.append((name, snn.metadata["calibration"], calib_s, res, image_steps))
+        write_section(rows, timesteps, args)  # after each model, so a partial run keeps its results
+
+
+def write_section(rows, timesteps, args) -> None:
+    """Print and (unless --no-write) store the table of the models done so far."""
     head = "| model | calibration | ANN | " + " | ".join(f"T={t}" for t in timesteps) + " | calib. time | image·steps/s |"
     sep = "|---|---|---:|" + "---:|" * len(timesteps) + "---:|---:|"
     lines = [head, sep]
