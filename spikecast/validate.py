@@ -16,6 +16,19 @@ DEFAULT_TIMESTEPS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
 @dataclass
+class EarlyExitResult:
+    """Dynamic-confidence early exit (Li et al. 2023): a sample stops at the first step whose
+    softmax of the mean output so far reaches ``confidence`` (or at ``max_steps``)."""
+
+    confidence: float
+    max_steps: int
+    accuracy: Optional[float]
+    agreement: float  # top-1 equal to the ANN's
+    mean_steps: float  # steps actually used, averaged over samples
+    exited: float  # fraction of samples that stopped before max_steps
+
+
+@dataclass
 class ValidationResult:
     """Accuracy of the ANN and of the SNN at each T, plus how closely the SNN follows the ANN.
 
@@ -35,6 +48,7 @@ class ValidationResult:
     tolerance: float
     passed: bool
     seconds: float = 0.0
+    early_exit: Optional["EarlyExitResult"] = None
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -55,15 +69,29 @@ class ValidationResult:
             lines.append(f"| {t} | {acc_s} | {100 * self.agreement[t]:.2f}% | {self.logit_error[t]:.4f} | "
                          f"{self.cosine[t]:.4f} |")
         lines.append("")
+        if self.early_exit is not None:
+            e = self.early_exit
+            acc_s = "n/a" if e.accuracy is None else f"{100 * e.accuracy:.2f}%"
+            lines.append(f"Early exit (softmax confidence >= {e.confidence:g}, at most {e.max_steps} steps): "
+                         f"top-1 {acc_s}, mean {e.mean_steps:.2f} steps, {100 * e.exited:.1f}% of samples "
+                         "stopped early")
+            lines.append("")
         lines.append(f"{'PASSED' if self.passed else 'FAILED'} (tolerance {100 * self.tolerance:.1f} points at "
                      f"T={self.timesteps[-1]})")
         return "\n".join(lines)
 
 
 def validate(ann: nn.Module, snn: SpikingNetwork, data, timesteps: Sequence[int] = DEFAULT_TIMESTEPS,
-             tolerance: float = 0.01, progress: bool = True, max_batches: Optional[int] = None) -> ValidationResult:
+             tolerance: float = 0.01, progress: bool = True, max_batches: Optional[int] = None,
+             early_exit: Optional[float] = None) -> ValidationResult:
     """Compare ``snn`` with ``ann`` on ``data`` at every T of ``timesteps`` from ONE simulation of
-    ``max(timesteps)`` steps per batch. ``data``: DataLoader / batches / tensor / (x, y)."""
+    ``max(timesteps)`` steps per batch. ``data``: DataLoader / batches / tensor / (x, y).
+
+    ``early_exit``: a confidence in (0, 1]; also reports the accuracy and mean number of steps
+    when each sample stops at the first step where the softmax of its mean output so far reaches
+    it (:class:`EarlyExitResult`). The batch is still simulated to the end; the steps counted are
+    those a per-sample runtime would spend.
+    """
     import time
 
     from spikecast.data import as_loader, split_batch
@@ -76,6 +104,9 @@ def validate(ann: nn.Module, snn: SpikingNetwork, data, timesteps: Sequence[int]
     agree = {t: 0 for t in budgets}
     err = {t: 0.0 for t in budgets}
     cos = {t: 0.0 for t in budgets}
+    if early_exit is not None and not 0.0 < early_exit <= 1.0:
+        raise ValueError(f"early_exit must be a confidence in (0, 1], got {early_exit}")
+    exit_correct, exit_agree, exit_steps, exit_early = 0, 0, 0.0, 0
     started = time.perf_counter()
     with progress_bar("validate", None, progress) as bar:
         for i, batch in enumerate(as_loader(data)):
@@ -85,8 +116,15 @@ def validate(ann: nn.Module, snn: SpikingNetwork, data, timesteps: Sequence[int]
             x = x.to(device)
             with torch.inference_mode():
                 ref = ann(x)
-            outs = snn.simulate(x, budgets)
+            tracker = _ExitTracker(early_exit, budgets[-1]) if early_exit is not None else None
+            outs = snn.simulate(x, budgets, callback=tracker)
             ref_top = ref.argmax(-1)
+            if tracker is not None:
+                exit_agree += int((tracker.prediction == ref_top).sum())
+                exit_steps += float(tracker.steps.sum())
+                exit_early += int((tracker.steps < budgets[-1]).sum())
+                if y is not None:
+                    exit_correct += int((tracker.prediction == y.to(device)).sum())
             if y is None:
                 labelled = False
             else:
@@ -111,7 +149,38 @@ def validate(ann: nn.Module, snn: SpikingNetwork, data, timesteps: Sequence[int]
         passed = snn_acc[final] >= ann_acc - tolerance
     else:
         passed = agreement[final] >= 1.0 - tolerance
+    exit_result = None
+    if early_exit is not None:
+        exit_result = EarlyExitResult(confidence=early_exit, max_steps=final,
+                                      accuracy=exit_correct / n if labelled else None, agreement=exit_agree / n,
+                                      mean_steps=exit_steps / n, exited=exit_early / n)
     return ValidationResult(
         timesteps=budgets, samples=n, ann_accuracy=ann_acc, snn_accuracy=snn_acc, agreement=agreement,
         logit_error={t: err[t] / n for t in budgets}, cosine={t: cos[t] / n for t in budgets},
-        tolerance=tolerance, passed=passed, seconds=time.perf_counter() - started)
+        tolerance=tolerance, passed=passed, seconds=time.perf_counter() - started, early_exit=exit_result)
+
+
+class _ExitTracker:
+    """Simulation callback: per sample, the prediction and step at which confidence was reached."""
+
+    def __init__(self, confidence: float, max_steps: int):
+        self.confidence, self.max_steps = confidence, max_steps
+        self.total = None
+        self.prediction = None
+        self.steps = None
+
+    def __call__(self, t: int, out: torch.Tensor) -> None:
+        out = out.flatten(1)
+        self.total = out.double() if self.total is None else self.total + out
+        if t > self.max_steps:
+            return
+        mean = self.total / t
+        conf, top = torch.softmax(mean, -1).max(-1)
+        if self.prediction is None:
+            self.prediction = top.clone()
+            self.steps = torch.full_like(top, self.max_steps)
+            self.done = torch.zeros_like(top, dtype=torch.bool)
+        stop = ~self.done & ((conf >= self.confidence) | (t == self.max_steps))
+        self.prediction[stop] = top[stop]
+        self.steps[stop] = t
+        self.done |= stop

@@ -20,6 +20,24 @@ from spikecast.graph.sites import site_nodes
 from spikecast.progress import progress_bar
 
 DEFAULT_BINS = 8192
+DEFAULT_CHANNEL_BINS = 1024  # per-channel histograms: channels x bins float64 each
+
+
+def channel_dim(x: torch.Tensor) -> int:
+    """The channel axis of an activation: 1 for (N, C, ...) and (N, C); last for (N, L, C) tokens."""
+    return 2 if x.dim() == 3 else 1
+
+
+def broadcast_shape(ndim: int, channels: int) -> list[int]:
+    """Shape of a per-channel tensor that broadcasts against an ``ndim``-D activation."""
+    shape = [1] * ndim
+    shape[2 if ndim == 3 else 1] = channels
+    return shape
+
+
+def channel_view(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as (elements, channels)."""
+    return x.movedim(channel_dim(x), -1).reshape(-1, x.shape[channel_dim(x)])
 
 
 @dataclass
@@ -32,6 +50,10 @@ class SiteStatistics:
     positive: int = 0  # elements > 0 (those the ReLU passes)
     sum_positive: float = 0.0
     histogram: Optional[torch.Tensor] = field(default=None, repr=False)  # float64 counts on [0, max]
+    ndim: int = 0  # rank of the activation tensor
+    # per channel (when collected): maxima [C] and histograms [C, bins], channel c on [0, channel_max[c]]
+    channel_max: Optional[torch.Tensor] = field(default=None, repr=False)
+    channel_histogram: Optional[torch.Tensor] = field(default=None, repr=False)
 
     @property
     def firing_fraction(self) -> float:
@@ -92,8 +114,11 @@ def _run_with_hooks(gm: fx.GraphModule, data, hook: Callable[[str, torch.Tensor]
 
 
 def collect_statistics(gm: fx.GraphModule, data, *, histogram: bool = True, bins: int = DEFAULT_BINS,
+                       per_channel: bool = False, channel_bins: int = DEFAULT_CHANNEL_BINS,
                        progress: bool = True, device=None) -> dict[str, SiteStatistics]:
-    """Run ``data`` through the normalised graph ``gm`` and return statistics per site target."""
+    """Run ``data`` through the normalised graph ``gm`` and return statistics per site target.
+
+    ``per_channel`` also collects each channel's maximum and histogram (``channel_bins`` bins)."""
     stats = {node.target: SiteStatistics(site.name) for node, site in site_nodes(gm)}
 
     def first_pass(key: str, x: torch.Tensor) -> None:
@@ -103,6 +128,10 @@ def collect_statistics(gm: fx.GraphModule, data, *, histogram: bool = True, bins
         if not torch.isfinite(x.sum()):
             raise CalibrationError(f"site {s.name}: activations contain NaN or Inf during calibration")
         s.max = max(s.max, float(x.max()))
+        s.ndim = x.dim()
+        if per_channel:
+            cmax = channel_view(x).amax(0).clamp_min(0).double().cpu()
+            s.channel_max = cmax if s.channel_max is None else torch.maximum(s.channel_max, cmax)
         s.numel += x.numel()
         s.positive += int((x > 0).sum())
         s.sum_positive += float(x.clamp_min(0).sum(dtype=torch.float64))
@@ -121,4 +150,20 @@ def collect_statistics(gm: fx.GraphModule, data, *, histogram: bool = True, bins
             s.histogram += counts
 
         _run_with_hooks(gm, data, second_pass, "calibration: histograms", progress, device)
+    if per_channel:
+        for s in stats.values():
+            s.channel_histogram = torch.zeros(len(s.channel_max), channel_bins, dtype=torch.float64)
+
+        def channel_pass(key: str, x: torch.Tensor) -> None:
+            s = stats[key]
+            xs = channel_view(x)
+            cmax = s.channel_max.to(device=x.device, dtype=torch.float32)
+            positive = xs > 0
+            # bin index of every positive element in its channel's histogram, flattened over channels
+            scaled = (xs / cmax.clamp_min(torch.finfo(torch.float32).tiny) * channel_bins).floor()
+            idx = scaled.clamp(0, channel_bins - 1).long() + torch.arange(xs.shape[1], device=x.device) * channel_bins
+            counts = torch.bincount(idx[positive], minlength=xs.shape[1] * channel_bins)
+            s.channel_histogram += counts.view(xs.shape[1], channel_bins).double().cpu()
+
+        _run_with_hooks(gm, data, channel_pass, "calibration: channel histograms", progress, device)
     return stats

@@ -10,6 +10,7 @@ from typing import Optional, Sequence, Union
 import torch
 import torch.fx as fx
 
+from spikecast.calibrate.correction import CorrectionConfig, correct
 from spikecast.calibrate.statistics import iterate_inputs
 from spikecast.calibrate.thresholds import DEFAULT_PERCENTILE, CalibrationConfig, calibrate
 from spikecast.convert.spiking import NeuronConfig, to_spiking
@@ -37,9 +38,11 @@ def convert(
     *,
     method: str = "percentile",
     percentile: float = DEFAULT_PERCENTILE,
+    per_channel: bool = False,
+    calibration: str = "light",
     checkpoint: Optional[Union[str, Path]] = None,
     pretrained: Optional[bool] = None,
-    timesteps: int = 64,
+    timesteps: int = 32,
     v_init: float = 0.5,
     mask_ratio: float = 0.0,
     mask_sites: Optional[Sequence[str]] = None,
@@ -55,12 +58,18 @@ def convert(
         model: an ``nn.Module``, ``"zoo:<name>"`` (e.g. ``"zoo:cifar10-resnet20"``) or a timm name.
         calib: unlabeled calibration data - a DataLoader yielding ``x`` or ``(x, y)``, an iterable
             of batches, or a tensor. Labels are ignored.
-        method: threshold selection, ``"max"`` or ``"percentile"``.
+        method: threshold selection: ``"max"``, ``"percentile"`` or ``"mse"`` (minimum expected
+            error for ``timesteps`` steps); see :mod:`spikecast.calibrate.thresholds`.
         percentile: percentile (0-100] of the positive activations used by ``"percentile"``.
+        per_channel: one threshold per channel instead of one per activation site.
+        calibration: post-conversion correction with the ANN as teacher, for ``timesteps``:
+            ``"none"``, ``"light"`` (bias + potential correction) or ``"advanced"`` (+ per-channel
+            threshold refinement); see :mod:`spikecast.calibrate.correction`.
         checkpoint: local weights file (.pth/.pt/.th/.safetensors) to load into the model.
         pretrained: load the model's default weights (zoo: default True; timm: False, needs
             internet when True).
-        timesteps: default number of steps of ``snn(x)``; ``simulate`` takes any budget.
+        timesteps: the timestep budget the network is calibrated for, and the default number of
+            steps of ``snn(x)``; ``simulate`` runs any budget.
         v_init: initial membrane potential as a fraction of the threshold (0.5 = half threshold).
         mask_ratio, mask_sites, mask_seed: random spike masking (see :class:`IFNeuron`).
         signed: neurons may send a negative spike to take back an earlier positive one (see
@@ -77,7 +86,9 @@ def convert(
         raise CalibrationError("convert() needs calibration data (`calib=`): a DataLoader, batches or a tensor")
     started = time.perf_counter()
     ann, name = resolve_model(model, checkpoint, pretrained)
-    calib_config = CalibrationConfig(method=method, percentile=percentile)
+    calib_config = CalibrationConfig(method=method, percentile=percentile, per_channel=per_channel,
+                                     timesteps=timesteps, v_init=v_init)
+    correction_config = CorrectionConfig(level=calibration, timesteps=timesteps)
     neuron_config = NeuronConfig(v_init=v_init, mask_ratio=mask_ratio,
                                  mask_sites=tuple(mask_sites) if mask_sites else None, mask_seed=mask_seed,
                                  signed=signed)
@@ -97,9 +108,14 @@ def convert(
     metadata = {
         "source": name,
         "calibration": {"method": method, "percentile": percentile if method == "percentile" else None,
-                        "images": n_images, "seconds": round(time.perf_counter() - started, 3)},
+                        "per_channel": per_channel, "level": calibration, "timesteps": timesteps,
+                        "images": n_images},
         "neuron": {"v_init": v_init, "mask_ratio": mask_ratio, "mask_sites": list(mask_sites or []),
                    "mask_seed": mask_seed, "signed": signed},
         "sites": [stats[k].to_dict() for k in stats],
     }
-    return SpikingNetwork(snn_graph, sim_config, metadata).to(device)
+    snn = SpikingNetwork(snn_graph, sim_config, metadata).to(device)
+    if calibration != "none" and stats:
+        snn = correct(snn, calibrated, calib, correction_config, progress=progress, device=device)
+    snn.metadata["calibration"]["seconds"] = round(time.perf_counter() - started, 3)
+    return snn

@@ -19,6 +19,11 @@ positive charge, so the output stays a clipped ReLU, but spikes fired early on a
 constant input it never fires negatively, so the formula above holds unchanged. It costs a second
 state tensor and ternary instead of binary spikes (log2(3) bits per step).
 
+Calibration corrections (set by :mod:`spikecast.calibrate.correction`, absent by default):
+``bias`` is a current added at every step (bias correction: it shifts the mean output by about
+``bias``), ``v_offset`` is added to the initial membrane potential (potential correction: a charge
+given once at the start). Both broadcast against the input, usually one value per channel.
+
 Optional random spike masking (synaptic failure, Masked Spiking Transformer's RSM): each emitted
 spike is withheld from the next layer with probability ``mask_ratio``; the neuron still resets.
 With ``mask_rescale`` a transmitted spike carries ``theta / (1 - mask_ratio)`` so the expected
@@ -53,7 +58,18 @@ class IFNeuron(nn.Module):
         self.mask_rescale = bool(mask_rescale)
         self.signed = bool(signed)
         self.record = False  # count spikes (for firing rates); off in the hot path by default
+        self.register_buffer("bias", None)
+        self.register_buffer("v_offset", None)
         self.reset()
+
+    def set_correction(self, bias: Optional[torch.Tensor] = None, v_offset: Optional[torch.Tensor] = None) -> None:
+        """Set (or clear, with ``None``) the per-step current ``bias`` and initial-charge ``v_offset``."""
+        for key, value in (("bias", bias), ("v_offset", v_offset)):
+            if value is not None:
+                value = torch.as_tensor(value, dtype=torch.float32).detach().clone().to(self.threshold.device)
+                if not torch.isfinite(value).all():
+                    raise ValueError(f"neuron {self.name!r}: {key} must be finite")
+            setattr(self, key, value)
 
     def reset(self) -> None:
         """Forget the membrane state and restart the mask stream (call before each simulation)."""
@@ -74,9 +90,14 @@ class IFNeuron(nn.Module):
     def forward(self, current: torch.Tensor) -> torch.Tensor:
         theta = self.threshold
         if self.v is None:
-            self.v = torch.empty_like(current).copy_((theta * self.v_init).expand_as(current))
+            v0 = theta * self.v_init
+            if self.v_offset is not None:
+                v0 = v0 + self.v_offset
+            self.v = torch.empty_like(current).copy_(v0.expand_as(current))
         v = self.v
         v.add_(current)
+        if self.bias is not None:
+            v.add_(self.bias)
         fired = v >= theta
         if self.signed:
             if self.emitted is None:
@@ -107,8 +128,11 @@ class IFNeuron(nn.Module):
 
     @classmethod
     def from_config(cls, config: dict, tensors: dict[str, torch.Tensor]) -> "IFNeuron":
-        return cls(tensors["threshold"], **config)
+        neuron = cls(tensors["threshold"], **config)
+        neuron.set_correction(tensors.get("bias"), tensors.get("v_offset"))
+        return neuron
 
     def extra_repr(self) -> str:
         th = f"{float(self.threshold):.4g}" if self.threshold.numel() == 1 else f"per-channel{tuple(self.threshold.shape)}"
-        return f"name={self.name!r}, threshold={th}, v_init={self.v_init}, mask_ratio={self.mask_ratio}"
+        extra = "".join(f", {k}=per-channel" for k in ("bias", "v_offset") if getattr(self, k) is not None)
+        return f"name={self.name!r}, threshold={th}, v_init={self.v_init}, mask_ratio={self.mask_ratio}{extra}"

@@ -1,0 +1,166 @@
+"""Neuron-by-neuron simulation over a fixed set of inputs, for layer-wise calibration.
+
+Correcting neuron ``k`` needs its output over ``T`` steps *given the already-corrected neurons
+below it*. Re-simulating the whole upstream network for every neuron costs O(n^2) layer-steps;
+this runtime costs O(n): the spike train of every neuron that is still needed downstream is kept
+(as int8 signs, ``T x images x ...``; the spike amplitude is the neuron's threshold), and neuron
+``k`` is simulated by running only the ops between those recorded trains and itself, step by
+step, with the same :class:`IFNeuron` modules the normal runtime uses. A train is freed as soon as
+no later neuron reads it.
+
+The results equal those of :meth:`SpikingNetwork.simulate` on the same inputs (every op here acts
+per sample, so batching does not change them).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+import torch.fx as fx
+
+from spikecast.convert.maxpool import SpikingMaxPool
+from spikecast.convert.neuron import IFNeuron
+from spikecast.runtime.encoding import PoissonEncoder
+
+StepHook = Callable[[slice, int, torch.Tensor, torch.Tensor], None]  # (images, t, current, output)
+
+
+def _amplitude(neuron: IFNeuron) -> torch.Tensor:
+    scale = 1.0 / (1.0 - neuron.mask_ratio) if (neuron.mask_ratio > 0 and neuron.mask_rescale) else 1.0
+    return neuron.threshold.float() * scale
+
+
+class LayerwiseSimulation:
+    """Simulate the neurons of ``snn`` one at a time, in graph order, on inputs ``x``.
+
+    Usage: for each index ``k`` (in order) call :meth:`run` as often as needed (e.g. measure,
+    correct, measure again), then :meth:`commit` once to record neuron ``k``'s final spike train.
+    """
+
+    def __init__(self, snn, x: torch.Tensor, timesteps: int, batch_size: int = 256):
+        from spikecast.runtime.network import _views_to_reshapes
+
+        self.snn = snn
+        self.gm: fx.GraphModule = snn.graph_module
+        self.x = x
+        self.timesteps = int(timesteps)
+        self.batch_size = int(batch_size)
+        self.channels_last = bool(snn.config.channels_last)
+        self.encoding = snn.config.encoding
+        self.nodes = [n for n in self.gm.graph.nodes
+                      if n.op == "call_module" and isinstance(self.gm.get_submodule(n.target), IFNeuron)]
+        neuron_set = set(self.nodes)
+        self._parts: list[tuple[fx.GraphModule, list[fx.Node]]] = []
+        for node in self.nodes:
+            part, inputs = self._subgraph(node, neuron_set)
+            _views_to_reshapes(part.graph)
+            part.recompile()
+            self._parts.append((part, inputs))
+        # last neuron index whose subgraph reads each recorded train
+        self._last_use: dict[str, int] = {}
+        for k, (_, inputs) in enumerate(self._parts):
+            for b in inputs:
+                if b.op != "placeholder":
+                    self._last_use[b.name] = k
+        self._records: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def neuron(self, k: int) -> IFNeuron:
+        return self.gm.get_submodule(self.nodes[k].target)
+
+    def _subgraph(self, node: fx.Node, neurons: set) -> tuple[fx.GraphModule, list[fx.Node]]:
+        needed: set[fx.Node] = set()
+        inputs: set[fx.Node] = set()
+        stack = list(node.all_input_nodes)
+        while stack:
+            n = stack.pop()
+            if n in needed or n in inputs:
+                continue
+            if n.op == "placeholder" or n in neurons:
+                inputs.add(n)
+                continue
+            needed.add(n)
+            stack.extend(n.all_input_nodes)
+        order = {n: i for i, n in enumerate(self.gm.graph.nodes)}
+        inputs_sorted = sorted(inputs, key=order.__getitem__)
+        graph = fx.Graph()
+        env: dict[fx.Node, fx.Node] = {}
+        for b in inputs_sorted:
+            env[b] = graph.placeholder(f"in_{b.name}")
+        for n in sorted(needed, key=order.__getitem__):
+            env[n] = graph.node_copy(n, lambda a: env[a])
+        spikes = graph.node_copy(node, lambda a: env[a])
+        graph.output((env[node.args[0]], spikes))
+        return fx.GraphModule(self.gm, graph, class_name="NeuronPart"), inputs_sorted
+
+    def _input(self, b: fx.Node, t: int, sl: slice, x_t: torch.Tensor) -> torch.Tensor:
+        if b.op == "placeholder":
+            return x_t
+        signs, amplitude = self._records[b.name]
+        value = signs[t, sl].float() * amplitude
+        if value.dim() == 4 and self.channels_last:
+            value = value.contiguous(memory_format=torch.channels_last)
+        return value
+
+    def run(self, k: int, on_step: Optional[StepHook] = None, record: bool = False,
+            limit: Optional[int] = None) -> torch.Tensor:
+        """Simulate neuron ``k`` on all inputs (the first ``limit``); return its mean output per
+        channel (float64).
+
+        ``on_step(images, t, current, output)`` sees every step (0-based ``t``); ``record`` keeps
+        the spike train for the neurons above (see :meth:`commit`).
+        """
+        from spikecast.calibrate.statistics import channel_dim
+
+        part, inputs = self._parts[k]
+        neuron = self.neuron(k)
+        stateful = [m for m in part.modules() if isinstance(m, (IFNeuron, SpikingMaxPool))]
+        total, count = None, 0
+        signs_all = None
+        T = self.timesteps
+        with torch.inference_mode():
+            n = len(self.x) if limit is None else min(int(limit), len(self.x))
+            for start in range(0, n, self.batch_size):
+                sl = slice(start, min(start + self.batch_size, n))
+                x = self.x[sl]
+                if x.dim() == 4 and self.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                encoder = None
+                if self.encoding == "poisson":
+                    encoder = PoissonEncoder(self.snn.config.input_scale, self.snn.config.encoding_seed)
+                    encoder.start(x)
+                for m in stateful:
+                    m.reset()
+                batch_sum = None
+                for t in range(T):
+                    x_t = encoder.step() if encoder is not None else x
+                    current, out = part(*[self._input(b, t, sl, x_t) for b in inputs])
+                    batch_sum = out.double() if batch_sum is None else batch_sum.add_(out)
+                    if on_step is not None:
+                        on_step(sl, t, current, out)
+                    if record:
+                        if signs_all is None:
+                            signs_all = torch.empty((T, len(self.x)) + tuple(out.shape[1:]), dtype=torch.int8,
+                                                    device=out.device)
+                        signs_all[t, sl].copy_(torch.sign(out))
+                cdim = channel_dim(batch_sum)
+                dims = [d for d in range(batch_sum.dim()) if d != cdim]
+                s = batch_sum.sum(dim=dims) if dims else batch_sum
+                total = s if total is None else total + s
+                count += batch_sum.numel() // s.numel() * T
+        if record:
+            self._records[self.nodes[k].name] = (signs_all, _amplitude(neuron).to(signs_all.device))
+        return total / count
+
+    def commit(self, k: int) -> torch.Tensor:
+        """Record neuron ``k``'s spike train (with its final parameters) for the neurons above it,
+        free the trains nobody needs any more, and return its mean output per channel."""
+        rate = self.run(k, record=self.nodes[k].name in self._last_use)
+        for name, last in list(self._last_use.items()):
+            if last <= k and name in self._records:
+                del self._records[name]
+        return rate
+
+    @property
+    def recorded_bytes(self) -> int:
+        return sum(s.numel() * s.element_size() for s, _ in self._records.values())
