@@ -277,17 +277,20 @@ def cmd_convert(args) -> int:
     eval_name = _split_name(spec, spec.split or "test") if spec.has_splits else spec.name
     cal_name = _split_name(calib_spec, "train") if calib_spec.has_splits else calib_spec.name
     say(f"  data: {eval_name}, {len(x)} evaluation images; calibration: {cal_name}, {len(x_cal)} images")
-    how = f"percentile {args.percentile:g}" if args.method == "percentile" else "max"
-    say(f"  converting (thresholds: {how} of the activations)...")
+    how = {"percentile": f"percentile {args.percentile:g}", "max": "max",
+           "mse": f"minimum error for T={args.budget}"}[args.method] + (" per channel" if args.per_channel else "")
+    say(f"  converting (thresholds: {how}; correction: {args.calibration} for T={args.budget}; "
+        f"{'signed' if args.signed else 'binary'} neurons)...")
     t0 = time.perf_counter()
     snn = spikecast.convert(ann, calib=TensorBatches(x_cal, batch_size=args.batch_size), method=args.method,
-                            percentile=args.percentile, timesteps=max(timesteps), encoding=args.encoding,
+                            percentile=args.percentile, per_channel=args.per_channel, calibration=args.calibration,
+                            timesteps=args.budget, encoding=args.encoding,
                             signed=args.signed, mask_ratio=args.mask_ratio, device=args.device, progress=True)
     convert_s = time.perf_counter() - t0
     say(f"  converted in {_seconds(convert_s)}: {len(snn.neurons())} IF neuron layers")
     say(f"  validating the SNN against the ANN at T = {_list(timesteps)} on {len(x)} images...")
     result = spikecast.validate(ann, snn, TensorBatches(x, y, batch_size=args.batch_size), timesteps=timesteps,
-                                tolerance=args.tolerance)
+                                tolerance=args.tolerance, early_exit=args.early_exit)
     out = Path(args.out)
     snn.metadata["cli"] = {"model": _saved_model_text(args.model),
                            "checkpoint": str(Path(args.checkpoint).resolve()) if args.checkpoint else None,
@@ -297,7 +300,9 @@ def cmd_convert(args) -> int:
         "model": {"name": shown, "checkpoint": args.checkpoint, "pretrained": args.pretrained},
         "data": {"spec": eval_name, "images": len(x)},
         "calibration": {"spec": cal_name, "images": len(x_cal), "method": args.method,
-                        "percentile": args.percentile if args.method == "percentile" else None},
+                        "percentile": args.percentile if args.method == "percentile" else None,
+                        "per_channel": args.per_channel, "correction": args.calibration, "budget": args.budget,
+                        "signed": args.signed},
         "config": {"timesteps": timesteps, "tolerance": args.tolerance, "encoding": args.encoding,
                    "batch_size": args.batch_size, "device": args.device or "cpu",
                    "convert_seconds": round(convert_s, 3)},
@@ -342,7 +347,7 @@ def cmd_validate(args) -> int:
     say(f"spikecast validate: {args.snn_dir} against {shown}")
     say(f"  validating at T = {_list(timesteps)} on {len(x)} images of {spec.name}...")
     result = spikecast.validate(ann, snn, TensorBatches(x, y, batch_size=args.batch_size), timesteps=timesteps,
-                                tolerance=args.tolerance)
+                                tolerance=args.tolerance, early_exit=args.early_exit)
     say()
     say(result.table())
     if args.out:
@@ -399,8 +404,7 @@ def _demo(args) -> int:
     say(f"[2/4] Converting: trace, fold BatchNorm into the convs, calibrate each neuron's threshold on "
         f"{len(x_train)} training images")
     t0 = time.perf_counter()
-    snn = spikecast.convert(ann, calib=TensorBatches(x_train, batch_size=args.batch_size),
-                            timesteps=max(timesteps), progress=True)
+    snn = spikecast.convert(ann, calib=TensorBatches(x_train, batch_size=args.batch_size), progress=True)
     convert_s = time.perf_counter() - t0
     say(f"      {len(snn.neurons())} layers of integrate-and-fire neurons, converted in {_seconds(convert_s)}")
     say()
@@ -416,8 +420,7 @@ def _demo(args) -> int:
     info = {
         "model": {"name": "zoo:digits-cnn", "weights": str(digits_cnn_weights_path())},
         "data": {"spec": "digits:test", "images": len(x_test)},
-        "calibration": {"spec": "digits:train", "images": len(x_train), "method": "percentile",
-                        "percentile": _default_percentile()},
+        "calibration": {"spec": "digits:train", "images": len(x_train), **snn.metadata["calibration"]},
         "config": {"timesteps": timesteps, "tolerance": args.tolerance, "batch_size": args.batch_size,
                    "convert_seconds": round(convert_s, 3)},
         "snn_dir": str(snn_dir),
@@ -438,6 +441,13 @@ def _demo(args) -> int:
         f"({'within' if result.passed else 'outside'} the {100 * args.tolerance:.1f}-point tolerance).")
     say("Next: `spikecast inspect zoo:cifar10-resnet20` or `spikecast convert zoo:cifar10-resnet20 --data cifar10`.")
     return _exit_code(result)
+
+
+def _defaults() -> dict:
+    from spikecast.convert import api
+
+    return {"method": api.DEFAULT_METHOD, "calibration": api.DEFAULT_CALIBRATION, "signed": api.DEFAULT_SIGNED,
+            "timesteps": api.DEFAULT_TIMESTEPS}
 
 
 def _default_percentile() -> float:
@@ -508,6 +518,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--std", metavar="S,S,S", help="image folders: normalisation std (default: the model's)")
         p.add_argument("--size", type=int, metavar="PX", help="image folders: resize + centre-crop to PX (default: the model's)")
         p.add_argument("--device", help="cpu (default), cuda, cuda:1...")
+        p.add_argument("--early-exit", type=float, metavar="CONF",
+                       help="also report early exit: a sample stops once the softmax of its mean output reaches CONF")
 
     p = sub.add_parser("inspect", parents=[common], help="list every op and what conversion does with it",
                        description="Trace MODEL (no data needed) and print every operation with its module path and "
@@ -530,12 +542,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-data", metavar="SPEC", help="calibration data (default: the train split of --data)")
     p.add_argument("--calib-images", type=int, default=512, metavar="N",
                    help="class-balanced calibration images (default 512)")
-    p.add_argument("--method", choices=("percentile", "max"), default="percentile", help="threshold selection")
+    p.add_argument("--method", choices=("mse", "percentile", "max"), default=_defaults()["method"],
+                   help=f"threshold selection (default {_defaults()['method']})")
+    p.add_argument("--per-channel", action="store_true", help="one threshold per channel")
+    p.add_argument("--calibration", choices=("none", "light", "advanced"), default=_defaults()["calibration"],
+                   help="correction with the ANN as teacher: light = bias + potential, advanced = + threshold "
+                        f"refinement (default {_defaults()['calibration']})")
+    p.add_argument("--budget", type=int, default=_defaults()["timesteps"], metavar="T",
+                   help=f"timestep budget the SNN is calibrated for (default {_defaults()['timesteps']})")
     p.add_argument("--percentile", type=float, default=_default_percentile(),
                    help=f"percentile of the activations (default {_default_percentile():g})")
     p.add_argument("--encoding", choices=("analog", "poisson"), default="analog")
-    p.add_argument("--signed", action="store_true",
-                   help="signed neurons: a neuron may take back a spike it sent on a transient")
+    p.add_argument("--signed", action=argparse.BooleanOptionalAction, default=_defaults()["signed"],
+                   help="signed neurons: a neuron may take back a spike it sent on a transient "
+                        f"(default {'on' if _defaults()['signed'] else 'off'}; --no-signed for binary spikes)")
     p.add_argument("--mask-ratio", type=float, default=0.0, metavar="P",
                    help="random spike masking: drop each spike with probability P (rescaled)")
     p.add_argument("--out", default="spikecast-out", metavar="DIR", help="output folder (default spikecast-out)")

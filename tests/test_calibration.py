@@ -64,3 +64,74 @@ def test_nan_calibration_data_and_empty_loader_raise():
         spikecast.convert(model, calib=bad, progress=False)
     with pytest.raises(spikecast.CalibrationError, match="empty"):
         spikecast.convert(model, calib=[], progress=False)
+
+
+# ------------------------------------------------------------------ MSE / per-channel thresholds
+def _if_error(samples: torch.Tensor, theta: float, T: int) -> float:
+    """Exact mean squared error of transmitting ``samples`` through an IF neuron for T steps."""
+    q = theta / T * torch.clamp(torch.floor(samples * T / theta + 0.5), 0, T)
+    return float(((q - samples) ** 2).mean())
+
+
+@pytest.mark.parametrize("T", [4, 16, 64])
+def test_mse_threshold_finds_the_optimum_of_a_known_distribution(T):
+    from spikecast.calibrate.thresholds import mse_threshold
+
+    # Exponential(1) activations: heavy enough tail that the optimum clips well below the max.
+    g = torch.Generator().manual_seed(0)
+    samples = -torch.log(torch.rand(100_000, generator=g, dtype=torch.float64))
+    top = float(samples.max())
+    counts = torch.histc(samples, bins=8192, min=0.0, max=top)
+    found = float(mse_threshold(counts, torch.tensor(top), T))
+    # brute force on the samples themselves, independent of the histogram
+    grid = torch.linspace(0.5, 12.5, 601, dtype=torch.float64)
+    errors = torch.tensor([_if_error(samples, float(th), T) for th in grid])
+    best = float(grid[errors.argmin()])
+    assert found == pytest.approx(best, abs=0.03 * best + 0.02)
+    # and it is near-optimal in the error it achieves
+    assert _if_error(samples, found, T) <= float(errors.min()) * 1.01
+    assert found < 0.8 * top  # it does clip the tail
+
+
+def test_mse_threshold_grows_with_the_timestep_budget_and_respects_no_data():
+    from spikecast.calibrate.thresholds import mse_threshold
+
+    g = torch.Generator().manual_seed(1)
+    samples = torch.randn(200_000, generator=g).abs()
+    counts = torch.histc(samples, bins=4096, min=0.0, max=float(samples.max()))
+    thetas = [float(mse_threshold(counts, samples.max(), T)) for T in (2, 8, 32, 128)]
+    assert thetas == sorted(thetas) and thetas[0] < thetas[-1]
+    assert float(mse_threshold(torch.zeros(16), torch.tensor(0.0), 8)) == 0.0
+
+
+def test_per_channel_statistics_and_thresholds():
+    from spikecast.calibrate.thresholds import CalibrationConfig, calibrate
+    from spikecast.graph.sites import site_nodes
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU()).eval()
+    with torch.no_grad():  # channels on very different scales: one threshold cannot serve them all
+        model[0].weight.mul_(torch.tensor([1.0, 10.0, 100.0, 1000.0]).view(4, 1, 1, 1))
+    x = torch.randn(256, 3, 8, 8)
+    gm = prepare(model, x[:2])
+    with torch.no_grad():
+        h = model(x).transpose(0, 1).reshape(4, -1)  # [channel, values]
+    for method in ("max", "percentile", "mse"):
+        config = CalibrationConfig(method=method, per_channel=True, timesteps=16, percentile=99.0)
+        out, _ = calibrate(gm, [x[:100], x[100:]], config, progress=False)
+        theta = next(s.threshold for _, s in site_nodes(out))
+        assert theta.shape == (1, 4, 1, 1)
+        for c in range(4):
+            values = h[c][h[c] > 0].double()
+            th = float(theta.flatten()[c])
+            if method == "max":
+                assert th == pytest.approx(float(values.max()), rel=1e-6)
+            elif method == "percentile":
+                ref = float(torch.quantile(values, 0.99))
+                assert th == pytest.approx(ref, rel=0.02)
+            else:
+                grid = torch.linspace(0.05, 1.0, 400, dtype=torch.float64) * float(values.max())
+                best = min(_if_error(values, float(g), 16) for g in grid)
+                assert _if_error(values, th, 16) <= best * 1.02
+    with pytest.raises(ValueError, match="calibration method"):
+        CalibrationConfig(method="kl")

@@ -42,6 +42,7 @@ from spikecast.runtime.layerwise import LayerwiseSimulation
 from spikecast.runtime.network import SpikingNetwork
 
 LEVELS = ("none", "light", "advanced")
+MIN_SLOPE = 0.25
 
 
 @dataclass(frozen=True)
@@ -104,11 +105,13 @@ def _per_channel(values: torch.Tensor, like_ndim: int) -> torch.Tensor:
     return values.float().reshape(broadcast_shape(like_ndim, values.numel()))
 
 
-def ann_targets(ann_graph: fx.GraphModule, x: torch.Tensor, batch_size: int, keep: int,
-                device) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, int]]:
-    """Per site: channel means of the ANN activation over ``x``; the activations of the first
-    ``keep`` images (for the refinement); the activation rank."""
+def ann_targets(ann_graph: fx.GraphModule, x: torch.Tensor, batch_size: int, keep: int, device
+                ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, int]]:
+    """Per site: channel means of the ANN activation over ``x``; per channel the fraction of
+    active (positive) elements; the activations of the first ``keep`` images (for the
+    refinement); the activation rank."""
     sums: dict[str, torch.Tensor] = {}
+    active: dict[str, torch.Tensor] = {}
     kept: dict[str, list] = {}
     counts: dict[str, int] = {}
     ndims: dict[str, int] = {}
@@ -116,7 +119,9 @@ def ann_targets(ann_graph: fx.GraphModule, x: torch.Tensor, batch_size: int, kee
     for _, site in site_nodes(ann_graph):
         def hook(mod, args, out, name=site.name):
             s = _channel_sum(out)
+            a = _channel_sum((out > 0).to(out.dtype))
             sums[name] = s if name not in sums else sums[name] + s
+            active[name] = a if name not in active else active[name] + a
             counts[name] = counts.get(name, 0) + out.numel() // s.numel()
             ndims[name] = out.dim()
             have = sum(t.shape[0] for t in kept.get(name, []))
@@ -131,7 +136,8 @@ def ann_targets(ann_graph: fx.GraphModule, x: torch.Tensor, batch_size: int, kee
         for h in handles:
             h.remove()
     means = {k: sums[k] / counts[k] for k in sums}
-    return means, {k: torch.cat(v) for k, v in kept.items()}, ndims
+    fractions = {k: active[k] / counts[k] for k in active}
+    return means, fractions, {k: torch.cat(v) for k, v in kept.items()}, ndims
 
 
 def _replay(neuron: IFNeuron, currents: Sequence[torch.Tensor], theta: torch.Tensor,
@@ -189,7 +195,7 @@ def correct(snn: SpikingNetwork, ann_graph: fx.GraphModule, data, config: Correc
     device = device or next((p.device for p in out.parameters()), torch.device("cpu"))
     x = canonical_inputs(data, config.max_images).to(device)
     T = int(config.timesteps)
-    targets, kept, ndims = ann_targets(ann_graph, x, config.batch_size, config.refine_images, device)
+    targets, active, kept, ndims = ann_targets(ann_graph, x, config.batch_size, config.refine_images, device)
     sim = LayerwiseSimulation(out, x, T, config.batch_size)
     report, silent = [], []
     passes = 1 + config.runs_bias + config.runs_potential + config.runs_refine
@@ -200,6 +206,10 @@ def correct(snn: SpikingNetwork, ann_graph: fx.GraphModule, data, config: Correc
             if name not in targets:
                 raise CalibrationError(f"neuron {name} has no matching activation site in the ANN graph")
             target, nd = targets[name].to(device), ndims[name]
+            # d(mean rate)/d(bias) is about the fraction of the channel's neurons in their linear
+            # range - a neuron whose input stays negative does not answer a small shift - so the
+            # shift is the error divided by that slope (floored: noise makes silent ones answer too)
+            slope = active[name].to(device).clamp(min=MIN_SLOPE)
             dev = neuron.threshold.device
             if config.runs_refine:
                 currents: list[torch.Tensor] = [None] * T
@@ -220,13 +230,13 @@ def correct(snn: SpikingNetwork, ann_graph: fx.GraphModule, data, config: Correc
                 entry["error_before"] = float(error.abs().mean())
                 bar.advance()
                 if config.runs_bias:
-                    bias = _per_channel(error, nd).to(dev)
+                    bias = _per_channel(error / slope, nd).to(dev)
                     neuron.set_correction(bias, None)
                 if config.runs_potential:
                     if config.runs_bias:
                         error = target - sim.run(k)
                         bar.advance()
-                    neuron.set_correction(bias, _per_channel(error * T, nd).to(dev))
+                    neuron.set_correction(bias, _per_channel(error / slope * T, nd).to(dev))
             rate = sim.commit(k)
             entry["error_after"] = float((target - rate).abs().mean())
             if float(rate.abs().sum()) == 0.0:

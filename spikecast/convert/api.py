@@ -21,6 +21,13 @@ from spikecast.models import ModelLike, resolve_model
 from spikecast.runtime.network import SimulationConfig, SpikingNetwork
 
 
+# The default recipe: the winner of the calibration ablation in benchmarks/RESULTS.md.
+DEFAULT_METHOD = "mse"
+DEFAULT_CALIBRATION = "light"
+DEFAULT_SIGNED = True
+DEFAULT_TIMESTEPS = 32
+
+
 def first_batch(data) -> torch.Tensor:
     for x in iterate_inputs(data):
         return x
@@ -36,18 +43,18 @@ def convert(
     model: ModelLike,
     calib=None,
     *,
-    method: str = "percentile",
+    method: str = DEFAULT_METHOD,
     percentile: float = DEFAULT_PERCENTILE,
     per_channel: bool = False,
-    calibration: str = "light",
+    calibration: str = DEFAULT_CALIBRATION,
     checkpoint: Optional[Union[str, Path]] = None,
     pretrained: Optional[bool] = None,
-    timesteps: int = 32,
+    timesteps: int = DEFAULT_TIMESTEPS,
     v_init: float = 0.5,
     mask_ratio: float = 0.0,
     mask_sites: Optional[Sequence[str]] = None,
     mask_seed: int = 0,
-    signed: bool = False,
+    signed: bool = DEFAULT_SIGNED,
     encoding: str = "analog",
     device: Union[str, torch.device, None] = None,
     progress: bool = True,

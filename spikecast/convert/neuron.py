@@ -32,10 +32,60 @@ output is unchanged. The mask stream is seeded and restarts at every simulation.
 
 from __future__ import annotations
 
-from typing import Optional
+import os
+import warnings
+from typing import Callable, Optional
 
 import torch
 from torch import nn
+
+# Large layers run the step as one fused kernel (torch.compile): the neuron is a handful of
+# elementwise passes over the whole layer, which in eager mode cost more than the convolutions.
+# Small tensors (tests, toy models) stay eager, where compiling would cost more than it saves.
+# SPIKECAST_COMPILE=0 turns it off; a failed compile (no C++ compiler) falls back to eager.
+COMPILE_MIN_ELEMENTS = 1 << 20
+_compile_state: dict = {"enabled": os.environ.get("SPIKECAST_COMPILE", "1") != "0"}
+
+
+def _binary_step(v, current, bias, theta):
+    v = v + current + bias
+    out = torch.where(v >= theta, theta, torch.zeros_like(v))
+    return out, v - out
+
+
+def _signed_step(v, emitted, current, bias, theta):
+    v = v + current + bias
+    retract = (v < 0) & (emitted > 0)
+    out = torch.where(v >= theta, theta, torch.where(retract, -theta, torch.zeros_like(v)))
+    return out, v - out, emitted + out
+
+
+def _fused(fn: Callable) -> Optional[Callable]:
+    """The compiled version of a step function, or None when compiling is off or failed."""
+    if not _compile_state["enabled"]:
+        return None
+    key = fn.__name__
+    if key not in _compile_state:
+        _compile_state[key] = torch.compile(fn, dynamic=True)
+    return _compile_state[key]
+
+
+def run_fused(fn: Callable, *args):
+    """``fn(*args)`` through its compiled kernel when the first tensor is large enough, else eager."""
+    if args[0].numel() >= COMPILE_MIN_ELEMENTS:
+        kernel = _fused(fn)
+        if kernel is not None:
+            try:
+                return kernel(*args)
+            except Exception as exc:  # noqa: BLE001 - any compiler failure: fall back, once, loudly
+                _disable_compile(exc)
+    return fn(*args)
+
+
+def _disable_compile(exc: Exception) -> None:
+    _compile_state["enabled"] = False
+    warnings.warn(f"spikecast: fused neuron kernels unavailable ({type(exc).__name__}: {exc}); using eager "
+                  "PyTorch (slower). Set SPIKECAST_COMPILE=0 to skip the attempt.", RuntimeWarning, stacklevel=3)
 
 
 class IFNeuron(nn.Module):
@@ -87,6 +137,26 @@ class IFNeuron(nn.Module):
         scale = 1.0 / (1.0 - self.mask_ratio) if self.mask_rescale else 1.0
         return keep * scale
 
+    def _fused_forward(self, current: torch.Tensor) -> Optional[torch.Tensor]:
+        kernel = _fused(_signed_step if self.signed else _binary_step)
+        if kernel is None or current.dtype != torch.float32:
+            return None
+        bias = self.bias if self.bias is not None else self._zero(current)
+        try:
+            if self.signed:
+                if self.emitted is None:
+                    self.emitted = torch.zeros_like(current)
+                out, self.v, self.emitted = kernel(self.v, self.emitted, current, bias, self.threshold)
+            else:
+                out, self.v = kernel(self.v, current, bias, self.threshold)
+        except Exception as exc:  # noqa: BLE001 - any compiler failure: fall back, once, loudly
+            _disable_compile(exc)
+            return None
+        return out
+
+    def _zero(self, like: torch.Tensor) -> torch.Tensor:
+        return torch.zeros((), dtype=like.dtype, device=like.device)
+
     def forward(self, current: torch.Tensor) -> torch.Tensor:
         theta = self.threshold
         if self.v is None:
@@ -94,6 +164,10 @@ class IFNeuron(nn.Module):
             if self.v_offset is not None:
                 v0 = v0 + self.v_offset
             self.v = torch.empty_like(current).copy_(v0.expand_as(current))
+        if current.numel() >= COMPILE_MIN_ELEMENTS and _compile_state["enabled"]:
+            out = self._fused_forward(current)
+            if out is not None:
+                return self._finish(out)
         v = self.v
         v.add_(current)
         if self.bias is not None:
@@ -110,9 +184,12 @@ class IFNeuron(nn.Module):
         else:
             out = torch.where(fired, theta, 0.0)
         v.sub_(out)
+        return self._finish(out)
+
+    def _finish(self, out: torch.Tensor) -> torch.Tensor:
         if self.record:
-            self.spike_count += float(fired.sum())
-            self.neuron_steps += fired.numel()
+            self.spike_count += float((out != 0).sum())
+            self.neuron_steps += out.numel()
         if self.mask_ratio > 0.0:
             out = out * self._mask(out)
         return out

@@ -20,10 +20,18 @@ import torch
 import torch.fx as fx
 
 from spikecast.convert.maxpool import SpikingMaxPool
-from spikecast.convert.neuron import IFNeuron
+from spikecast.convert.neuron import IFNeuron, run_fused
 from spikecast.runtime.encoding import PoissonEncoder
 
 StepHook = Callable[[slice, int, torch.Tensor, torch.Tensor], None]  # (images, t, current, output)
+
+
+def _decode(signs: torch.Tensor, amplitude: torch.Tensor) -> torch.Tensor:
+    return signs.to(torch.float32) * amplitude  # keeps the stored (NHWC) layout
+
+
+def _encode(out: torch.Tensor) -> torch.Tensor:
+    return torch.sign(out).to(torch.int8)
 
 
 def _amplitude(neuron: IFNeuron) -> torch.Tensor:
@@ -97,10 +105,7 @@ class LayerwiseSimulation:
         if b.op == "placeholder":
             return x_t
         signs, amplitude = self._records[b.name]
-        value = signs[t, sl].float() * amplitude
-        if value.dim() == 4 and self.channels_last:
-            value = value.contiguous(memory_format=torch.channels_last)
-        return value
+        return run_fused(_decode, signs[t, sl], amplitude)
 
     def run(self, k: int, on_step: Optional[StepHook] = None, record: bool = False,
             limit: Optional[int] = None) -> torch.Tensor:
@@ -131,26 +136,32 @@ class LayerwiseSimulation:
                     encoder.start(x)
                 for m in stateful:
                     m.reset()
-                batch_sum = None
                 for t in range(T):
                     x_t = encoder.step() if encoder is not None else x
                     current, out = part(*[self._input(b, t, sl, x_t) for b in inputs])
-                    batch_sum = out.double() if batch_sum is None else batch_sum.add_(out)
+                    cdim = channel_dim(out)
+                    dims = [d for d in range(out.dim()) if d != cdim]
+                    s = (out.sum(dim=dims) if dims else out).double()
+                    total = s if total is None else total + s
+                    count += out.numel() // s.numel()
                     if on_step is not None:
                         on_step(sl, t, current, out)
                     if record:
                         if signs_all is None:
-                            signs_all = torch.empty((T, len(self.x)) + tuple(out.shape[1:]), dtype=torch.int8,
-                                                    device=out.device)
-                        signs_all[t, sl].copy_(torch.sign(out))
-                cdim = channel_dim(batch_sum)
-                dims = [d for d in range(batch_sum.dim()) if d != cdim]
-                s = batch_sum.sum(dim=dims) if dims else batch_sum
-                total = s if total is None else total + s
-                count += batch_sum.numel() // s.numel() * T
+                            signs_all = self._record_buffer(T, out)
+                        signs_all[t, sl].copy_(run_fused(_encode, out))
         if record:
             self._records[self.nodes[k].name] = (signs_all, _amplitude(neuron).to(signs_all.device))
         return total / count
+
+    def _record_buffer(self, T: int, like: torch.Tensor) -> torch.Tensor:
+        shape = (T, len(self.x)) + tuple(like.shape[1:])
+        if like.dim() == 4 and self.channels_last:
+            # stored as (T, N, H, W, C) and viewed as (T, N, C, H, W): every step's slice is an NHWC
+            # tensor, the layout the convolutions want, so reading it back needs no reorder
+            n, c, h, w = shape[1:]
+            return torch.empty((T, n, h, w, c), dtype=torch.int8, device=like.device).permute(0, 1, 4, 2, 3)
+        return torch.empty(shape, dtype=torch.int8, device=like.device)
 
     def commit(self, k: int) -> torch.Tensor:
         """Record neuron ``k``'s spike train (with its final parameters) for the neurons above it,

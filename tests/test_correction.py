@@ -1,0 +1,198 @@
+"""Post-conversion calibration: layer-wise runtime, bias/potential correction, refinement,
+per-channel rescaling, determinism, early exit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import spikecast
+from spikecast.calibrate.correction import CorrectionConfig, canonical_inputs, correct
+from spikecast.calibrate.rescale import unit_thresholds
+from spikecast.calibrate.thresholds import CalibrationConfig, calibrate
+from spikecast.convert.api import prepare
+from spikecast.convert.spiking import NeuronConfig, to_spiking
+from spikecast.errors import CalibrationError
+from spikecast.graph.sites import site_nodes
+from spikecast.runtime.layerwise import LayerwiseSimulation
+from spikecast.runtime.network import SimulationConfig, SpikingNetwork
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+class _ResidualNet(nn.Module):
+    """conv-BN-ReLU stem, one residual block with F.relu, pooling, linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.conv1, self.conv2 = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.bn1, self.bn2 = nn.BatchNorm2d(8), nn.BatchNorm2d(8)
+        self.conv3 = nn.Conv2d(8, 12, 3, padding=1, stride=2)
+        self.fc = nn.Linear(12, 5)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = F.relu(self.bn1(self.conv1(x)))
+        x = F.relu(self.bn2(self.conv2(y)) + x)
+        x = F.relu(self.conv3(x))
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+def _model_and_data(seed=0):
+    torch.manual_seed(seed)
+    model = _ResidualNet().eval()
+    for m in model.modules():  # non-trivial BN statistics so folding matters
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+    calib = torch.randn(96, 3, 12, 12)
+    held_out = torch.randn(64, 3, 12, 12)
+    return model, calib, held_out
+
+
+def _snn(model, calib, T, level="none", signed=False, method="percentile", per_channel=False):
+    return spikecast.convert(model, calib=calib, timesteps=T, calibration=level, signed=signed, method=method,
+                             per_channel=per_channel, progress=False)
+
+
+def _site_rates(snn, x, T):
+    """Per neuron, the time-mean output on x from the ordinary runtime (forward hooks)."""
+    sums, hooks = {}, []
+    for name, neuron in snn.neurons().items():
+        hooks.append(neuron.register_forward_hook(
+            lambda m, a, o, n=name: sums.__setitem__(n, o.double() if n not in sums else sums[n] + o)))
+    try:
+        snn.simulate(x, T)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {n: s / T for n, s in sums.items()}
+
+
+def test_layerwise_simulation_matches_the_runtime():
+    model, calib, x = _model_and_data()
+    snn = _snn(model, calib, 8, signed=True)
+    reference = _site_rates(snn, x, 8)
+    sim = LayerwiseSimulation(snn, x, 8, batch_size=24)  # batches that do not divide 64
+    for k, node in enumerate(sim.nodes):
+        rate = sim.commit(k)
+        ref = reference[sim.neuron(k).name]
+        ref_channel = ref.mean(dim=[d for d in range(ref.dim()) if d != 1])
+        assert torch.allclose(rate, ref_channel, atol=1e-6), sim.neuron(k).name
+    assert sim.recorded_bytes == 0  # every train freed once its last reader ran
+
+
+def _layer_errors(snn, ann_graph, x, T):
+    """Per site, mean |channel mean of ANN activation - channel mean of SNN rate| on x."""
+    acts, hooks = {}, []
+    for _, site in site_nodes(ann_graph):
+        hooks.append(site.register_forward_hook(lambda m, a, o, n=site.name: acts.__setitem__(n, o)))
+    with torch.no_grad():
+        ann_graph(x)
+    for h in hooks:
+        h.remove()
+    rates = _site_rates(snn, x, T)
+    errs = {}
+    for n, r in rates.items():
+        dims = [d for d in range(r.dim()) if d != 1]
+        errs[n] = float((acts[n].double().mean(dim=dims) - r.mean(dim=dims)).abs().mean())
+    return errs
+
+
+def test_bias_correction_reduces_layer_error_on_held_out_data():
+    model, calib, held_out = _model_and_data()
+    T = 8
+    gm = prepare(model, calib[:2])
+    calibrated, _ = calibrate(gm, calib, CalibrationConfig(), progress=False)
+    plain = SpikingNetwork(to_spiking(calibrated, NeuronConfig()), SimulationConfig(timesteps=T))
+    fixed = correct(plain, calibrated, calib, CorrectionConfig(level="light", timesteps=T, potential=False),
+                    progress=False)
+    before = _layer_errors(plain, calibrated, held_out, T)
+    after = _layer_errors(fixed, calibrated, held_out, T)
+    assert sum(after.values()) < 0.5 * sum(before.values()), (before, after)
+    assert all(after[n] < before[n] for n in before), (before, after)
+    # and the network output gets closer to the ANN's
+    with torch.no_grad():
+        ref = model(held_out)
+    assert (fixed(held_out) - ref).abs().mean() < (plain(held_out) - ref).abs().mean()
+    # the input network is untouched; the corrected one says what was done
+    assert all(n.bias is None for n in plain.neurons().values())
+    info = fixed.metadata["correction"]
+    assert info["bias"] and not info["potential"] and len(info["sites"]) == len(before)
+
+
+def test_potential_and_refinement_set_their_parameters_and_save_load(tmp_path):
+    model, calib, held_out = _model_and_data()
+    snn = _snn(model, calib, 4, level="advanced", signed=True)
+    neurons = snn.neurons()
+    assert all(n.bias is not None and n.v_offset is not None for n in neurons.values())
+    assert any(n.threshold.numel() > 1 for n in neurons.values())  # refined per channel
+    snn.save(tmp_path / "snn")
+    again = spikecast.load(tmp_path / "snn")
+    assert torch.equal(snn(held_out), again(held_out))
+
+
+def test_correction_is_deterministic_and_independent_of_batch_order():
+    model, calib, _ = _model_and_data()
+    perm = torch.randperm(len(calib), generator=torch.Generator().manual_seed(3))
+    a = _snn(model, [calib[i:i + 32] for i in range(0, 96, 32)], 4, level="advanced", method="mse")
+    b = _snn(model, [calib[perm][i:i + 40] for i in range(0, 96, 40)], 4, level="advanced", method="mse")
+    for (name, na), nb in zip(a.neurons().items(), b.neurons().values()):
+        assert torch.equal(na.threshold, nb.threshold), name
+        assert torch.equal(na.bias, nb.bias) and torch.equal(na.v_offset, nb.v_offset), name
+
+
+def test_canonical_order_and_bad_calibration_data():
+    x = torch.randn(10, 3, 4, 4)
+    assert torch.equal(canonical_inputs(x), canonical_inputs(x.flip(0)))
+    bad = x.clone()
+    bad[3, 0, 0, 0] = float("inf")
+    with pytest.raises(CalibrationError, match="NaN or Inf"):
+        canonical_inputs(bad)
+    with pytest.raises(CalibrationError, match="empty"):
+        canonical_inputs([])
+    with pytest.raises(ValueError, match="calibration level"):
+        CorrectionConfig(level="heavy")
+
+
+def test_per_channel_rescaling_keeps_the_ann_function():
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3), nn.ReLU(), nn.Conv2d(6, 5, 3), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(5 * 4 * 4, 7), nn.ReLU(), nn.Linear(7, 3)).eval()
+    x = torch.randn(40, 3, 8, 8)
+    gm = prepare(model, x[:2])
+    calibrated, _ = calibrate(gm, x, CalibrationConfig(method="max", per_channel=True), progress=False)
+    thetas = [site.threshold for _, site in site_nodes(calibrated)]
+    assert all(isinstance(t, torch.Tensor) and t.numel() > 1 for t in thetas)
+    rescaled, names = unit_thresholds(calibrated)
+    # the first two sites feed convs/linears directly; the flatten between site 2 and the linear
+    # stops that one; the third feeds a linear
+    assert len(names) == 2
+    with torch.no_grad():
+        assert torch.allclose(rescaled(x), calibrated(x), rtol=1e-5, atol=1e-6)
+        assert torch.allclose(rescaled(x), model(x), rtol=1e-5, atol=1e-6)
+    assert [float(s.threshold) for _, s in site_nodes(rescaled) if s.name in names] == [1.0, 1.0]
+    # the input graph is untouched and the SNNs agree step by step up to float rounding
+    assert all(torch.equal(a, s.threshold) for a, (_, s) in zip(thetas, site_nodes(calibrated)))
+    snn_a = SpikingNetwork(to_spiking(calibrated), SimulationConfig())
+    snn_b = SpikingNetwork(to_spiking(rescaled), SimulationConfig())
+    assert torch.allclose(snn_a(x, 16), snn_b(x, 16), atol=1e-3)
+
+
+def test_early_exit_bounds():
+    model, calib, held_out = _model_and_data()
+    snn = _snn(model, calib, 8)
+    labels = model(held_out).argmax(1)
+    never = spikecast.validate(model, snn, (held_out, labels), timesteps=[1, 8], progress=False, early_exit=1.0)
+    assert never.early_exit.mean_steps == 8 and never.early_exit.exited == 0
+    assert never.early_exit.accuracy == never.snn_accuracy[8]
+    always = spikecast.validate(model, snn, (held_out, labels), timesteps=[1, 8], progress=False, early_exit=1e-9)
+    assert always.early_exit.mean_steps == 1 and always.early_exit.accuracy == always.snn_accuracy[1]
+    mid = spikecast.validate(model, snn, (held_out, labels), timesteps=[8], progress=False, early_exit=0.5)
+    assert 1 <= mid.early_exit.mean_steps <= 8
+    assert "Early exit" in mid.table() and mid.to_dict()["early_exit"]["confidence"] == 0.5
+    with pytest.raises(ValueError, match="early_exit"):
+        spikecast.validate(model, snn, held_out, timesteps=[8], progress=False, early_exit=1.5)
