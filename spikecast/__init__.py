@@ -1,7 +1,7 @@
 """spikecast: convert pretrained PyTorch / timm ReLU networks into spiking neural networks.
 
     import spikecast
-    snn = spikecast.convert(model, calib=data)            # trace, normalise, calibrate, convert
+    snn = spikecast.convert(model, calib=data, timesteps=32)  # trace, normalise, calibrate for T=32, convert
     res = spikecast.validate(model, snn, data, timesteps=[1, 2, 4, 8, 16, 32, 64, 128])
     snn.simulate(x, timesteps=[8, 32])                   # mean outputs after 8 and 32 steps, one run
     snn.save("snn/"); snn2 = spikecast.load("snn/")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -48,7 +48,7 @@ class ValidationResult:
     tolerance: float
     passed: bool
     seconds: float = 0.0
-    early_exit: Optional["EarlyExitResult"] = None
+    early_exit: Optional[list] = None  # one EarlyExitResult per confidence asked for
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -69,12 +69,12 @@ class ValidationResult:
             lines.append(f"| {t} | {acc_s} | {100 * self.agreement[t]:.2f}% | {self.logit_error[t]:.4f} | "
                          f"{self.cosine[t]:.4f} |")
         lines.append("")
-        if self.early_exit is not None:
-            e = self.early_exit
+        for e in self.early_exit or []:
             acc_s = "n/a" if e.accuracy is None else f"{100 * e.accuracy:.2f}%"
             lines.append(f"Early exit (softmax confidence >= {e.confidence:g}, at most {e.max_steps} steps): "
                          f"top-1 {acc_s}, mean {e.mean_steps:.2f} steps, {100 * e.exited:.1f}% of samples "
                          "stopped early")
+        if self.early_exit:
             lines.append("")
         lines.append(f"{'PASSED' if self.passed else 'FAILED'} (tolerance {100 * self.tolerance:.1f} points at "
                      f"T={self.timesteps[-1]})")
@@ -83,14 +83,15 @@ class ValidationResult:
 
 def validate(ann: nn.Module, snn: SpikingNetwork, data, timesteps: Sequence[int] = DEFAULT_TIMESTEPS,
              tolerance: float = 0.01, progress: bool = True, max_batches: Optional[int] = None,
-             early_exit: Optional[float] = None) -> ValidationResult:
+             early_exit: Union[float, Sequence[float], None] = None) -> ValidationResult:
     """Compare ``snn`` with ``ann`` on ``data`` at every T of ``timesteps`` from ONE simulation of
     ``max(timesteps)`` steps per batch. ``data``: DataLoader / batches / tensor / (x, y).
 
-    ``early_exit``: a confidence in (0, 1]; also reports the accuracy and mean number of steps
-    when each sample stops at the first step where the softmax of its mean output so far reaches
-    it (:class:`EarlyExitResult`). The batch is still simulated to the end; the steps counted are
-    those a per-sample runtime would spend.
+    ``early_exit``: a confidence in (0, 1], or several; for each, also reports the accuracy and
+    mean number of steps when each sample stops at the first step where the softmax of its mean
+    output so far reaches it (``result.early_exit``: a list of :class:`EarlyExitResult`). The
+    batch is still simulated to the end; the steps counted are those a per-sample runtime would
+    spend.
     """
     import time
 
@@ -104,9 +105,11 @@ def validate(ann: nn.Module, snn: SpikingNetwork, data, timesteps: Sequence[int]
     agree = {t: 0 for t in budgets}
     err = {t: 0.0 for t in budgets}
     cos = {t: 0.0 for t in budgets}
-    if early_exit is not None and not 0.0 < early_exit <= 1.0:
-        raise ValueError(f"early_exit must be a confidence in (0, 1], got {early_exit}")
-    exit_correct, exit_agree, exit_steps, exit_early = 0, 0, 0.0, 0
+    confidences = [] if early_exit is None else (
+        [float(early_exit)] if isinstance(early_exit, (int, float)) else [float(c) for c in early_exit])
+    if any(not 0.0 < c <= 1.0 for c in confidences):
+        raise ValueError(f"early_exit must be confidences in (0, 1], got {early_exit}")
+    exit_stats = [[0, 0, 0.0, 0] for _ in confidences]  # correct, agree, steps, exited early
     started = time.perf_counter()
     with progress_bar("validate", None, progress) as bar:
         for i, batch in enumerate(as_loader(data)):
@@ -116,15 +119,16 @@ def validate(ann: nn.Module, snn: SpikingNetwork, data, timesteps: Sequence[int]
             x = x.to(device)
             with torch.inference_mode():
                 ref = ann(x)
-            tracker = _ExitTracker(early_exit, budgets[-1]) if early_exit is not None else None
+            tracker = _ExitTracker(confidences, budgets[-1]) if confidences else None
             outs = snn.simulate(x, budgets, callback=tracker)
             ref_top = ref.argmax(-1)
-            if tracker is not None:
-                exit_agree += int((tracker.prediction == ref_top).sum())
-                exit_steps += float(tracker.steps.sum())
-                exit_early += int((tracker.steps < budgets[-1]).sum())
+            for k in range(len(confidences)):
+                prediction, steps = tracker.prediction[k], tracker.steps[k]
+                exit_stats[k][1] += int((prediction == ref_top).sum())
+                exit_stats[k][2] += float(steps.sum())
+                exit_stats[k][3] += int((steps < budgets[-1]).sum())
                 if y is not None:
-                    exit_correct += int((tracker.prediction == y.to(device)).sum())
+                    exit_stats[k][0] += int((prediction == y.to(device)).sum())
             if y is None:
                 labelled = False
             else:
@@ -150,10 +154,10 @@ def validate(ann: nn.Module, snn: SpikingNetwork, data, timesteps: Sequence[int]
     else:
         passed = agreement[final] >= 1.0 - tolerance
     exit_result = None
-    if early_exit is not None:
-        exit_result = EarlyExitResult(confidence=early_exit, max_steps=final,
-                                      accuracy=exit_correct / n if labelled else None, agreement=exit_agree / n,
-                                      mean_steps=exit_steps / n, exited=exit_early / n)
+    if confidences:
+        exit_result = [EarlyExitResult(confidence=c, max_steps=final, accuracy=st[0] / n if labelled else None,
+                                       agreement=st[1] / n, mean_steps=st[2] / n, exited=st[3] / n)
+                       for c, st in zip(confidences, exit_stats)]
     return ValidationResult(
         timesteps=budgets, samples=n, ann_accuracy=ann_acc, snn_accuracy=snn_acc, agreement=agreement,
         logit_error={t: err[t] / n for t in budgets}, cosine={t: cos[t] / n for t in budgets},
@@ -161,26 +165,29 @@ def validate(ann: nn.Module, snn: SpikingNetwork, data, timesteps: Sequence[int]
 
 
 class _ExitTracker:
-    """Simulation callback: per sample, the prediction and step at which confidence was reached."""
+    """Simulation callback: per confidence and sample, the prediction and the step at which the
+    softmax of the mean output so far first reached the confidence."""
 
-    def __init__(self, confidence: float, max_steps: int):
-        self.confidence, self.max_steps = confidence, max_steps
+    def __init__(self, confidences: Sequence[float], max_steps: int):
+        self.confidences, self.max_steps = list(confidences), max_steps
         self.total = None
-        self.prediction = None
-        self.steps = None
+        self.prediction: list = []
+        self.steps: list = []
+        self.done: list = []
 
     def __call__(self, t: int, out: torch.Tensor) -> None:
         out = out.flatten(1)
         self.total = out.double() if self.total is None else self.total + out
         if t > self.max_steps:
             return
-        mean = self.total / t
-        conf, top = torch.softmax(mean, -1).max(-1)
-        if self.prediction is None:
-            self.prediction = top.clone()
-            self.steps = torch.full_like(top, self.max_steps)
-            self.done = torch.zeros_like(top, dtype=torch.bool)
-        stop = ~self.done & ((conf >= self.confidence) | (t == self.max_steps))
-        self.prediction[stop] = top[stop]
-        self.steps[stop] = t
-        self.done |= stop
+        conf, top = torch.softmax(self.total / t, -1).max(-1)
+        if not self.prediction:
+            for _ in self.confidences:
+                self.prediction.append(top.clone())
+                self.steps.append(torch.full_like(top, self.max_steps))
+                self.done.append(torch.zeros_like(top, dtype=torch.bool))
+        for k, c in enumerate(self.confidences):
+            stop = ~self.done[k] & ((conf >= c) | (t == self.max_steps))
+            self.prediction[k][stop] = top[stop]
+            self.steps[k][stop] = t
+            self.done[k] |= stop

@@ -180,3 +180,22 @@ def test_python_dash_m_runs():
     done = subprocess.run([sys.executable, "-m", "spikecast", "--version"], capture_output=True, text=True,
                           timeout=120, cwd=Path(__file__).resolve().parent.parent)
     assert done.returncode == 0 and done.stdout.startswith("spikecast ")
+
+
+def test_convert_calibration_flags_and_early_exit(tmp_path, capsys):
+    out = tmp_path / "flags"
+    args = ["convert", "digits-cnn", "--data", "digits", "--calib-images", "100", "--eval-images", "60",
+            "--timesteps", "4,8", "--budget", "8", "--method", "percentile", "--per-channel",
+            "--calibration", "light", "--no-signed", "--early-exit", "0.99", "--out", str(out)]
+    assert main(args + ["--tolerance", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "percentile" in printed and "light for T=8" in printed and "binary neurons" in printed
+    assert "Early exit (softmax confidence >= 0.99" in printed
+    doc = json.loads((out / "validation.json").read_text())
+    assert doc["calibration"]["per_channel"] is True and doc["calibration"]["correction"] == "light"
+    assert doc["calibration"]["budget"] == 8 and doc["calibration"]["signed"] is False
+    assert doc["early_exit"][0]["confidence"] == 0.99 and 1 <= doc["early_exit"][0]["mean_steps"] <= 8
+    snn = json.loads((out / "snn" / "spikecast.json").read_text())
+    assert snn["metadata"]["correction"]["level"] == "light" and snn["metadata"]["correction"]["timesteps"] == 8
+    with pytest.raises(SystemExit):
+        main(["convert", "digits-cnn", "--data", "digits", "--calibration", "heavy"])

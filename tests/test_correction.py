@@ -186,13 +186,25 @@ def test_early_exit_bounds():
     model, calib, held_out = _model_and_data()
     snn = _snn(model, calib, 8)
     labels = model(held_out).argmax(1)
-    never = spikecast.validate(model, snn, (held_out, labels), timesteps=[1, 8], progress=False, early_exit=1.0)
-    assert never.early_exit.mean_steps == 8 and never.early_exit.exited == 0
-    assert never.early_exit.accuracy == never.snn_accuracy[8]
-    always = spikecast.validate(model, snn, (held_out, labels), timesteps=[1, 8], progress=False, early_exit=1e-9)
-    assert always.early_exit.mean_steps == 1 and always.early_exit.accuracy == always.snn_accuracy[1]
-    mid = spikecast.validate(model, snn, (held_out, labels), timesteps=[8], progress=False, early_exit=0.5)
-    assert 1 <= mid.early_exit.mean_steps <= 8
-    assert "Early exit" in mid.table() and mid.to_dict()["early_exit"]["confidence"] == 0.5
+    res = spikecast.validate(model, snn, (held_out, labels), timesteps=[1, 8], progress=False,
+                             early_exit=[1.0, 1e-9, 0.5, 0.9])
+    never, always, mid, high = res.early_exit
+    assert never.mean_steps == 8 and never.exited == 0 and never.accuracy == res.snn_accuracy[8]
+    assert always.mean_steps == 1 and always.accuracy == res.snn_accuracy[1] and always.exited == 1
+    assert 1 <= mid.mean_steps <= high.mean_steps <= 8  # a higher confidence waits longer
+    assert "Early exit" in res.table() and res.to_dict()["early_exit"][2]["confidence"] == 0.5
+    one = spikecast.validate(model, snn, (held_out, labels), timesteps=[8], progress=False, early_exit=0.9)
+    assert one.early_exit[0] == high
     with pytest.raises(ValueError, match="early_exit"):
         spikecast.validate(model, snn, held_out, timesteps=[8], progress=False, early_exit=1.5)
+
+
+def test_memory_budget_caps_the_images_with_a_warning():
+    model, calib, _ = _model_and_data()
+    gm = prepare(model, calib[:2])
+    calibrated, _ = calibrate(gm, calib, CalibrationConfig(), progress=False)
+    snn = SpikingNetwork(to_spiking(calibrated, NeuronConfig()), SimulationConfig(timesteps=4))
+    with pytest.warns(UserWarning, match="uses the first 16 of 96"):
+        fixed = correct(snn, calibrated, calib, CorrectionConfig(level="light", timesteps=4, memory_budget=1),
+                        progress=False)
+    assert fixed.metadata["correction"]["images"] == 16

@@ -252,3 +252,43 @@ def test_signed_neuron_keeps_the_constant_input_formula_and_retracts_transient_s
         n = IFNeuron(1.0, "kick", signed=signed)
         out = n(torch.tensor([1.0])) + n(torch.tensor([-1.0])) + n(torch.tensor([0.0]))
         assert float(out) == net
+
+
+# ---------------------------------------------------------------------------- calibration corrections
+def test_bias_is_a_current_added_every_step_and_v_offset_an_initial_charge():
+    current = torch.tensor(CURRENTS)
+    for T in (4, 16):
+        a = IFNeuron(1.0, "a")
+        a.set_correction(bias=torch.tensor(0.125))
+        b = IFNeuron(1.0, "b")
+        _, out_a = run_constant(a, current, T)
+        _, out_b = run_constant(b, current + 0.125, T)
+        assert torch.equal(out_a, out_b)
+        c = IFNeuron(1.0, "c")
+        c.set_correction(v_offset=torch.tensor(0.25))
+        counts, _ = run_constant(c, current, T)
+        expected = [expected_count(T, float(i), 1.0, v_init=0.75) for i in CURRENTS]
+        assert counts.tolist() == expected
+    with pytest.raises(ValueError, match="finite"):
+        IFNeuron(1.0, "bad").set_correction(bias=torch.tensor(float("nan")))
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_fused_kernel_equals_eager_step(monkeypatch, signed):
+    from spikecast.convert import neuron as neuron_module
+
+    g = torch.Generator().manual_seed(0)
+    theta = (torch.rand(1, 4, 1, 1, generator=g) + 0.5)
+    currents = [torch.randn(3, 4, 5, 5, generator=g) * 0.6 for _ in range(12)]
+
+    def run(min_elements):
+        monkeypatch.setattr(neuron_module, "COMPILE_MIN_ELEMENTS", min_elements)
+        n = IFNeuron(theta, "n", signed=signed)
+        n.set_correction(bias=torch.full((1, 4, 1, 1), 0.03), v_offset=torch.full((1, 4, 1, 1), -0.1))
+        return torch.stack([n(c) for c in currents])
+
+    eager = run(1 << 40)
+    fused = run(1)
+    if not neuron_module._compile_state["enabled"]:
+        pytest.skip("torch.compile is unavailable on this machine (the eager path is what runs)")
+    assert torch.equal(eager, fused)

@@ -61,6 +61,7 @@ class CorrectionConfig:
     refine_scales: tuple[float, ...] = (0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.25)
     batch_size: int = 256
     max_images: int = 4096  # calibration images used (the first in canonical order)
+    memory_budget: int = 2 << 30  # bytes for the recorded spike trains; fewer images if needed
 
     def __post_init__(self):
         if self.level not in LEVELS:
@@ -196,6 +197,16 @@ def correct(snn: SpikingNetwork, ann_graph: fx.GraphModule, data, config: Correc
     x = canonical_inputs(data, config.max_images).to(device)
     T = int(config.timesteps)
     targets, active, kept, ndims = ann_targets(ann_graph, x, config.batch_size, config.refine_images, device)
+    # int8 spike trains of the neurons still needed above: about two live layers at a time (a
+    # residual and the current branch); cap the images so they fit the budget
+    per_image = 2 * T * max(int(v[0].numel()) for v in kept.values())
+    affordable = max(int(config.memory_budget // max(per_image, 1)), min(len(x), 16))
+    if affordable < len(x):
+        warnings.warn(f"layer-wise correction at T={T} uses the first {affordable} of {len(x)} calibration images "
+                      f"(spike trains of {per_image / 2**20:.1f} MiB per image; memory_budget="
+                      f"{config.memory_budget / 2**30:.1f} GiB)", stacklevel=2)
+        x = x[:affordable]
+        targets, active, kept, ndims = ann_targets(ann_graph, x, config.batch_size, config.refine_images, device)
     sim = LayerwiseSimulation(out, x, T, config.batch_size)
     report, silent = [], []
     passes = 1 + config.runs_bias + config.runs_potential + config.runs_refine

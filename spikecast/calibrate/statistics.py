@@ -65,21 +65,33 @@ class SiteStatistics:
             raise CalibrationError(f"site {self.name}: no histogram collected")
         if self.positive == 0 or self.max <= 0:
             return 0.0
-        counts = self.histogram
-        cdf = torch.cumsum(counts, 0)
-        total = float(cdf[-1])
-        target = total * p / 100.0
-        idx = int(torch.searchsorted(cdf, torch.tensor(target, dtype=cdf.dtype)).clamp(max=len(cdf) - 1))
-        below = float(cdf[idx - 1]) if idx > 0 else 0.0
-        in_bin = float(counts[idx])
-        frac = (target - below) / in_bin if in_bin > 0 else 1.0
-        width = self.max / len(counts)
-        return min(self.max, (idx + min(max(frac, 0.0), 1.0)) * width)
+        return float(percentile_from_histogram(self.histogram, torch.tensor(self.max, dtype=torch.float64), p))
 
     def to_dict(self) -> dict:
         return {"name": self.name, "max": self.max, "numel": self.numel,
                 "firing_fraction": self.firing_fraction,
                 "mean_positive": self.sum_positive / self.positive if self.positive else 0.0}
+
+
+def percentile_from_histogram(counts: torch.Tensor, top: torch.Tensor, p: float) -> torch.Tensor:
+    """The p-th percentile of histograms ``counts[..., bins]`` spanning ``[0, top[...]]``.
+
+    Linear interpolation inside the bin, so the error is at most ``top / bins``. Empty
+    histograms give 0.
+    """
+    counts = counts.double()
+    top = torch.as_tensor(top, dtype=torch.float64)
+    bins = counts.shape[-1]
+    cdf = torch.cumsum(counts, -1)
+    total = cdf[..., -1:]
+    target = total * (p / 100.0)
+    idx = torch.searchsorted(cdf.contiguous(), target.contiguous()).clamp(max=bins - 1)
+    below = torch.where(idx > 0, cdf.gather(-1, (idx - 1).clamp_min(0)), torch.zeros_like(target))
+    in_bin = counts.gather(-1, idx)
+    frac = torch.where(in_bin > 0, (target - below) / in_bin.clamp_min(1e-300), torch.ones_like(target))
+    value = (idx + frac.clamp(0, 1)).squeeze(-1) * top / bins
+    value = torch.minimum(value, top)
+    return torch.where(total.squeeze(-1) > 0, value, torch.zeros_like(value))
 
 
 def iterate_inputs(data) -> Iterable[torch.Tensor]:

@@ -24,7 +24,8 @@ from typing import Optional, Union
 import torch
 import torch.fx as fx
 
-from spikecast.calibrate.statistics import SiteStatistics, broadcast_shape, collect_statistics
+from spikecast.calibrate.statistics import (SiteStatistics, broadcast_shape, collect_statistics,
+                                           percentile_from_histogram)
 from spikecast.graph.normalize import fresh_copy
 from spikecast.graph.sites import site_nodes
 
@@ -60,27 +61,6 @@ class CalibrationConfig:
             raise ValueError(f"percentile must be in (0, 100], got {self.percentile}")
         if int(self.timesteps) < 1:
             raise ValueError(f"timesteps must be >= 1, got {self.timesteps}")
-
-
-def percentile_from_histogram(counts: torch.Tensor, top: torch.Tensor, p: float) -> torch.Tensor:
-    """The p-th percentile of histograms ``counts[..., bins]`` spanning ``[0, top[...]]``.
-
-    Linear interpolation inside the bin, so the error is at most ``top / bins``. Empty
-    histograms give 0.
-    """
-    counts = counts.double()
-    top = torch.as_tensor(top, dtype=torch.float64)
-    bins = counts.shape[-1]
-    cdf = torch.cumsum(counts, -1)
-    total = cdf[..., -1:]
-    target = total * (p / 100.0)
-    idx = torch.searchsorted(cdf.contiguous(), target.contiguous()).clamp(max=bins - 1)
-    below = torch.where(idx > 0, cdf.gather(-1, (idx - 1).clamp_min(0)), torch.zeros_like(target))
-    in_bin = counts.gather(-1, idx)
-    frac = torch.where(in_bin > 0, (target - below) / in_bin.clamp_min(1e-300), torch.ones_like(target))
-    value = (idx + frac.clamp(0, 1)).squeeze(-1) * top / bins
-    value = torch.minimum(value, top)
-    return torch.where(total.squeeze(-1) > 0, value, torch.zeros_like(value))
 
 
 def _rounding_error_table(bins: int, timesteps: int, v_init: float, candidates: int) -> torch.Tensor:

@@ -23,7 +23,7 @@ from spikecast.runtime.network import SimulationConfig, SpikingNetwork
 
 # The default recipe: the winner of the calibration ablation in benchmarks/RESULTS.md.
 DEFAULT_METHOD = "mse"
-DEFAULT_CALIBRATION = "light"
+DEFAULT_CALIBRATION = "advanced"
 DEFAULT_SIGNED = True
 DEFAULT_TIMESTEPS = 32
 

@@ -47,6 +47,7 @@ COMPILE_MIN_ELEMENTS = 1 << 20
 _compile_state: dict = {"enabled": os.environ.get("SPIKECAST_COMPILE", "1") != "0"}
 
 
+# One step of the neuron, the only place its dynamics are written (eager or compiled, same code).
 def _binary_step(v, current, bias, theta):
     v = v + current + bias
     out = torch.where(v >= theta, theta, torch.zeros_like(v))
@@ -55,6 +56,7 @@ def _binary_step(v, current, bias, theta):
 
 def _signed_step(v, emitted, current, bias, theta):
     v = v + current + bias
+    # take back a spike already sent when the membrane fell below the rounding band [0, theta)
     retract = (v < 0) & (emitted > 0)
     out = torch.where(v >= theta, theta, torch.where(retract, -theta, torch.zeros_like(v)))
     return out, v - out, emitted + out
@@ -137,23 +139,6 @@ class IFNeuron(nn.Module):
         scale = 1.0 / (1.0 - self.mask_ratio) if self.mask_rescale else 1.0
         return keep * scale
 
-    def _fused_forward(self, current: torch.Tensor) -> Optional[torch.Tensor]:
-        kernel = _fused(_signed_step if self.signed else _binary_step)
-        if kernel is None or current.dtype != torch.float32:
-            return None
-        bias = self.bias if self.bias is not None else self._zero(current)
-        try:
-            if self.signed:
-                if self.emitted is None:
-                    self.emitted = torch.zeros_like(current)
-                out, self.v, self.emitted = kernel(self.v, self.emitted, current, bias, self.threshold)
-            else:
-                out, self.v = kernel(self.v, current, bias, self.threshold)
-        except Exception as exc:  # noqa: BLE001 - any compiler failure: fall back, once, loudly
-            _disable_compile(exc)
-            return None
-        return out
-
     def _zero(self, like: torch.Tensor) -> torch.Tensor:
         return torch.zeros((), dtype=like.dtype, device=like.device)
 
@@ -164,26 +149,13 @@ class IFNeuron(nn.Module):
             if self.v_offset is not None:
                 v0 = v0 + self.v_offset
             self.v = torch.empty_like(current).copy_(v0.expand_as(current))
-        if current.numel() >= COMPILE_MIN_ELEMENTS and _compile_state["enabled"]:
-            out = self._fused_forward(current)
-            if out is not None:
-                return self._finish(out)
-        v = self.v
-        v.add_(current)
-        if self.bias is not None:
-            v.add_(self.bias)
-        fired = v >= theta
+        bias = self.bias if self.bias is not None else self._zero(current)
         if self.signed:
             if self.emitted is None:
                 self.emitted = torch.zeros_like(current)
-            # take back a spike already sent when the membrane fell below the rounding band
-            retract = (v < 0) & (self.emitted > 0)
-            out = torch.where(fired, theta, torch.where(retract, -theta, 0.0))
-            self.emitted.add_(out)
-            fired = fired | retract
+            out, self.v, self.emitted = run_fused(_signed_step, self.v, self.emitted, current, bias, theta)
         else:
-            out = torch.where(fired, theta, 0.0)
-        v.sub_(out)
+            out, self.v = run_fused(_binary_step, self.v, current, bias, theta)
         return self._finish(out)
 
     def _finish(self, out: torch.Tensor) -> torch.Tensor:
