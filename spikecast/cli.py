@@ -604,7 +604,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_ERROR
     from spikecast.errors import SpikecastError
 
-    for flag in ("batch_size", "calib_images", "eval_images"):
+    for flag in ("batch_size", "calib_images", "eval_images", "budget"):
         value = getattr(args, flag, None)
         if value is not None and value < 1:
             print(f"error: --{flag.replace('_', '-')} must be at least 1, got {value}", file=sys.stderr)

@@ -384,13 +384,16 @@ def test_relu6_sites_get_thresholds_at_most_6(form):
     gm = normalize(trace(model, x))
     sites = [site for _, site in site_nodes(gm)]
     assert len(sites) == 2 and all(s.upper == 6.0 for s in sites)
-    snn = spikecast.convert(model, calib=x, method="max", progress=False)
+    snn = spikecast.convert(model, calib=x, method="max", calibration="none", progress=False)
     neurons = all_neurons(snn)
     assert len(neurons) == 2
     thresholds = [float(n.threshold) for n in neurons]
     assert all(0 < t <= 6.0 for t in thresholds), thresholds
     assert thresholds[0] == 6.0  # max of the first layer is far above 6: clipped to exactly 6
     check_close(model, snn, x[:4], T=256)
+    # the default recipe refines thresholds per channel: never above the clip either
+    refined = all_neurons(spikecast.convert(model, calib=x, progress=False))
+    assert all(0 < float(n.threshold.max()) <= 6.0 for n in refined)
 
 
 def test_hardtanh_with_other_range_is_not_a_relu():

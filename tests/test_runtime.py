@@ -60,7 +60,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def snn(model):
-    return convert(model, method="max", timesteps=10)
+    return convert(model, method="max", timesteps=10, calibration="none")  # plain IF semantics
 
 
 # ---------------------------------------------------------------------------- one-run equivalence

@@ -167,6 +167,8 @@ def _refine_threshold(neuron: IFNeuron, currents: list[torch.Tensor], target: to
     best_err, best_theta = None, base
     for scale in scales:
         theta = base * scale
+        if neuron.upper is not None:  # a clipped activation (ReLU6) never transmits above its clip
+            theta = theta.clamp(max=neuron.upper)
         rate = _replay(neuron, currents, theta, None)
         bias = _per_channel((target - rate).double().sum(dim=dims) / count, target.dim())
         rate = _replay(neuron, currents, theta, bias)
