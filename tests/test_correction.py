@@ -208,3 +208,17 @@ def test_memory_budget_caps_the_images_with_a_warning():
         fixed = correct(snn, calibrated, calib, CorrectionConfig(level="light", timesteps=4, memory_budget=1),
                         progress=False)
     assert fixed.metadata["correction"]["images"] == 16
+
+
+def test_a_site_that_never_fires_is_named_in_a_warning():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    with torch.no_grad():
+        model[2].bias.fill_(-100.0)  # the second ReLU never passes anything
+    x = torch.randn(64, 6)
+    with pytest.warns(UserWarning) as caught:
+        snn = spikecast.convert(model, calib=x, timesteps=8, progress=False)
+    messages = " ".join(str(w.message) for w in caught)
+    assert "never fired on the calibration data (threshold set to 1.0): 3" in messages  # the site: model[3]
+    assert "never fired during correction at T=8: 3" in messages
+    assert len(snn.neurons()) == 2

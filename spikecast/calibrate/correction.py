@@ -5,12 +5,14 @@ already-corrected layers below it. For neuron ``k`` the network is cut just afte
 it depends on run), simulated for the target budget ``T`` on the calibration images, and its mean
 output rate compared with the ANN activation at the same site:
 
-* **bias correction** (``light``): ``e_c = mean(a_ann - r_snn)`` per channel is added to the
-  neuron's input current at every step (``IFNeuron.bias``), which shifts the mean rate by ``e_c``
-  - the rate-domain form of shifting the layer's bias (Li et al. 2021, SNN Calibration).
+* **bias correction** (``light``): with ``e_c = mean(a_ann - r_snn)`` per channel, the current
+  ``e_c / s_c`` is added to the neuron's input at every step (``IFNeuron.bias``) - the rate-domain
+  form of shifting the layer's bias (Li et al. 2021, SNN Calibration). ``s_c`` is the slope of
+  the mean rate in the bias: the fraction of the channel's ANN activations that are positive
+  (neurons whose input stays negative do not answer a small shift), floored at ``MIN_SLOPE``.
 * **potential correction** (``light``): a second look after the bias correction; the error that
-  remains is given once as initial charge ``T * e_c`` (``IFNeuron.v_offset``) - it acts on the
-  first steps, where the transient error lives.
+  remains is given once as initial charge ``T * e_c / s_c`` (``IFNeuron.v_offset``) - it acts on
+  the first steps, where the transient error lives.
 * **threshold refinement** (``advanced``): before the corrections, the input currents of the
   neuron are recorded on a subset of images for all ``T`` steps, and each channel's threshold is
   rescaled by the factor (from ``refine_scales``) that minimises the squared error between the
