@@ -164,7 +164,7 @@ def _exit_table(exit_lines: list[str]) -> list[str]:
 
 def write_ablation(blocks, args) -> None:
     body = "\n".join([
-        f"SNN top-1 on {args.images} class-balanced test images (a subset, for time: every T-dependent cell "
+        f"Models: {args.models}. SNN top-1 on {args.images} class-balanced test images (a subset, for time: every T-dependent cell "
         f"is its own calibration, {args.calib_images} train images); each column's network is calibrated for "
         "that T and run exactly T steps. Rows: thresholds from the max / 99.95th percentile / minimum expected "
         "IF error for T (mse) of the activations, per site or per channel; then layer-wise correction with the "
@@ -172,7 +172,7 @@ def write_ablation(blocks, args) -> None:
         "Calibration time is the whole `convert` call for T=32 on this CPU.", "",
         "\n\n".join(blocks), "", machine_line()])
     if not args.no_write:
-        update_section("Calibration ablation", body)
+        update_section(args.section, body)
 
 
 def main() -> None:
@@ -184,6 +184,7 @@ def main() -> None:
     parser.add_argument("--timesteps", default="4,8,16,32,64", help="ablation columns")
     parser.add_argument("--binary", default="cifar10-resnet20", metavar="MODELS",
                         help="ablation: models that also get a binary-spike row (default cifar10-resnet20)")
+    parser.add_argument("--section", default="Calibration ablation", help="RESULTS.md section to write")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     if args.images is None:
