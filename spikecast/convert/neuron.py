@@ -47,7 +47,8 @@ COMPILE_MIN_ELEMENTS = 1 << 20
 _compile_state: dict = {"enabled": os.environ.get("SPIKECAST_COMPILE", "1") != "0"}
 
 
-# One step of the neuron, the only place its dynamics are written (eager or compiled, same code).
+# One step of the neuron as a pure function: what the fused kernel compiles (forward's eager path
+# is the same step in place).
 def _binary_step(v, current, bias, theta):
     v = v + current + bias
     out = torch.where(v >= theta, theta, torch.zeros_like(v))
@@ -149,13 +150,30 @@ class IFNeuron(nn.Module):
             if self.v_offset is not None:
                 v0 = v0 + self.v_offset
             self.v = torch.empty_like(current).copy_(v0.expand_as(current))
-        bias = self.bias if self.bias is not None else self._zero(current)
+        if _compile_state["enabled"] and current.numel() >= COMPILE_MIN_ELEMENTS:
+            bias = self.bias if self.bias is not None else self._zero(current)
+            if self.signed:
+                if self.emitted is None:
+                    self.emitted = torch.zeros_like(current)
+                out, self.v, self.emitted = run_fused(_signed_step, self.v, self.emitted, current, bias, theta)
+            else:
+                out, self.v = run_fused(_binary_step, self.v, current, bias, theta)
+            return self._finish(out)
+        # Eager: the same step in place (allocating fresh layer-sized tensors every step is much
+        # slower on CPU); tests/test_neuron.py checks both paths give identical outputs.
+        v = self.v
+        v.add_(current)
+        if self.bias is not None:
+            v.add_(self.bias)
         if self.signed:
             if self.emitted is None:
                 self.emitted = torch.zeros_like(current)
-            out, self.v, self.emitted = run_fused(_signed_step, self.v, self.emitted, current, bias, theta)
+            retract = (v < 0) & (self.emitted > 0)
+            out = torch.where(v >= theta, theta, torch.where(retract, -theta, 0.0))
+            self.emitted.add_(out)
         else:
-            out, self.v = run_fused(_binary_step, self.v, current, bias, theta)
+            out = torch.where(v >= theta, theta, 0.0)
+        v.sub_(out)
         return self._finish(out)
 
     def _finish(self, out: torch.Tensor) -> torch.Tensor:
