@@ -35,7 +35,7 @@ from typing import Optional, Sequence
 import torch
 import torch.fx as fx
 
-from spikecast.calibrate.statistics import broadcast_shape, channel_dim, iterate_inputs
+from spikecast.calibrate.statistics import broadcast_shape, channel_dim, channel_sum, iterate_inputs
 from spikecast.convert.neuron import IFNeuron
 from spikecast.errors import CalibrationError
 from spikecast.graph.sites import site_nodes
@@ -99,11 +99,6 @@ def canonical_inputs(data, max_images: Optional[int] = None) -> torch.Tensor:
     return x[:max_images] if max_images is not None else x
 
 
-def _channel_sum(x: torch.Tensor) -> torch.Tensor:
-    dims = [d for d in range(x.dim()) if d != channel_dim(x)]
-    return x.double().sum(dim=dims) if dims else x.double()
-
-
 def _per_channel(values: torch.Tensor, like_ndim: int) -> torch.Tensor:
     return values.float().reshape(broadcast_shape(like_ndim, values.numel()))
 
@@ -121,8 +116,8 @@ def ann_targets(ann_graph: fx.GraphModule, x: torch.Tensor, batch_size: int, kee
     handles = []
     for _, site in site_nodes(ann_graph):
         def hook(mod, args, out, name=site.name):
-            s = _channel_sum(out)
-            a = _channel_sum((out > 0).to(out.dtype))
+            s = channel_sum(out.double())
+            a = channel_sum(out > 0)
             sums[name] = s if name not in sums else sums[name] + s
             active[name] = a if name not in active else active[name] + a
             counts[name] = counts.get(name, 0) + out.numel() // s.numel()

@@ -35,6 +35,12 @@ def broadcast_shape(ndim: int, channels: int) -> list[int]:
     return shape
 
 
+def channel_sum(x: torch.Tensor) -> torch.Tensor:
+    """Per channel, the float64 sum of ``x`` over every other axis."""
+    dims = [d for d in range(x.dim()) if d != channel_dim(x)]
+    return (x.sum(dim=dims) if dims else x).double()
+
+
 def channel_view(x: torch.Tensor) -> torch.Tensor:
     """``x`` as (elements, channels)."""
     return x.movedim(channel_dim(x), -1).reshape(-1, x.shape[channel_dim(x)])

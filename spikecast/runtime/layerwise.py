@@ -115,7 +115,7 @@ class LayerwiseSimulation:
         ``on_step(images, t, current, output)`` sees every step (0-based ``t``); ``record`` keeps
         the spike train for the neurons above (see :meth:`commit`).
         """
-        from spikecast.calibrate.statistics import channel_dim
+        from spikecast.calibrate.statistics import channel_sum
 
         part, inputs = self._parts[k]
         neuron = self.neuron(k)
@@ -139,9 +139,7 @@ class LayerwiseSimulation:
                 for t in range(T):
                     x_t = encoder.step() if encoder is not None else x
                     current, out = part(*[self._input(b, t, sl, x_t) for b in inputs])
-                    cdim = channel_dim(out)
-                    dims = [d for d in range(out.dim()) if d != cdim]
-                    s = (out.sum(dim=dims) if dims else out).double()
+                    s = channel_sum(out)
                     total = s if total is None else total + s
                     count += out.numel() // s.numel()
                     if on_step is not None:
