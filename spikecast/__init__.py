@@ -5,6 +5,8 @@
     res = spikecast.validate(model, snn, data, timesteps=[1, 2, 4, 8, 16, 32, 64, 128])
     snn.simulate(x, timesteps=[8, 32])                   # mean outputs after 8 and 32 steps, one run
     snn.save("snn/"); snn2 = spikecast.load("snn/")
+    snn4 = spikecast.finetune("zoo:cifar10-resnet20", (x, y))  # QCFS fine-tune for T=4 (resumable)
+    snn8bit = spikecast.quantize_weights(snn4, bits=8)
 """
 
 from spikecast.convert.api import convert
@@ -13,6 +15,8 @@ from spikecast.inspection import InspectionReport, inspect
 from spikecast.errors import CalibrationError, SpikecastError, TraceError, UnsupportedOperationError
 from spikecast.runtime.network import SimulationConfig, SpikingNetwork
 from spikecast.validate import ValidationResult, validate
+from spikecast.train import FinetuneConfig, TrainConfig, finetune
+from spikecast.quant import quantize_weights
 
 from spikecast import data, zoo  # noqa: E402  (spikecast.zoo.create_model works after `import spikecast`)
 
@@ -25,7 +29,7 @@ def load(path, device=None) -> SpikingNetwork:
 
 
 __all__ = [
-    "convert", "validate", "load", "inspect", "SpikingNetwork", "SimulationConfig", "IFNeuron",
+    "convert", "validate", "load", "inspect", "finetune", "FinetuneConfig", "TrainConfig", "quantize_weights", "SpikingNetwork", "SimulationConfig", "IFNeuron",
     "ValidationResult", "InspectionReport", "SpikecastError", "TraceError", "UnsupportedOperationError", "CalibrationError",
     "__version__",
 ]

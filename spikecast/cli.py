@@ -4,6 +4,9 @@
     spikecast inspect MODEL [--input-shape 3,32,32]      # what happens to every op; exit 1 if unsupported
     spikecast convert MODEL --data SPEC [--out DIR]      # convert + validate + save
     spikecast validate SNN_DIR --data SPEC [--model M]   # validate a saved SNN against its ANN
+    spikecast finetune MODEL --data SPEC [--method qcfs]  # QCFS / surrogate fine-tune for 4-8 steps (resumable)
+    spikecast quantize SNN_DIR --bits 8 [--data SPEC]    # int8 / int4 weights, accuracy before / after
+    spikecast export --model M | --snn DIR --out DIR     # ONNX: ANN, int8 ANN (onnxruntime), SNN step graph
 
 MODEL is ``zoo:<name>`` (or a bare zoo name such as ``digits-cnn``), a timm model name, or
 ``path/to/file.py:Name`` / ``package.module:Name`` naming an ``nn.Module`` instance, class or
@@ -361,6 +364,111 @@ def cmd_validate(args) -> int:
     return _exit_code(result)
 
 
+def _snn_source(snn, args_model):
+    """(MODEL text, checkpoint, pretrained) recorded in a saved SNN, overridden by --model."""
+    saved = snn.metadata.get("cli", {}) if isinstance(snn.metadata, dict) else {}
+    model_text = args_model or saved.get("model")
+    if model_text is None:
+        raise ValueError("the saved SNN does not record its source model: pass --model")
+    return model_text, (saved.get("checkpoint") if not args_model else None), \
+        (saved.get("pretrained") if not args_model else None), saved.get("data")
+
+
+def cmd_finetune(args) -> int:
+    import shutil
+
+    import spikecast
+    from spikecast.data import TensorBatches
+    from spikecast.datasets import parse_data_spec
+    from spikecast.train import FinetuneConfig, TrainConfig, finetune
+
+    started = time.perf_counter()
+    timesteps = parse_timesteps(args.timesteps)
+    ref = model_ref(args.model)
+    ann, name = load_ann(ref, args.checkpoint, args.pretrained)
+    shown = _display(ref, name)
+    spec = parse_data_spec(args.data)
+    if not spec.has_splits:
+        raise ValueError(f"{spec.name} has no train/test split: fine-tuning needs labelled training data "
+                         "(e.g. --data cifar10)")
+    x_train, y_train = load_data(args, ref, ann, args.data, args.train_images, split="train")
+    x, y = load_data(args, ref, ann, args.data, args.eval_images)
+    check_model_runs(ann, x)
+    config = FinetuneConfig(method=args.method, levels=args.levels, timesteps=args.levels,
+                            bptt_window=args.bptt_window, calibration=args.calibration, signed=args.signed,
+                            calib_images=args.calib_images,
+                            train=TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                                              weight_decay=args.weight_decay, seed=args.seed))
+    out = Path(args.out)
+    ckpt = out / "checkpoints"
+    if args.restart and ckpt.exists():
+        shutil.rmtree(ckpt)
+    source = ann
+    if args.init_snn:
+        if args.method != "surrogate":
+            raise ValueError("--init-snn starts surrogate fine-tuning from a saved SNN: use --method surrogate")
+        source = spikecast.load(args.init_snn)
+    say(f"spikecast finetune: {shown}, {args.method}"
+        f"{f' L={args.levels}' if args.method == 'qcfs' else f' T={args.levels}'}, {args.epochs:g} epoch(s) on "
+        f"{len(x_train)} training images (checkpoints: {ckpt}/)")
+    snn = finetune(source, (x_train, y_train), config, checkpoint_dir=ckpt, progress=True)
+    say(f"  fine-tuned in {_seconds(snn.metadata['finetune']['seconds'])}")
+    say(f"  validating the SNN against the ANN at T = {_list(timesteps)} on {len(x)} images...")
+    result = spikecast.validate(ann, snn, TensorBatches(x, y, batch_size=256), timesteps=timesteps,
+                                tolerance=args.tolerance)
+    snn.metadata["cli"] = {"model": _saved_model_text(args.model),
+                           "checkpoint": str(Path(args.checkpoint).resolve()) if args.checkpoint else None,
+                           "pretrained": args.pretrained, "data": spec.name}
+    snn_dir = snn.save(out / "snn")
+    info = {"model": {"name": shown, "checkpoint": args.checkpoint, "pretrained": args.pretrained},
+            "data": {"spec": spec.name, "images": len(x), "train_images": len(x_train)},
+            "finetune": snn.metadata["finetune"], "snn_dir": str(snn_dir), "environment": _environment(),
+            "total_seconds": round(time.perf_counter() - started, 3)}
+    json_path, md_path = write_results(out, result, info)
+    say()
+    say(result.table())
+    say()
+    say(f"saved: {snn_dir}/, {json_path}, {md_path}")
+    return _exit_code(result)
+
+
+def cmd_quantize(args) -> int:
+    import spikecast
+    from spikecast.data import TensorBatches
+    from spikecast.quant.weights import quantize_weights
+
+    snn = spikecast.load(args.snn_dir)
+    q = quantize_weights(snn, args.bits)
+    info = q.metadata["weight_quantization"]
+    say(f"spikecast quantize: {args.snn_dir} -> {args.bits}-bit weights ({info['scheme']}, {info['layers']} layers, "
+        f"largest relative weight error {100 * info['max_relative_error']:.2f}%)")
+    out = Path(args.out)
+    saved = q.save(out / "snn")
+    if args.data or (q.metadata.get("cli") or {}).get("data"):
+        model_text, checkpoint, pretrained, data_text = _snn_source(q, args.model)
+        ref = model_ref(model_text)
+        ann, name = load_ann(ref, checkpoint, pretrained)
+        x, y = load_data(args, ref, ann, args.data or data_text, args.eval_images)
+        timesteps = parse_timesteps(args.timesteps)
+        say(f"  validating the fp32 and the {args.bits}-bit SNN at T = {_list(timesteps)} on {len(x)} images...")
+        batches = TensorBatches(x, y, batch_size=args.batch_size)
+        base = spikecast.validate(ann, snn, batches, timesteps=timesteps, progress=False)
+        result = spikecast.validate(ann, q, batches, timesteps=timesteps, tolerance=args.tolerance)
+        say()
+        say("| T | fp32 SNN | " + f"int{args.bits} SNN | change |")
+        say("|---:|---:|---:|---:|")
+        for t in timesteps:
+            a, b = base.snn_accuracy[t], result.snn_accuracy[t]
+            say(f"| {t} | {100 * a:.2f}% | {100 * b:.2f}% | {100 * (b - a):+.2f} |")
+        json_path, _ = write_results(out, result, {"weight_quantization": info, "fp32_snn_accuracy": base.snn_accuracy,
+                                                  "environment": _environment()})
+        say()
+        say(f"saved: {saved}/, {json_path}")
+        return _exit_code(result)
+    say(f"saved: {saved}/ (give --data SPEC to measure the accuracy change)")
+    return EXIT_OK
+
+
 @contextlib.contextmanager
 def _torch_threads(n: int):
     """Run with ``n`` intra-op threads: the demo's tensors are tiny, and extra threads only add
@@ -571,6 +679,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="also write DIR/validation.json and DIR/validation.md")
     p.set_defaults(func=cmd_validate)
 
+    p = sub.add_parser("finetune", parents=[common], help="fine-tune for few timesteps (QCFS or surrogate BPTT)",
+                       description="Fine-tune MODEL with labels for a few-timestep SNN: --method qcfs trains the ANN with "
+                                   "L-level quantised clip-floor-shift activations and converts it (T = L reproduces "
+                                   "it), --method surrogate runs backpropagation through time in the converted SNN. "
+                                   "A checkpoint is written every epoch to DIR/checkpoints; running the same command "
+                                   "again resumes. Saves DIR/snn and the validation like `convert`.")
+    p.add_argument("model", metavar="MODEL", help="zoo:<name>, a timm name, or file.py:Name")
+    model_args(p)
+    data_args(p)
+    p.set_defaults(timesteps="1,2,4,8,16,32")
+    p.add_argument("--method", choices=("qcfs", "surrogate"), default="qcfs")
+    p.add_argument("--levels", type=int, default=4, metavar="L",
+                   help="QCFS levels = the SNN's timesteps (surrogate: BPTT timesteps) (default 4)")
+    p.add_argument("--epochs", type=float, default=3, help="epochs (may be fractional; default 3)")
+    p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate, cosine schedule (default 0.01)")
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-images", type=int, metavar="N", help="use N class-balanced training images (default all)")
+    p.add_argument("--calib-images", type=int, default=512, metavar="N")
+    p.add_argument("--calibration", choices=("none", "light", "advanced"), default="light",
+                   help="correction after conversion, with the fine-tuned ANN as teacher (default light)")
+    p.add_argument("--signed", action=argparse.BooleanOptionalAction, default=_defaults()["signed"])
+    p.add_argument("--bptt-window", type=int, metavar="K", help="surrogate: truncate BPTT to windows of K steps")
+    p.add_argument("--init-snn", metavar="SNN_DIR", help="surrogate: start from this saved SNN instead of converting")
+    p.add_argument("--restart", action="store_true", help="ignore (delete) existing checkpoints")
+    p.add_argument("--out", default="spikecast-finetune", metavar="DIR")
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("quantize", parents=[common], help="quantise a saved SNN's weights to int8 / int4",
+                       description="Per-output-channel symmetric weight quantisation (fake-quant) of a saved SNN; "
+                                   "with --data, validate the fp32 and the quantised SNN side by side.")
+    p.add_argument("snn_dir", metavar="SNN_DIR")
+    p.add_argument("--bits", type=int, choices=(8, 4), default=8)
+    p.add_argument("--model", metavar="MODEL", help="the source ANN (default: recorded in SNN_DIR)")
+    data_args(p, required=False)
+    p.add_argument("--out", default="spikecast-quantized", metavar="DIR")
+    p.set_defaults(func=cmd_quantize)
+
     p = sub.add_parser("demo", parents=[common], help="the offline end-to-end demo (digits CNN, < 1 min)",
                        description="Train (once, cached) a small CNN on scikit-learn's digits, convert it to an SNN, "
                                    "validate it at T = 1..128 and save everything to DIR. Needs no download.")
@@ -604,7 +750,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_ERROR
     from spikecast.errors import SpikecastError
 
-    for flag in ("batch_size", "calib_images", "eval_images", "budget"):
+    for flag in ("batch_size", "calib_images", "eval_images", "budget", "train_images", "levels", "bptt_window"):
         value = getattr(args, flag, None)
         if value is not None and value < 1:
             print(f"error: --{flag.replace('_', '-')} must be at least 1, got {value}", file=sys.stderr)

@@ -53,11 +53,21 @@ class SpikingMaxPool(nn.Module):
         return _POOLS[self.kind](x, kernel, stride or None, padding, dilation, ceil_mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.acc = x.clone() if self.acc is None else self.acc.add_(x)
+        if self.acc is None:
+            self.acc = x.clone()
+        elif x.requires_grad and torch.is_grad_enabled():
+            self.acc = self.acc + x  # training: out of place, autograd keeps the old sum
+        else:
+            self.acc = self.acc.add_(x)
         pooled = self._pool(self.acc)
         out = pooled if self.pooled is None else pooled - self.pooled
         self.pooled = pooled
         return out
+
+    def detach_state(self) -> None:
+        """Cut the autograd history of the accumulated input (truncated BPTT)."""
+        if self.acc is not None:
+            self.acc, self.pooled = self.acc.detach(), self.pooled.detach()
 
     def config(self) -> dict:
         return {"kind": self.kind, "pool_args": self.pool_args, "name": self.name}

@@ -63,6 +63,41 @@ def _signed_step(v, emitted, current, bias, theta):
     return out, v - out, emitted + out
 
 
+class _Spike(torch.autograd.Function):
+    """Heaviside step with a triangular surrogate gradient of half-width ``width`` (the threshold).
+
+    Forward: ``x >= 0`` (``x > 0`` when ``strict``). Backward: ``max(0, 1 - |x|/width) / width``,
+    so the surrogate integrates to one spike whatever the threshold's scale.
+    """
+
+    @staticmethod
+    def forward(ctx, x, width, strict: bool):
+        ctx.save_for_backward(x, width)
+        return (x > 0 if strict else x >= 0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, width = ctx.saved_tensors
+        surrogate = torch.clamp(1.0 - x.abs() / width, min=0.0) / width
+        return grad * surrogate, None, None
+
+
+def _surrogate_step(v, emitted, current, bias, theta):
+    """The neuron step with surrogate gradients, for backpropagation through time.
+
+    Same values as ``_binary_step`` / ``_signed_step`` (``emitted is None`` = binary). The reset
+    and the emitted-charge bookkeeping are detached: gradients flow through the spike decisions
+    into the currents, not around the soft reset (Zenke & Vogels 2021: better-behaved gradients).
+    """
+    v = v + current + bias
+    out = theta * _Spike.apply(v - theta, theta, False)
+    if emitted is not None:
+        retract = _Spike.apply(-v, theta, True) * (emitted > 0).to(v.dtype)
+        out = out - theta * retract
+        emitted = emitted + out.detach()
+    return out, v - out.detach(), emitted
+
+
 def _fused(fn: Callable) -> Optional[Callable]:
     """The compiled version of a step function, or None when compiling is off or failed."""
     if not _compile_state["enabled"]:
@@ -143,13 +178,49 @@ class IFNeuron(nn.Module):
     def _zero(self, like: torch.Tensor) -> torch.Tensor:
         return torch.zeros((), dtype=like.dtype, device=like.device)
 
+    def initial_potential(self) -> torch.Tensor:
+        """``v_0 = v_init * theta (+ v_offset)``, broadcastable against the input."""
+        v0 = self.threshold * self.v_init
+        return v0 + self.v_offset if self.v_offset is not None else v0
+
+    # ------------------------------------------------------------------ functional form
+    def initial_state(self, current: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The state before the first step for inputs shaped like ``current``: ``(v,)`` or ``(v, emitted)``."""
+        v = torch.empty_like(current).copy_(self.initial_potential().expand_as(current))
+        return (v, torch.zeros_like(current)) if self.signed else (v,)
+
+    def step(self, current: torch.Tensor, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, tuple]:
+        """One step as a pure function ``(current, state) -> (output, new state)``.
+
+        What ONNX export traces (the membrane becomes an explicit graph input/output); random spike
+        masking is not part of it (export refuses masked neurons).
+        """
+        bias = self.bias if self.bias is not None else self._zero(current)
+        if self.signed:
+            out, v, emitted = _signed_step(state[0], state[1], current, bias, self.threshold)
+            return out, (v, emitted)
+        out, v = _binary_step(state[0], current, bias, self.threshold)
+        return out, (v,)
+
+    def detach_state(self) -> None:
+        """Cut the autograd history of the membrane (truncated backpropagation through time)."""
+        if self.v is not None:
+            self.v = self.v.detach()
+        if self.emitted is not None:
+            self.emitted = self.emitted.detach()
+
     def forward(self, current: torch.Tensor) -> torch.Tensor:
         theta = self.threshold
         if self.v is None:
-            v0 = theta * self.v_init
-            if self.v_offset is not None:
-                v0 = v0 + self.v_offset
-            self.v = torch.empty_like(current).copy_(v0.expand_as(current))
+            self.v = torch.empty_like(current).copy_(self.initial_potential().expand_as(current))
+        if current.requires_grad and torch.is_grad_enabled():
+            # training (surrogate-gradient BPTT): out-of-place, differentiable step
+            if self.signed and self.emitted is None:
+                self.emitted = torch.zeros_like(current)
+            bias = self.bias if self.bias is not None else self._zero(current)
+            out, self.v, emitted = _surrogate_step(self.v, self.emitted if self.signed else None, current, bias, theta)
+            self.emitted = emitted if self.signed else None
+            return self._finish(out)
         if _compile_state["enabled"] and current.numel() >= COMPILE_MIN_ELEMENTS:
             bias = self.bias if self.bias is not None else self._zero(current)
             if self.signed:

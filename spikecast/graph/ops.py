@@ -85,3 +85,20 @@ def tensor_args(node: fx.Node) -> list[fx.Node]:
         ):
             out.append(arg)
     return out
+
+
+def weighted_layers(gm: fx.GraphModule) -> list[tuple[fx.Node, str, "str | None"]]:
+    """``(node, weight attribute, bias attribute or None)`` of every weighted layer whose weight is
+    a constant of the graph (``get_attr``), in graph order - what fine-tuning trains and weight
+    quantisation quantises."""
+    out = []
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or packet(node) not in WEIGHTED or len(node.args) < 2:
+            continue
+        weight = node.args[1]
+        if not (isinstance(weight, fx.Node) and weight.op == "get_attr"):
+            continue
+        bias = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
+        bias_name = str(bias.target) if isinstance(bias, fx.Node) and bias.op == "get_attr" else None
+        out.append((node, str(weight.target), bias_name))
+    return out

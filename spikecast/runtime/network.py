@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence, Union
+from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import torch
 import torch.fx as fx
@@ -136,6 +136,31 @@ class SpikingNetwork(nn.Module):
                 if callback is not None:
                     callback(t, out)
         return means[budgets[0]] if single else means
+
+    def steps(self, x: torch.Tensor, timesteps: int) -> Iterator[torch.Tensor]:
+        """Yield the output of each step ``1..timesteps`` with autograd enabled (for fine-tuning).
+
+        The same graph and neurons as :meth:`simulate`; neurons switch to their differentiable
+        surrogate-gradient step when their input requires grad. Call :meth:`detach_state` between
+        steps to truncate backpropagation through time (bounded memory for long runs).
+        """
+        if int(timesteps) < 1:
+            raise ValueError(f"timesteps must be >= 1, got {timesteps!r}")
+        self.reset()
+        if x.dim() == 4 and self.config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        static = self._prefix(x)
+        encoder = None
+        if self.config.encoding == "poisson":
+            encoder = PoissonEncoder(self.config.input_scale, self.config.encoding_seed)
+            encoder.start(x)
+        for _ in range(int(timesteps)):
+            yield self._step(encoder.step() if encoder is not None else x, *static)
+
+    def detach_state(self) -> None:
+        """Cut the autograd history of every neuron / pool state (truncated BPTT)."""
+        for m in self.stateful_modules():
+            m.detach_state()
 
     def forward(self, x: torch.Tensor, timesteps: Optional[int] = None) -> torch.Tensor:
         return self.simulate(x, int(timesteps or self.config.timesteps))

@@ -1,0 +1,279 @@
+"""``spikecast.finetune``: labelled fine-tuning for few-timestep SNNs, two routes.
+
+* ``method="qcfs"`` (Bu et al. 2022): calibrate the ANN, replace every activation site by a QCFS
+  unit with ``L = levels`` levels and a learnable clip initialised from the calibrated threshold
+  (:mod:`spikecast.quant.qcfs`), fine-tune weights and clips with straight-through gradients,
+  then convert with ``threshold = clip``. An IF neuron run for ``T = L`` steps reproduces a QCFS
+  unit exactly under constant input, so the SNN at ``T = L`` computes what was trained (deeper
+  layers see spike trains, not constants; the post-conversion ``calibration`` with the QCFS ANN
+  as teacher removes most of what is left).
+* ``method="surrogate"``: backpropagation through time in the SNN itself at ``timesteps`` steps
+  (surrogate gradient of the spike, see :class:`spikecast.convert.neuron.IFNeuron`), starting
+  from a converted SNN - the hybrid route with conversion as initialisation. ``bptt_window``
+  truncates backpropagation to windows of that many steps so memory does not grow with ``T``.
+
+Both run through :func:`spikecast.train.loop.train` (checkpoint every epoch, resume).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from spikecast.calibrate.thresholds import CalibrationConfig, calibrate
+from spikecast.convert.api import DEFAULT_SIGNED, first_batch, prepare
+from spikecast.convert.spiking import NeuronConfig, to_spiking
+from spikecast.data import split_batch
+from spikecast.graph.ops import weighted_layers
+from spikecast.models import ModelLike, resolve_model
+from spikecast.quant.qcfs import qcfs_thresholds, to_qcfs
+from spikecast.runtime.network import SimulationConfig, SpikingNetwork, _views_to_reshapes
+from spikecast.train.loop import TrainConfig, TrainHistory, config_dict, labelled_tensors, train
+
+METHODS = ("qcfs", "surrogate")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """What to fine-tune and how (optimisation settings are in ``train``).
+
+    ``levels``: QCFS levels ``L`` (the SNN's default T). ``timesteps``: surrogate route, steps of
+    BPTT (and the SNN's default T). ``calibration``: correction after conversion (``"none"`` /
+    ``"light"`` / ``"advanced"``), with the fine-tuned ANN as teacher. ``threshold_method``:
+    how the initial QCFS clips are chosen. ``calib_images``: unlabeled images for calibration.
+    """
+
+    method: str = "qcfs"
+    levels: int = 4
+    timesteps: int = 4
+    bptt_window: Optional[int] = None
+    calibration: str = "light"
+    threshold_method: str = "mse"
+    signed: bool = DEFAULT_SIGNED
+    calib_images: int = 512
+    train: TrainConfig = TrainConfig()
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"unknown fine-tuning method {self.method!r}; choose one of {METHODS}")
+        if int(self.levels) < 1 or int(self.timesteps) < 1:
+            raise ValueError("levels and timesteps must be >= 1")
+        if self.bptt_window is not None and int(self.bptt_window) < 1:
+            raise ValueError("bptt_window must be >= 1 (or None for full BPTT)")
+
+
+def trainable_copy(gm: fx.GraphModule) -> tuple[fx.GraphModule, list[nn.Parameter]]:
+    """A copy of ``gm`` whose weighted layers' weights and biases are fresh trainable parameters
+    (the input graph's tensors are never touched), plus every parameter to optimise."""
+    out = copy.deepcopy(gm)
+    # training inputs come in any memory layout (augmented crops, channels-last): views need
+    # compatible strides, reshapes do not
+    _views_to_reshapes(out.graph)
+    out.recompile()
+    for _, weight, bias in weighted_layers(out):
+        for target in (weight, bias):
+            if target is None:
+                continue
+            *parents, leaf = target.split(".")
+            owner = out.get_submodule(".".join(parents)) if parents else out
+            tensor = getattr(owner, leaf).detach().clone()
+            delattr(owner, leaf)
+            owner.register_parameter(leaf, nn.Parameter(tensor, requires_grad=True))
+    for name, p in out.named_parameters():
+        if name.startswith("sites."):
+            p._spikecast_no_decay = True  # QCFS clips: no weight decay
+    params = [p for p in out.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the network has no weighted layer with constant weights to fine-tune")
+    return out, params
+
+
+def freeze(module: nn.Module) -> None:
+    for p in module.parameters():
+        p.requires_grad_(False)
+
+
+def _calibration_subset(train_data, n: int):
+    tensors = labelled_tensors(train_data)
+    if tensors is not None:
+        x = tensors[0]
+        gen = torch.Generator().manual_seed(0)
+        return x[torch.randperm(len(x), generator=gen)[:n]]
+    xs, seen = [], 0
+    for batch in train_data:
+        x, _ = split_batch(batch)
+        xs.append(x)
+        seen += len(x)
+        if seen >= n:
+            break
+    if not xs:
+        raise ValueError("the fine-tuning data is empty")
+    return torch.cat(xs)[:n]
+
+
+def _accuracy(fn, val, batch_size: int = 500) -> float:
+    correct = seen = 0
+    from spikecast.data import as_loader
+
+    with torch.inference_mode():
+        for batch in as_loader(val, batch_size=batch_size):
+            x, y = split_batch(batch)
+            correct += int((fn(x).argmax(-1) == y).sum())
+            seen += len(y)
+    return correct / max(seen, 1)
+
+
+def finetune(
+    model: Union[ModelLike, SpikingNetwork],
+    train_data,
+    config: FinetuneConfig = FinetuneConfig(),
+    *,
+    calib=None,
+    val=None,
+    checkpoint_dir: Optional[Union[str, Path]] = None,
+    checkpoint: Optional[Union[str, Path]] = None,
+    pretrained: Optional[bool] = None,
+    progress: bool = True,
+    stop_after_epoch: Optional[int] = None,
+) -> SpikingNetwork:
+    """Fine-tune with labels and return the spiking network (see the module docstring).
+
+    Args:
+        model: the source ANN (``nn.Module``, ``"zoo:<name>"``, timm name) or, for
+            ``method="surrogate"``, a :class:`SpikingNetwork` to start from.
+        train_data: labelled data: ``(x, y)`` tensors (shuffled and augmented here,
+            deterministically) or a DataLoader of ``(x, y)`` batches (used as it comes).
+        config: :class:`FinetuneConfig`.
+        calib: unlabeled calibration images (default: ``config.calib_images`` from ``train_data``).
+        val: optional labelled data evaluated after every epoch (QCFS ANN / SNN accuracy).
+        checkpoint_dir: folder for the per-epoch checkpoint; an interrupted run called again with
+            the same arguments resumes after the last finished epoch.
+        stop_after_epoch: end after that epoch as an interruption would (for tests).
+
+    Returns:
+        A :class:`SpikingNetwork` whose ``metadata["finetune"]`` records the method, settings,
+        per-epoch history and wall time.
+    """
+    started = time.perf_counter()
+    if calib is None:
+        calib = _calibration_subset(train_data, config.calib_images)
+    if config.method == "qcfs":
+        if isinstance(model, SpikingNetwork):
+            raise TypeError("method='qcfs' fine-tunes the ANN: pass the source model, not a SpikingNetwork")
+        snn, history, source = _finetune_qcfs(model, train_data, config, calib, val, checkpoint_dir, checkpoint,
+                                              pretrained, progress, stop_after_epoch)
+    else:
+        snn, history, source = _finetune_surrogate(model, train_data, config, calib, val, checkpoint_dir,
+                                                   checkpoint, pretrained, progress, stop_after_epoch)
+    snn.metadata = dict(snn.metadata)
+    snn.metadata["finetune"] = {"method": config.method, "source": source, "config": config_dict(config),
+                                "history": history.epochs, "train_seconds": round(history.seconds, 1),
+                                "seconds": round(time.perf_counter() - started, 1)}
+    return snn
+
+
+def _fingerprint(config: FinetuneConfig, source: str, data_size) -> dict:
+    return {"source": source, "config": repr(config), "data": str(data_size)}
+
+
+def _data_size(train_data) -> str:
+    tensors = labelled_tensors(train_data)
+    return str(tuple(tensors[0].shape)) if tensors is not None else str(len(train_data))
+
+
+def _finetune_qcfs(model, train_data, config, calib, val, checkpoint_dir, checkpoint, pretrained, progress,
+                   stop_after_epoch):
+    ann, name = resolve_model(model, checkpoint, pretrained)
+    device = next((p.device for p in ann.parameters()), torch.device("cpu"))
+    normalised = prepare(ann, first_batch(calib).to(device))
+    calibrated, stats = calibrate(normalised, calib, CalibrationConfig(method=config.threshold_method,
+                                                                       timesteps=config.levels),
+                                  progress=progress, device=device)
+    if not stats:
+        raise ValueError(f"{name} has no ReLU-like activation site: nothing for QCFS to quantise")
+    qgraph, params = trainable_copy(to_qcfs(calibrated, config.levels))
+
+    def batch_step(x, y):
+        x = x.to(device)
+        if x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)  # ~2x faster convolutions on CPU
+        logits = qgraph(x)
+        loss = F.cross_entropy(logits, y.to(device))
+        loss.backward()
+        return loss.item(), logits.detach().cpu()
+
+    evaluate = (lambda: _accuracy(qgraph, val)) if val is not None else None
+    history = train(qgraph, params, batch_step, train_data, config.train,
+                    fingerprint=_fingerprint(config, name, _data_size(train_data)),
+                    checkpoint_dir=checkpoint_dir, evaluate=evaluate, description=f"QCFS L={config.levels}",
+                    progress=progress, stop_after_epoch=stop_after_epoch)
+    freeze(qgraph)
+    teacher = qcfs_thresholds(qgraph)
+    snn = convert_calibrated(teacher, config, calib, timesteps=config.levels, source=name, progress=progress,
+                             device=device)
+    return snn, history, name
+
+
+def convert_calibrated(calibrated: fx.GraphModule, config: FinetuneConfig, calib, *, timesteps: int, source: str,
+                       progress: bool, device) -> SpikingNetwork:
+    """Calibrated (thresholds set) ANN graph -> SNN, with correction against that graph as teacher."""
+    from spikecast.calibrate.correction import CorrectionConfig, correct
+
+    snn_graph = to_spiking(calibrated, NeuronConfig(signed=config.signed))
+    metadata = {"source": source,
+                "calibration": {"method": f"qcfs(L={config.levels})", "level": config.calibration,
+                                "timesteps": timesteps, "per_channel": False},
+                "neuron": {"v_init": 0.5, "signed": config.signed, "mask_ratio": 0.0}}
+    snn = SpikingNetwork(snn_graph, SimulationConfig(timesteps=timesteps), metadata).to(device)
+    if config.calibration != "none":
+        snn = correct(snn, calibrated, calib, CorrectionConfig(level=config.calibration, timesteps=timesteps),
+                      progress=progress, device=device)
+    return snn
+
+
+def _finetune_surrogate(model, train_data, config, calib, val, checkpoint_dir, checkpoint, pretrained, progress,
+                        stop_after_epoch):
+    T = int(config.timesteps)
+    if isinstance(model, SpikingNetwork):
+        start = model
+        source = str(model.metadata.get("source", "SpikingNetwork"))
+    else:
+        from spikecast.convert.api import convert
+
+        start = convert(model, calib, timesteps=T, calibration=config.calibration, signed=config.signed,
+                        checkpoint=checkpoint, pretrained=pretrained, progress=progress)
+        source = str(start.metadata.get("source"))
+    graph, params = trainable_copy(start.graph_module)
+    snn = SpikingNetwork(graph, SimulationConfig(**{**start.config.__dict__, "timesteps": T}), start.metadata)
+    device = next((p.device for p in graph.parameters()), torch.device("cpu"))
+    window = int(config.bptt_window) if config.bptt_window else T
+
+    def batch_step(x, y):
+        x, y = x.to(device), y.to(device)
+        total, loss = None, None
+        for t, out in enumerate(snn.steps(x, T), start=1):
+            total = out if total is None else total + out
+            if t % window == 0 or t == T:
+                loss = F.cross_entropy(total / t, y)
+                # later windows reuse the static prefix's graph: keep it until the last one
+                loss.backward(retain_graph=t < T)
+                snn.detach_state()
+                total = total.detach()
+        return loss.item(), (total / T).detach().cpu()
+
+    evaluate = (lambda: _accuracy(lambda x: snn.simulate(x, T), val)) if val is not None else None
+    history = train(snn.graph_module, params, batch_step, train_data, config.train,
+                    fingerprint=_fingerprint(config, source, _data_size(train_data)),
+                    checkpoint_dir=checkpoint_dir, evaluate=evaluate, description=f"surrogate T={T}",
+                    progress=progress, stop_after_epoch=stop_after_epoch)
+    freeze(snn.graph_module)
+    snn.reset()
+    return snn, history, source

@@ -1,0 +1,247 @@
+"""QCFS (T = L equivalence, straight-through gradients), surrogate BPTT, the training loop's resume,
+and weight quantisation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import spikecast
+from spikecast.calibrate.thresholds import CalibrationConfig, calibrate
+from spikecast.convert.api import prepare
+from spikecast.convert.neuron import IFNeuron, _binary_step, _signed_step, _surrogate_step
+from spikecast.convert.spiking import NeuronConfig, to_spiking
+from spikecast.graph.sites import site_nodes
+from spikecast.quant import QCFSSite, integer_form, qcfs_thresholds, quantize_tensor, quantize_weights, to_qcfs
+from spikecast.runtime.network import SimulationConfig, SpikingNetwork
+from spikecast.train import FinetuneConfig, TrainConfig, finetune
+from spikecast.train.loop import CHECKPOINT_FILE
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 6, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(6)
+        self.conv2 = nn.Conv2d(6, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.relu(self.conv2(x)) + 0.5 * x.mean(1, keepdim=True)
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+def toy_data(n=96, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 1, 8, 8, generator=g)
+    y = (x[:, 0, :4].mean((1, 2)) > 0).long() + (x[:, 0, 4:].mean((1, 2)) > 0.2).long()
+    return x, y
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    m = Tiny().eval()
+    with torch.no_grad():
+        m.bn1.running_mean.uniform_(-0.2, 0.2)
+        m.bn1.running_var.uniform_(0.5, 1.5)
+    return m
+
+
+# ------------------------------------------------------------------------------------ QCFS
+@pytest.mark.parametrize("levels", [1, 2, 4, 8, 16])
+@pytest.mark.parametrize("signed", [False, True])
+def test_if_neuron_at_T_equals_L_reproduces_qcfs_exactly(levels, signed):
+    torch.manual_seed(levels)
+    clip = torch.rand(1, 5, 1, 1) * 2 + 0.2  # per-channel clips
+    x = torch.randn(64, 5, 6, 6) * 1.5
+    q = QCFSSite("s", "aten.relu", None, levels, clip)(x)
+    neuron = IFNeuron(clip, "s", signed=signed)
+    count, total = torch.zeros_like(x), torch.zeros_like(x)
+    with torch.no_grad():
+        for _ in range(levels):
+            out = neuron(x)
+            count += torch.sign(out)  # net number of spikes
+            total += out
+    assert torch.equal(count, torch.round(q / clip * levels))  # spike count == QCFS level, exactly
+    assert torch.allclose(total / levels, q, atol=1e-6)
+
+
+def test_qcfs_layer_in_the_converted_network_spikes_exactly_its_level(tiny):
+    """A layer of the converted QCFS network (the first: constant input current) fires, after
+    T = L steps, exactly the QCFS network's level at every neuron."""
+    levels = 4
+    x = toy_data(32)[0]
+    cal, _ = calibrate(prepare(tiny, x), x, CalibrationConfig(method="max"), progress=False)
+    qgraph = to_qcfs(cal, levels)
+    first_site = next(iter(site_nodes(qgraph)))[1]
+    seen = {}
+    handle = first_site.register_forward_hook(lambda m, a, out: seen.setdefault("q", out))
+    qgraph(x)
+    handle.remove()
+    snn = SpikingNetwork(to_spiking(qcfs_thresholds(qgraph), NeuronConfig()), SimulationConfig(timesteps=levels))
+    neuron = next(iter(snn.neurons().values()))
+    counts = []
+    hook = neuron.register_forward_hook(lambda m, a, out: counts.append(torch.sign(out)))
+    snn.simulate(x, levels)
+    hook.remove()
+    spikes = torch.stack(counts).sum(0)
+    assert torch.equal(spikes, torch.round(seen["q"].contiguous() / neuron.threshold * levels))
+
+
+def test_qcfs_straight_through_gradients():
+    lam, levels = 1.5, 4
+    site = QCFSSite("s", "aten.relu", None, levels, lam)
+    x = torch.tensor([-0.5, 0.1, 0.7, 1.2, 2.0], requires_grad=True)
+    out = site(x)
+    out.sum().backward()
+    # d out / d x: 1 inside the clip range (floor passes the gradient straight through), 0 outside
+    assert torch.equal(x.grad, torch.tensor([0.0, 1.0, 1.0, 1.0, 0.0]))
+    # d out / d lambda: q/L - x/lambda inside, 1 above the clip, 0 below
+    q = torch.clamp(torch.floor(x.detach() * levels / lam + 0.5), 0, levels)
+    inside = (x.detach() > 0) & (x.detach() < lam)
+    expected = torch.where(inside, q / levels - x.detach() / lam, (x.detach() >= lam).float())
+    assert torch.allclose(site.clip.grad, expected.sum(), atol=1e-6)
+
+
+def test_qcfs_graph_needs_thresholds_and_keeps_its_input(tiny):
+    x = toy_data(16)[0]
+    normalised = prepare(tiny, x)
+    with pytest.raises(ValueError, match="no threshold"):
+        to_qcfs(normalised, 4)
+    cal, _ = calibrate(normalised, x, CalibrationConfig(method="max"), progress=False)
+    q = to_qcfs(cal, 4)
+    assert all(isinstance(s, QCFSSite) for _, s in site_nodes(q))
+    assert not any(isinstance(s, QCFSSite) for _, s in site_nodes(cal))
+    with pytest.raises(ValueError, match="levels"):
+        QCFSSite("s", "relu", None, 0, 1.0)
+
+
+# ------------------------------------------------------------------------------------ surrogate
+@pytest.mark.parametrize("signed", [False, True])
+def test_surrogate_step_has_the_values_of_the_inference_step(signed):
+    torch.manual_seed(1)
+    theta, bias = torch.tensor(0.8), torch.tensor(0.05)
+    v = torch.full((500,), 0.4)
+    emitted = torch.zeros(500) if signed else None
+    v2, e2 = v.clone(), (emitted.clone() if signed else None)
+    for _ in range(12):
+        current = torch.randn(500) * 0.6
+        if signed:
+            out, v, emitted = _signed_step(v, emitted, current, bias, theta)
+        else:
+            out, v = _binary_step(v, current, bias, theta)
+        out2, v2, e2 = _surrogate_step(v2, e2, current.requires_grad_(), bias, theta)
+        assert torch.equal(out, out2.detach()) and torch.equal(v, v2.detach())
+
+
+def test_surrogate_gradient_is_triangular_around_the_threshold():
+    theta = torch.tensor(2.0)
+    current = torch.tensor([0.0, 1.0, 1.5, 2.5, 5.0], requires_grad=True)
+    out, _, _ = _surrogate_step(torch.zeros(5), None, current, torch.tensor(0.0), theta)
+    out.sum().backward()
+    # d out/d v = theta * max(0, 1 - |v - theta| / theta) / theta
+    expected = torch.clamp(1 - (current.detach() - 2.0).abs() / 2.0, min=0)
+    assert torch.allclose(current.grad, expected)
+
+
+def test_surrogate_bptt_trains_and_truncation_bounds_the_graph(tiny):
+    x, y = toy_data(64)
+    snn = spikecast.convert(tiny, calib=x, timesteps=4, calibration="none", progress=False)
+    before = [p.clone() for p in snn.graph_module.parameters()]
+    cfg = FinetuneConfig(method="surrogate", timesteps=4, bptt_window=2,
+                         train=TrainConfig(epochs=1, lr=0.05, batch_size=32))
+    tuned = finetune(snn, (x, y), cfg, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, snn.graph_module.parameters()))  # input untouched
+    changed = [not torch.equal(a, b) for a, b in zip(before, tuned.graph_module.parameters())]
+    assert all(changed)  # every weight got a gradient through the spikes
+    assert not any(p.requires_grad for p in tuned.parameters())
+    assert tuned.metadata["finetune"]["method"] == "surrogate"
+    out = tuned.simulate(x[:4], 4)
+    assert out.shape == (4, 3) and torch.isfinite(out).all()
+
+
+# ------------------------------------------------------------------------------------ loop: resume
+@pytest.mark.parametrize("method", ["qcfs", "surrogate"])
+def test_interrupted_finetune_resumes_to_the_same_weights(tiny, tmp_path, method):
+    x, y = toy_data(96)
+    cfg = FinetuneConfig(method=method, levels=4, timesteps=2, calibration="none",
+                         train=TrainConfig(epochs=3, lr=0.02, batch_size=32))
+    full = finetune(tiny, (x, y), cfg, progress=False)
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        finetune(tiny, (x, y), cfg, checkpoint_dir=ckpt, progress=False, stop_after_epoch=1)
+    assert (ckpt / CHECKPOINT_FILE).is_file()
+    state = torch.load(ckpt / CHECKPOINT_FILE, weights_only=True)
+    assert state["epoch"] == 1
+    resumed = finetune(tiny, (x, y), cfg, checkpoint_dir=ckpt, progress=False)
+    assert len(resumed.metadata["finetune"]["history"]) == 3
+    for (k, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), k
+    # a different run must not pick up this checkpoint
+    other = FinetuneConfig(method=method, levels=8, timesteps=3, calibration="none",
+                           train=TrainConfig(epochs=3, lr=0.02, batch_size=32))
+    with pytest.raises(ValueError, match="different fine-tuning run"):
+        finetune(tiny, (x, y), other, checkpoint_dir=ckpt, progress=False)
+
+
+def test_qcfs_finetune_improves_the_snn_at_T_equals_L(tiny):
+    x, y = toy_data(256, seed=3)
+    xv, yv = toy_data(256, seed=4)
+    ptq = spikecast.convert(tiny, calib=x, timesteps=2, calibration="none", progress=False)
+    cfg = FinetuneConfig(method="qcfs", levels=2, calibration="none", train=TrainConfig(epochs=4, lr=0.05, batch_size=32))
+    tuned = finetune(tiny, (x, y), cfg, val=(xv, yv), progress=False)
+    acc = lambda net: float((net.simulate(xv, 2).argmax(-1) == yv).float().mean())  # noqa: E731
+    assert acc(tuned) > acc(ptq)
+    assert tuned.config.timesteps == 2
+    assert "val_accuracy" in tuned.metadata["finetune"]["history"][-1]
+
+
+def test_finetune_rejects_bad_settings(tiny):
+    with pytest.raises(ValueError, match="method"):
+        FinetuneConfig(method="magic")
+    with pytest.raises(ValueError, match="augment"):
+        TrainConfig(augment="rotate")
+    with pytest.raises(TypeError, match="SpikingNetwork"):
+        x, y = toy_data(16)
+        finetune(spikecast.convert(tiny, calib=x, calibration="none", progress=False), (x, y), FinetuneConfig())
+
+
+# ------------------------------------------------------------------------------------ weights
+@pytest.mark.parametrize("bits", [8, 4])
+def test_symmetric_per_channel_weight_quantisation(bits):
+    torch.manual_seed(0)
+    w = torch.randn(6, 3, 3, 3) * torch.tensor([0.01, 0.1, 1, 3, 0, 0.5]).view(6, 1, 1, 1)
+    qw = quantize_tensor(w, bits)
+    qmax = 2 ** (bits - 1) - 1
+    assert qw.q.dtype == torch.int8 and int(qw.q.abs().max()) <= qmax
+    assert torch.equal(qw.q[4], torch.zeros_like(qw.q[4]))  # an all-zero channel stays zero
+    err = (qw.dequantize() - w).abs().reshape(6, -1).amax(1)
+    assert (err <= qw.scale / 2 + 1e-7).all()  # rounding: at most half a step per channel
+    assert torch.allclose(qw.scale[:4], w.reshape(6, -1).abs().amax(1)[:4] / qmax)
+
+
+def test_quantised_snn_stays_close_and_integer_form_gives_the_same_spikes(tiny):
+    x = toy_data(64)[0]
+    snn = spikecast.convert(tiny, calib=x, timesteps=8, calibration="none", progress=False)
+    q8 = quantize_weights(snn, 8)
+    assert q8.metadata["weight_quantization"]["bits"] == 8
+    ref, out = snn.simulate(x, 8), q8.simulate(x, 8)
+    assert (out - ref).abs().max() < 0.1 * ref.abs().max()
+    # integer form: the quantised weight is exactly scale * int, and the neuron's threshold in
+    # accumulator units times the scale is its threshold
+    form = integer_form(q8)
+    assert form, "the first conv feeds a neuron directly"
+    gm = q8.graph_module
+    conv_weight = [n for n in gm.graph.nodes if n.op == "get_attr" and "conv1" in str(n.target)
+                   and str(n.target).endswith("weight")][0]
+    weight = gm.get_submodule("").get_parameter(conv_weight.target) if False else \
+        dict(gm.named_parameters(), **dict(gm.named_buffers()))[conv_weight.target]
+    name, entry = next(iter(form.items()))
+    scale = entry["scale"].view(-1, 1, 1, 1)
+    assert torch.equal(entry["weight"].float() * scale, weight)
+    neuron = q8.neurons()[name]
+    assert torch.allclose(entry["threshold"].reshape(-1) * entry["scale"], neuron.threshold.expand(len(scale)).reshape(-1))
