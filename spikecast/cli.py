@@ -469,6 +469,82 @@ def cmd_quantize(args) -> int:
     return EXIT_OK
 
 
+def cmd_export(args) -> int:
+    import torch
+
+    import spikecast
+    from spikecast import export as onnx_export
+    from spikecast.convert.api import prepare
+    from spikecast.datasets import parse_data_spec
+
+    if not args.model and not args.snn:
+        raise ValueError("nothing to export: give --model MODEL (the ANN) and/or --snn SNN_DIR (the SNN step graph)")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    snn = spikecast.load(args.snn) if args.snn else None
+    model_text, checkpoint, pretrained = args.model, args.checkpoint, args.pretrained
+    if model_text is None:
+        model_text, checkpoint, pretrained, _ = _snn_source(snn, None)
+    ref = model_ref(model_text)
+    ann, name = load_ann(ref, checkpoint, pretrained)
+    x = y = x_cal = None
+    if args.data:
+        spec = parse_data_spec(args.data)
+        x, y = load_data(args, ref, ann, args.data, args.eval_images or 1000)
+        x_cal, _ = load_data(args, ref, ann, args.data, args.calib_images,
+                             split="train" if spec.has_splits else None)
+    shape = parse_shape(args.input_shape) or model_defaults(ref, ann).get("input_shape")
+    if x is not None:
+        example = x[:2]
+    elif shape:
+        example = torch.zeros(2, *shape)
+    else:
+        raise ValueError("cannot tell the input shape: pass --data SPEC or --input-shape C,H,W")
+    say(f"spikecast export: {_display(ref, name)} -> {out}/")
+    written, rows = [], []
+    if args.model or args.int8:
+        graph = prepare(ann, example)
+        ann_path = onnx_export.export_ann(graph, out / "ann.onnx", example=example)
+        written.append(ann_path)
+        if x is not None:
+            logits = onnx_export.run_ann(ann_path, x)
+            with torch.inference_mode():
+                ref_logits = torch.cat([ann(x[i:i + 256]) for i in range(0, len(x), 256)])
+            rows.append(("ANN fp32, onnxruntime", float((logits.argmax(-1) == y).float().mean()),
+                         f"max abs diff to torch {float((logits - ref_logits).abs().max()):.1e}"))
+        if args.int8:
+            if x_cal is None:
+                raise ValueError("--int8 calibrates on unlabeled images: pass --data SPEC")
+            int8_path = onnx_export.quantize_ann_int8(ann_path, out / "ann_int8.onnx", x_cal)
+            written.append(int8_path)
+            if x is not None:
+                logits = onnx_export.run_ann(int8_path, x)
+                rows.append(("ANN int8 (QDQ), onnxruntime", float((logits.argmax(-1) == y).float().mean()), ""))
+    if snn is not None:
+        step_path = onnx_export.export_snn_step(snn, out / "snn_step.onnx", example=example)
+        written.append(step_path)
+        if x is not None:
+            T = args.check_timesteps
+            driver = onnx_export.OnnxSpikingNetwork(step_path)
+            got, ref_out = [], []
+            for i in range(0, len(x), 250):
+                got.append(driver.simulate(x[i:i + 250], T))
+                ref_out.append(snn.simulate(x[i:i + 250], T))
+            got, ref_out = torch.cat(got), torch.cat(ref_out)
+            agree = float((got.argmax(-1) == ref_out.argmax(-1)).float().mean())
+            rows.append((f"SNN step graph x T={T}, onnxruntime", float((got.argmax(-1) == y).float().mean()),
+                         f"max abs diff to torch {float((got - ref_out).abs().max()):.1e}, same top-1 {100 * agree:.2f}%"))
+    for path in written:
+        say(f"  wrote {path} ({path.stat().st_size / 2**20:.2f} MiB)")
+    if rows:
+        say()
+        say(f"| model | top-1 ({len(x)} images) | check |")
+        say("|---|---:|---|")
+        for label, acc, check in rows:
+            say(f"| {label} | {100 * acc:.2f}% | {check} |")
+    return EXIT_OK
+
+
 @contextlib.contextmanager
 def _torch_threads(n: int):
     """Run with ``n`` intra-op threads: the demo's tensors are tiny, and extra threads only add
@@ -717,6 +793,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="spikecast-quantized", metavar="DIR")
     p.set_defaults(func=cmd_quantize)
 
+    p = sub.add_parser("export", parents=[common], help="export to ONNX (ANN, int8 ANN, SNN step graph)",
+                       description="Export the ANN (--model) to DIR/ann.onnx, with --int8 also a static int8 QDQ model "
+                                   "calibrated on unlabeled images (onnxruntime.quantization), and a saved SNN (--snn) "
+                                   "as DIR/snn_step.onnx: one timestep with the membrane state as inputs/outputs, "
+                                   "driven by spikecast.export.OnnxSpikingNetwork. With --data, run each in "
+                                   "onnxruntime and compare with torch.")
+    p.add_argument("--model", metavar="MODEL", help="the ANN (default with --snn: its recorded source model)")
+    model_args(p)
+    p.add_argument("--snn", metavar="SNN_DIR", help="a saved SNN to export as a step graph")
+    p.add_argument("--int8", action="store_true", help="also write the static int8 QDQ ANN (needs --data)")
+    p.add_argument("--data", metavar="SPEC", help="evaluation / calibration data (checks the exports)")
+    p.add_argument("--eval-images", type=int, metavar="N", help="images for the checks (default 1000)")
+    p.add_argument("--calib-images", type=int, default=512, metavar="N", help="int8 calibration images (default 512)")
+    p.add_argument("--check-timesteps", type=int, default=16, metavar="T", help="SNN check: steps (default 16)")
+    p.add_argument("--input-shape", metavar="C,H,W", help="shape of one input (default: from --data or the model)")
+    p.add_argument("--mean", metavar="M,M,M", help=argparse.SUPPRESS)
+    p.add_argument("--std", metavar="S,S,S", help=argparse.SUPPRESS)
+    p.add_argument("--size", type=int, metavar="PX", help=argparse.SUPPRESS)
+    p.add_argument("--out", default="spikecast-onnx", metavar="DIR")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("demo", parents=[common], help="the offline end-to-end demo (digits CNN, < 1 min)",
                        description="Train (once, cached) a small CNN on scikit-learn's digits, convert it to an SNN, "
                                    "validate it at T = 1..128 and save everything to DIR. Needs no download.")
@@ -750,7 +847,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_ERROR
     from spikecast.errors import SpikecastError
 
-    for flag in ("batch_size", "calib_images", "eval_images", "budget", "train_images", "levels", "bptt_window"):
+    for flag in ("batch_size", "calib_images", "eval_images", "budget", "train_images", "levels", "bptt_window",
+                 "check_timesteps"):
         value = getattr(args, flag, None)
         if value is not None and value < 1:
             print(f"error: --{flag.replace('_', '-')} must be at least 1, got {value}", file=sys.stderr)

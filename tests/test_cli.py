@@ -198,3 +198,40 @@ def test_convert_calibration_flags_and_early_exit(tmp_path, capsys):
     snn = json.loads((out / "snn" / "spikecast.json").read_text())
     assert snn["metadata"]["correction"]["level"] == "light" and snn["metadata"]["correction"]["timesteps"] == 8
     assert main(["convert", "digits-cnn", "--data", "digits", "--calibration", "heavy"]) == 1
+
+
+def test_finetune_resumes_and_quantize_and_export(tmp_path, capsys):
+    out = tmp_path / "ft"
+    args = ["finetune", "digits-cnn", "--data", "digits", "--levels", "4", "--epochs", "2", "--lr", "0.005",
+            "--train-images", "256", "--eval-images", "100", "--calib-images", "64", "--timesteps", "2,4,8",
+            "--tolerance", "1", "--out", str(out)]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "fine-tuned in" in text and "| 4 |" in text
+    assert (out / "checkpoints" / "finetune.pt").is_file() and (out / "snn" / "spikecast.json").is_file()
+    doc = json.loads((out / "validation.json").read_text())
+    assert len(doc["finetune"]["history"]) == 2
+    # the same command again resumes from the finished checkpoint: no epoch runs again
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "resuming" in err and "epoch 1/2:" not in err
+    # a different run refuses the checkpoint instead of mixing it in
+    assert main(args[:5] + ["8"] + args[6:]) == 1
+    assert "different fine-tuning run" in capsys.readouterr().err
+
+    qdir = tmp_path / "q4"
+    assert main(["quantize", str(out / "snn"), "--bits", "4", "--eval-images", "100", "--timesteps", "4,8",
+                 "--tolerance", "1", "--out", str(qdir)]) == 0
+    text = capsys.readouterr().out
+    assert "int4 SNN" in text and (qdir / "snn" / "spikecast.json").is_file()
+    assert spikecast.load(qdir / "snn").metadata["weight_quantization"]["bits"] == 4
+
+    edir = tmp_path / "onnx"
+    assert main(["export", "--snn", str(out / "snn"), "--model", "digits-cnn", "--int8", "--data", "digits",
+                 "--eval-images", "60", "--calib-images", "64", "--out", str(edir)]) == 0
+    text = capsys.readouterr().out
+    for f in ("ann.onnx", "ann_int8.onnx", "snn_step.onnx"):
+        assert (edir / f).is_file()
+    assert "SNN step graph x T=16" in text
+    assert main(["export", "--out", str(edir)]) == 1
+    assert "nothing to export" in capsys.readouterr().err
