@@ -769,7 +769,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--levels", type=int, default=4, metavar="L",
                    help="QCFS levels = the SNN's timesteps (surrogate: BPTT timesteps) (default 4)")
     p.add_argument("--epochs", type=float, default=3, help="epochs (may be fractional; default 3)")
-    p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate, cosine schedule (default 0.01)")
+    p.add_argument("--lr", type=float, default=0.001, help="SGD learning rate, cosine schedule (default 0.001)")
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-images", type=int, metavar="N", help="use N class-balanced training images (default all)")

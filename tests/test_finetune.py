@@ -192,8 +192,8 @@ def test_qcfs_finetune_improves_the_snn_at_T_equals_L(tiny):
     x, y = toy_data(256, seed=3)
     xv, yv = toy_data(256, seed=4)
     ptq = spikecast.convert(tiny, calib=x, timesteps=2, calibration="none", progress=False)
-    cfg = FinetuneConfig(method="qcfs", levels=2, calibration="none", train=TrainConfig(epochs=4, lr=0.05, batch_size=32))
-    tuned = finetune(tiny, (x, y), cfg, val=(xv, yv), progress=False)
+    tuned = finetune(tiny, (x, y), levels=2, calibration="none", epochs=4, lr=0.05, batch_size=32, val=(xv, yv),
+                     progress=False)
     acc = lambda net: float((net.simulate(xv, 2).argmax(-1) == yv).float().mean())  # noqa: E731
     assert acc(tuned) > acc(ptq)
     assert tuned.config.timesteps == 2
@@ -201,6 +201,8 @@ def test_qcfs_finetune_improves_the_snn_at_T_equals_L(tiny):
 
 
 def test_finetune_rejects_bad_settings(tiny):
+    with pytest.raises(TypeError, match="unknown setting"):
+        finetune(tiny, toy_data(16), epoch=2)
     with pytest.raises(ValueError, match="method"):
         FinetuneConfig(method="magic")
     with pytest.raises(ValueError, match="augment"):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Optional, Union
 
@@ -134,7 +134,7 @@ def _accuracy(fn, val, batch_size: int = 500) -> float:
 def finetune(
     model: Union[ModelLike, SpikingNetwork],
     train_data,
-    config: FinetuneConfig = FinetuneConfig(),
+    config: Optional[FinetuneConfig] = None,
     *,
     calib=None,
     val=None,
@@ -143,8 +143,12 @@ def finetune(
     pretrained: Optional[bool] = None,
     progress: bool = True,
     stop_after_epoch: Optional[int] = None,
+    **settings,
 ) -> SpikingNetwork:
     """Fine-tune with labels and return the spiking network (see the module docstring).
+
+    ``spikecast.finetune("zoo:cifar10-resnet20", (x, y), levels=4, epochs=2)``: any field of
+    :class:`FinetuneConfig` or :class:`TrainConfig` may be given as a keyword instead of a config.
 
     Args:
         model: the source ANN (``nn.Module``, ``"zoo:<name>"``, timm name) or, for
@@ -163,6 +167,7 @@ def finetune(
         per-epoch history and wall time.
     """
     started = time.perf_counter()
+    config = with_settings(config or FinetuneConfig(), settings)
     if calib is None:
         calib = _calibration_subset(train_data, config.calib_images)
     if config.method == "qcfs":
@@ -178,6 +183,18 @@ def finetune(
                                 "history": history.epochs, "train_seconds": round(history.seconds, 1),
                                 "seconds": round(time.perf_counter() - started, 1)}
     return snn
+
+
+def with_settings(config: FinetuneConfig, settings: dict) -> FinetuneConfig:
+    """``config`` with keyword overrides of its own fields or of its ``train`` fields."""
+    own = {f.name for f in fields(FinetuneConfig)} - {"train"}
+    loop = {f.name for f in fields(TrainConfig)}
+    unknown = set(settings) - own - loop
+    if unknown:
+        raise TypeError(f"finetune() got unknown setting(s) {sorted(unknown)}; "
+                        f"valid: {sorted(own | loop)}")
+    train_cfg = replace(config.train, **{k: v for k, v in settings.items() if k in loop})
+    return replace(config, train=train_cfg, **{k: v for k, v in settings.items() if k in own})
 
 
 def _fingerprint(config: FinetuneConfig, source: str, data_size) -> dict:

@@ -42,7 +42,7 @@ class TrainConfig:
     """Optimisation settings shared by the fine-tuning routes."""
 
     epochs: float = 3  # may be fractional: 0.5 = half the batches of one epoch
-    lr: float = 0.01
+    lr: float = 0.001  # fine-tuning a pretrained net with folded BatchNorm: 0.01 diverges on CIFAR ResNets
     momentum: float = 0.9
     weight_decay: float = 5e-4
     batch_size: int = 128
@@ -51,6 +51,9 @@ class TrainConfig:
     augment: str = "auto"
     seed: int = 0
     max_batches: Optional[int] = None  # per epoch (quick runs and tests)
+    # the first QCFS / SNN steps see large gradients (the quantised network starts far from the
+    # float one); clipping the global norm keeps them from throwing the weights off
+    max_grad_norm: Optional[float] = 5.0
 
     def __post_init__(self):
         if not self.epochs > 0:
@@ -198,6 +201,8 @@ def train(
                     g["lr"] = cosine_lr(config.lr, step, total_steps)
                 optimizer.zero_grad(set_to_none=True)
                 loss, logits = batch_step(x, y)
+                if config.max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
                 if not math.isfinite(loss):
                     raise FloatingPointError(f"{description}: loss became {loss} at epoch {epoch + 1}, batch {b + 1}; "
                                              "lower the learning rate")
