@@ -1,0 +1,321 @@
+"""Per-layer activity, synaptic operations and estimated energy of an SNN, from one simulation.
+
+What a reader of a paper or a design review asks after "how accurate": how busy is each layer,
+how far is each layer from the ANN, and what does a timestep budget cost. One run of
+:meth:`SpikingNetwork.simulate` (with hooks, so the numbers are the runtime's) gives, at every
+budget ``T`` of the list:
+
+* per neuron layer: firing rate (non-zero outputs per neuron per step) and the relative error of
+  its mean output against the ANN activation at the same site, ``mean|a - r_T| / mean|a|``;
+* per weighted layer: synaptic operations per image, counted event by event - each non-zero
+  input element costs one operation per output it connects to (a convolution with all-ones
+  weights over the non-zero mask counts them exactly, for any stride, padding or groups). A
+  layer fed by spikes performs accumulates (AC); a layer fed by analog values (the first conv on
+  the image, a classifier after average pooling) performs multiply-accumulates (MAC). Layers of
+  the static prefix run once per image, not once per step;
+* the ANN's MACs per layer (dense), for comparison.
+
+Energy (:class:`EnergyModel`, constants stated in every report): compute = MAC x E_MAC + AC x
+E_AC with E_MAC = 4.6 pJ and E_AC = 0.9 pJ (32-bit float, 45 nm; Horowitz, ISSCC 2014), the
+figures used across the SNN literature. Memory follows the STEP benchmark's accounting (3.12 pJ
+per bit moved): per step every neuron reads and writes its membrane potential (``state_bits``
+each way); the ANN reads and writes each activation once. Both are estimates of a simple
+accelerator, not measurements, and the report says so.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Optional, Sequence
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from spikecast.convert import neuron as neuron_module
+from spikecast.convert.maxpool import SpikingMaxPool
+from spikecast.convert.neuron import IFNeuron
+from spikecast.graph import ops
+from spikecast.graph.sites import site_nodes
+from spikecast.graph.trace import module_path
+from spikecast.runtime.network import SpikingNetwork
+
+aten = torch.ops.aten
+
+
+@dataclass(frozen=True)
+class EnergyModel:
+    """Energy per operation and per bit of memory traffic, in picojoules."""
+
+    e_mac_pj: float = 4.6
+    e_ac_pj: float = 0.9
+    memory_pj_per_bit: float = 3.12
+    state_bits: int = 32  # membrane potential / activation word size
+    reference: str = ("E_MAC 4.6 pJ and E_AC 0.9 pJ: 32-bit float add/multiply-add at 45 nm (Horowitz, ISSCC 2014); "
+                      "memory 3.12 pJ/bit with membrane potentials read and written every step (STEP benchmark "
+                      "accounting)")
+
+
+@dataclass
+class LayerActivity:
+    """One neuron layer: ``firing_rate[T]`` (spikes per neuron per step over the first T steps) and
+    ``error[T]`` (relative error of its mean output after T steps against the ANN activation)."""
+
+    name: str
+    neurons: int  # per image
+    firing_rate: dict[int, float]
+    error: dict[int, Optional[float]]
+
+
+@dataclass
+class LayerOperations:
+    """One weighted layer: ANN MACs per image; SNN operations per image over the first T steps."""
+
+    name: str
+    kind: str  # "AC" (spike input) or "MAC" (analog input)
+    static: bool  # in the static prefix: runs once per image
+    ann_macs: float
+    snn_ops: dict[int, float]
+
+
+@dataclass
+class ActivityReport:
+    timesteps: list[int]
+    images: int
+    layers: list[LayerActivity]
+    operations: list[LayerOperations]
+    energy_model: EnergyModel = field(default_factory=EnergyModel)
+
+    # ------------------------------------------------------------------ totals
+    def ann_macs(self) -> float:
+        return sum(op.ann_macs for op in self.operations)
+
+    def snn_ops(self, T: int) -> dict[str, float]:
+        """``{"AC": ..., "MAC": ...}`` per image over ``T`` steps."""
+        out = {"AC": 0.0, "MAC": 0.0}
+        for op in self.operations:
+            out[op.kind] += op.snn_ops[T]
+        return out
+
+    def neurons(self) -> int:
+        return sum(layer.neurons for layer in self.layers)
+
+    def energy(self, T: int) -> dict[str, float]:
+        """Estimated energy per image in microjoules: SNN compute / memory / total at ``T``, and the ANN's."""
+        m = self.energy_model
+        ops_T = self.snn_ops(T)
+        snn_compute = ops_T["AC"] * m.e_ac_pj + ops_T["MAC"] * m.e_mac_pj
+        snn_memory = self.neurons() * T * 2 * m.state_bits * m.memory_pj_per_bit
+        ann_compute = self.ann_macs() * m.e_mac_pj
+        ann_memory = self.neurons() * 2 * m.state_bits * m.memory_pj_per_bit
+        uj = 1e-6
+        return {"snn_compute_uj": snn_compute * uj, "snn_memory_uj": snn_memory * uj,
+                "snn_total_uj": (snn_compute + snn_memory) * uj, "ann_compute_uj": ann_compute * uj,
+                "ann_memory_uj": ann_memory * uj, "ann_total_uj": (ann_compute + ann_memory) * uj}
+
+    def mean_firing_rate(self, T: int) -> float:
+        total = self.neurons()
+        return sum(layer.firing_rate[T] * layer.neurons for layer in self.layers) / total if total else 0.0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for layer in d["layers"]:
+            layer["firing_rate"] = {str(t): v for t, v in layer["firing_rate"].items()}
+            layer["error"] = {str(t): v for t, v in layer["error"].items()}
+        for op in d["operations"]:
+            op["snn_ops"] = {str(t): v for t, v in op["snn_ops"].items()}
+        d["totals"] = {str(t): {**self.snn_ops(t), "mean_firing_rate": self.mean_firing_rate(t), **self.energy(t)}
+                       for t in self.timesteps}
+        d["ann_macs"] = self.ann_macs()
+        return d
+
+
+# ------------------------------------------------------------------------------------ counting
+_CONVS = {aten.conv1d.default, aten.conv2d.default, aten.conv3d.default, aten.convolution.default}
+_LINEARS = {aten.linear.default}
+
+
+def _connections(func, args, mask: torch.Tensor) -> torch.Tensor:
+    """Per image: the number of (input element, output element) connections whose input is in ``mask``."""
+    weight = args[1]
+    ones = torch.ones_like(weight)
+    if func in _LINEARS:
+        return mask.flatten(1).sum(1) * weight.shape[0] if mask.dim() > 1 else mask.sum()[None] * weight.shape[0]
+    if func is aten.convolution.default:
+        out = aten.convolution.default(mask, ones, None, *args[3:])
+    else:
+        out = func(mask, ones, None, *args[3:])
+    return out.flatten(1).sum(1)
+
+
+class _OpCounter(TorchDispatchMode):
+    """Counts, per weighted-layer call, the connections of non-zero inputs (and of all inputs)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[tuple[float, float]] = []  # (event-driven connections, dense connections), summed over the batch
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _CONVS or func in _LINEARS:
+            x = args[0]
+            active = _connections(func, args, (x != 0).to(x.dtype))
+            dense = _connections(func, args, torch.ones_like(x))
+            self.calls.append((float(active.sum()), float(dense.sum())))
+        return func(*args, **kwargs)
+
+
+def _weighted_nodes(gm: fx.GraphModule) -> list[fx.Node]:
+    return [n for n in gm.graph.nodes if n.op == "call_function" and n.target in _CONVS | _LINEARS]
+
+
+_PASS_THROUGH = {aten.view, aten.reshape, aten._unsafe_view, aten.flatten, aten.permute, aten.contiguous,
+                 aten.clone, aten.pad, aten.constant_pad_nd, aten.slice, aten.select, aten.cat, aten.transpose,
+                 aten.squeeze, aten.unsqueeze, aten.alias, aten.expand}
+
+
+def _spike_fed(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """True when the layer's input is made only of spikes (neuron / spiking max-pool outputs moved
+    around by shape ops and zero padding), so each input event is a weight accumulate."""
+    stack, seen = [node.args[0]], set()
+    while stack:
+        cur = stack.pop()
+        if not isinstance(cur, fx.Node) or cur in seen:
+            continue
+        seen.add(cur)
+        if cur.op == "call_module":
+            if not isinstance(gm.get_submodule(cur.target), (IFNeuron, SpikingMaxPool)):
+                return False
+        elif cur.op == "call_function" and ops.packet(cur) in _PASS_THROUGH:
+            stack.extend(a for a in ops.tensor_args(cur) if a.op != "get_attr")
+        elif cur.op == "call_function" and ops.is_shape_op(cur):
+            continue
+        else:
+            return False
+    return True
+
+
+@contextmanager
+def _eager_neurons():
+    # the fused torch.compile kernels do not run under a dispatch mode; the eager step is the same
+    state = neuron_module._compile_state
+    before = state["enabled"]
+    state["enabled"] = False
+    try:
+        yield
+    finally:
+        state["enabled"] = before
+
+
+def measure_activity(ann: torch.nn.Module, snn: SpikingNetwork, data, timesteps: Sequence[int], *,
+                     max_images: int = 256, energy_model: EnergyModel = EnergyModel()) -> ActivityReport:
+    """Simulate ``snn`` on up to ``max_images`` inputs of ``data`` for ``max(timesteps)`` steps and
+    measure per-layer firing rates, errors against ``ann`` and operation counts at every budget."""
+    from spikecast.calibrate.statistics import iterate_inputs
+    from spikecast.convert.api import prepare
+
+    budgets = sorted({int(t) for t in timesteps})
+    if not budgets or budgets[0] < 1:
+        raise ValueError(f"timesteps must be positive integers, got {timesteps!r}")
+    xs, n = [], 0
+    for x in iterate_inputs(data):
+        xs.append(x)
+        n += len(x)
+        if n >= max_images:
+            break
+    if not xs:
+        raise ValueError("activity measurement needs at least one input batch")
+    x = torch.cat(xs)[:max_images]
+    device = next((p.device for p in snn.parameters()), torch.device("cpu"))
+    x = x.to(device)
+
+    # ANN: activation at every site (by readable name) and dense MACs per weighted layer
+    ann_graph = prepare(ann.eval().to(device), x[:2])
+    ann_acts: dict[str, torch.Tensor] = {}
+    hooks = [site.register_forward_hook(lambda m, a, out, key=site.name: ann_acts.__setitem__(key, out.detach()))
+             for _, site in site_nodes(ann_graph)]
+    ann_counter = _OpCounter()
+    with torch.inference_mode(), ann_counter:
+        ann_graph(x)
+    for h in hooks:
+        h.remove()
+    ann_names = [module_path(nd) or nd.name for nd in _weighted_nodes(ann_graph)]
+    ann_macs = {name: dense / len(x) for name, (_, dense) in zip(ann_names, ann_counter.calls)}
+
+    # SNN: one simulation with neuron hooks and the op counter
+    neurons = snn.neurons()
+    sums = {name: None for name in neurons}
+    spikes = {name: 0.0 for name in neurons}
+    snapshots: dict[int, dict] = {}
+
+    def neuron_hook(name):
+        def hook(mod, args, out):
+            sums[name] = out.double() if sums[name] is None else sums[name] + out.double()
+            spikes[name] += float((out != 0).sum())
+        return hook
+
+    handles = [mod.register_forward_hook(neuron_hook(name)) for name, mod in neurons.items()]
+    counter = _OpCounter()
+    calls_at_step: dict[int, int] = {}
+
+    def on_step(t, out):
+        calls_at_step[t] = len(counter.calls)
+        if t in budgets:
+            snapshots[t] = {name: ((sums[name] / t) if sums[name] is not None else None, spikes[name])
+                            for name in neurons}
+
+    try:
+        with _eager_neurons(), counter:
+            snn.simulate(x, budgets, callback=on_step)
+    finally:
+        for h in handles:
+            h.remove()
+
+    layers = []
+    for name, mod in neurons.items():
+        per_image = None
+        rates, errors = {}, {}
+        for t in budgets:
+            mean, count = snapshots[t][name]
+            if mean is None:
+                rates[t], errors[t] = 0.0, None
+                continue
+            per_image = mean[0].numel()
+            rates[t] = count / (mean.numel() * t)
+            ref = ann_acts.get(name)
+            if ref is not None and ref.shape == mean.shape:
+                scale = float(ref.double().abs().mean())
+                errors[t] = float((mean - ref.double()).abs().mean()) / scale if scale > 0 else None
+            else:
+                errors[t] = None
+        layers.append(LayerActivity(name, int(per_image or 0), rates, errors))
+
+    # attribute counted calls to layers: the prefix's weighted layers run first (once), then the
+    # step graph's in graph order, once per step
+    prefix_nodes, step_nodes = _weighted_nodes(snn._prefix), _weighted_nodes(snn._step)
+    n_prefix = len(prefix_nodes)
+    operations = []
+    for k, node in enumerate(prefix_nodes):
+        name = module_path(node) or node.name
+        active = counter.calls[k][0] / len(x)
+        operations.append(LayerOperations(name, "MAC", True, ann_macs.get(name, counter.calls[k][1] / len(x)),
+                                          {t: active for t in budgets}))
+    per_step = len(step_nodes)
+    for j, node in enumerate(step_nodes):
+        name = module_path(node) or node.name
+        kind = "AC" if _spike_fed(snn._step, node) else "MAC"
+        cumulative, ops_T = 0.0, {}
+        for t in range(1, budgets[-1] + 1):
+            idx = n_prefix + (t - 1) * per_step + j
+            cumulative += counter.calls[idx][0] / len(x)
+            if t in budgets:
+                ops_T[t] = cumulative
+        operations.append(LayerOperations(name, kind, False, ann_macs.get(name, counter.calls[n_prefix + j][1] / len(x)),
+                                          ops_T))
+    if len(counter.calls) != n_prefix + per_step * budgets[-1]:
+        raise RuntimeError("operation counting lost track of the layer calls "
+                           f"({len(counter.calls)} calls for {n_prefix} + {per_step} x {budgets[-1]})")
+    return ActivityReport(budgets, len(x), layers, operations, energy_model)
