@@ -7,6 +7,7 @@
     snn.save("snn/"); snn2 = spikecast.load("snn/")
     snn4 = spikecast.finetune("zoo:cifar10-resnet20", (x, y))  # QCFS fine-tune for T=4 (resumable)
     snn8bit = spikecast.quantize_weights(snn4, bits=8)
+    spikecast.report(spikecast.build_report(model, snn, data), "report/")  # JSON, Markdown, HTML + plots
 """
 
 from spikecast.convert.api import convert
@@ -17,10 +18,17 @@ from spikecast.runtime.network import SimulationConfig, SpikingNetwork
 from spikecast.validate import ValidationResult, validate
 from spikecast.train import FinetuneConfig, TrainConfig, finetune
 from spikecast.quant import quantize_weights
+from spikecast.reporting import Report, build_report, write_report
 
 from spikecast import data, zoo  # noqa: E402  (spikecast.zoo.create_model works after `import spikecast`)
 
 __version__ = "0.1.0"
+
+
+def report(result, out_dir) -> dict:
+    """Write ``report.json``, ``report.md``, ``report.html`` and PNG plots of ``result`` (a
+    :class:`Report` from :func:`build_report`, or a :class:`ValidationResult`) into ``out_dir``."""
+    return write_report(result, out_dir)
 
 
 def load(path, device=None) -> SpikingNetwork:
@@ -29,7 +37,8 @@ def load(path, device=None) -> SpikingNetwork:
 
 
 __all__ = [
-    "convert", "validate", "load", "inspect", "finetune", "FinetuneConfig", "TrainConfig", "quantize_weights", "SpikingNetwork", "SimulationConfig", "IFNeuron",
+    "convert", "validate", "load", "inspect", "finetune", "FinetuneConfig", "TrainConfig", "quantize_weights",
+    "report", "build_report", "Report", "SpikingNetwork", "SimulationConfig", "IFNeuron",
     "ValidationResult", "InspectionReport", "SpikecastError", "TraceError", "UnsupportedOperationError", "CalibrationError",
     "__version__",
 ]

@@ -7,6 +7,7 @@
     spikecast finetune MODEL --data SPEC [--method qcfs]  # QCFS / surrogate fine-tune for 4-8 steps (resumable)
     spikecast quantize SNN_DIR --bits 8 [--data SPEC]    # int8 / int4 weights, accuracy before / after
     spikecast export --model M | --snn DIR --out DIR     # ONNX: ANN, int8 ANN (onnxruntime), SNN step graph
+    spikecast report SNN_DIR [--data SPEC] [--out DIR]   # HTML / Markdown / JSON report with plots and energy
 
 MODEL is ``zoo:<name>`` (or a bare zoo name such as ``digits-cnn``), a timm model name, or
 ``path/to/file.py:Name`` / ``package.module:Name`` naming an ``nn.Module`` instance, class or
@@ -545,6 +546,48 @@ def cmd_export(args) -> int:
     return EXIT_OK
 
 
+def cmd_report(args) -> int:
+    import spikecast
+    from spikecast.data import TensorBatches
+    from spikecast.datasets import parse_data_spec
+
+    snn = spikecast.load(args.snn_dir)
+    model_text, checkpoint, pretrained, data_text = _snn_source(snn, args.model)
+    if args.model:
+        checkpoint, pretrained = args.checkpoint, args.pretrained
+    data_text = args.data or data_text
+    if data_text is None:
+        raise ValueError("pass --data SPEC (e.g. cifar10, digits, a folder or a .pt file)")
+    timesteps = parse_timesteps(args.timesteps)
+    ref = model_ref(model_text)
+    ann, name = load_ann(ref, checkpoint, pretrained)
+    spec = parse_data_spec(data_text)
+    x, y = load_data(args, ref, ann, data_text, args.eval_images)
+    check_model_runs(ann, x)
+    quantized = {}
+    if args.int8:
+        from spikecast import export as onnx_export
+        from spikecast.convert.api import prepare
+
+        x_cal, _ = load_data(args, ref, ann, data_text, 512, split="train" if spec.has_splits else None)
+        work = Path(args.out) / "onnx"
+        fp32 = onnx_export.export_ann(prepare(ann, x[:2]), work / "ann.onnx", example=x[:2])
+        int8 = onnx_export.quantize_ann_int8(fp32, work / "ann_int8.onnx", x_cal)
+        quantized["int8 ANN (onnxruntime)"] = float((onnx_export.run_ann(int8, x).argmax(-1) == y).float().mean())
+    shown = _display(ref, name)
+    say(f"spikecast report: {args.snn_dir} against {shown} on {len(x)} images of {spec.name}, T = {_list(timesteps)}")
+    report = spikecast.build_report(ann, snn, TensorBatches(x, y, batch_size=args.batch_size), timesteps,
+                                    model=shown, data_name=spec.name, tolerance=args.tolerance,
+                                    activity_images=args.activity_images, quantized_ann=quantized)
+    paths = spikecast.report(report, args.out)
+    say()
+    say(report.summary_table())
+    say()
+    say(f"saved: {paths['report.html']}, {paths['report.md']}, {paths['report.json']} and "
+        f"{sum(1 for k in paths if k.endswith('.png'))} plots")
+    return _exit_code(report.validation)
+
+
 @contextlib.contextmanager
 def _torch_threads(n: int):
     """Run with ``n`` intra-op threads: the demo's tensors are tiny, and extra threads only add
@@ -813,6 +856,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, metavar="PX", help=argparse.SUPPRESS)
     p.add_argument("--out", default="spikecast-onnx", metavar="DIR")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("report", parents=[common], help="accuracy-vs-latency, activity and energy report of a saved SNN",
+                       description="Validate SNN_DIR against its ANN at every T, measure per-layer firing rates, errors, "
+                                   "synaptic operations and estimated energy, and write DIR/report.html (self-contained), "
+                                   "DIR/report.md, DIR/report.json and the PNG plots.")
+    p.add_argument("snn_dir", metavar="SNN_DIR")
+    p.add_argument("--model", metavar="MODEL", help="the source ANN (default: recorded in SNN_DIR)")
+    model_args(p)
+    data_args(p, required=False)
+    p.add_argument("--activity-images", type=int, default=128, metavar="N",
+                   help="images for per-layer activity and operation counts (default 128; 0 skips)")
+    p.add_argument("--int8", action="store_true", help="add the int8 ANN (onnxruntime, static QDQ) row")
+    p.add_argument("--out", default="spikecast-report", metavar="DIR")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("demo", parents=[common], help="the offline end-to-end demo (digits CNN, < 1 min)",
                        description="Train (once, cached) a small CNN on scikit-learn's digits, convert it to an SNN, "

@@ -1,4 +1,4 @@
-"""Per-layer activity, operation counts and energy (spikecast.report.activity)."""
+"""Per-layer activity, operation counts and energy (spikecast.reporting.activity)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import spikecast
-from spikecast.report.activity import EnergyModel, measure_activity
+from spikecast.reporting.activity import EnergyModel, measure_activity
 
 
 class Net(nn.Module):

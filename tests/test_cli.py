@@ -235,3 +235,21 @@ def test_finetune_resumes_and_quantize_and_export(tmp_path, capsys):
     assert "SNN step graph x T=16" in text
     assert main(["export", "--out", str(edir)]) == 1
     assert "nothing to export" in capsys.readouterr().err
+
+
+def test_report_command_writes_every_file(converted, tmp_path, capsys):
+    code, out = converted
+    rdir = tmp_path / "report"
+    assert main(["report", str(out / "snn"), "--eval-images", "120", "--timesteps", "1,4,16", "--activity-images", "32",
+                 "--tolerance", "1", "--out", str(rdir)]) == 0
+    text = capsys.readouterr().out
+    assert "energy / image" in text
+    for name in ("report.html", "report.md", "report.json", "accuracy_vs_timesteps.png", "energy_vs_accuracy.png",
+                 "firing_rates.png", "layer_error.png"):
+        assert (rdir / name).is_file() and (rdir / name).stat().st_size > 0, name
+    doc = json.loads((rdir / "report.json").read_text())
+    assert doc["format"] == "spikecast-report" and doc["schema_version"] == 1
+    assert set(doc["snn"]["top1"]) == {"1", "4", "16"} and "latency_to_parity" in doc
+    page = (rdir / "report.html").read_text()
+    assert "<script" not in page and "http://" not in page and "https://" not in page  # self-contained
+    assert page.count("data:image/png;base64,") == 4

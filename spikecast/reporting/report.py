@@ -1,7 +1,7 @@
 """Reports: "how many timesteps do I need, and what does it cost?" as JSON, Markdown and one HTML page.
 
 :func:`build_report` runs the validator (accuracy and agreement at every T, early exit) and
-:func:`spikecast.report.activity.measure_activity` (per-layer firing rates and errors, synaptic
+:func:`spikecast.reporting.activity.measure_activity` (per-layer firing rates and errors, synaptic
 operations, energy) and collects them in a :class:`Report`; :func:`write_report` writes
 
 * ``report.json`` - everything, machine-readable, ``{"format": "spikecast-report", "schema_version": 1}``;
@@ -27,7 +27,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from spikecast.report.activity import ActivityReport, EnergyModel, measure_activity
+from spikecast.reporting.activity import ActivityReport, EnergyModel, measure_activity
 from spikecast.runtime.network import SpikingNetwork
 from spikecast.validate import DEFAULT_TIMESTEPS, ValidationResult, validate
 
