@@ -39,7 +39,10 @@ DEMO_OUT = "spikecast-demo"
 
 # ------------------------------------------------------------------------------------------------ output
 def say(text: str = "") -> None:
-    print(text, flush=True)
+    from spikecast import distributed
+
+    if distributed.rank() == 0:  # under torchrun only rank 0 talks
+        print(text, flush=True)
 
 
 def _seconds(s: float) -> str:
@@ -348,16 +351,27 @@ def cmd_validate(args) -> int:
     x, y = load_data(args, ref, ann, data_text, args.eval_images)
     check_model_runs(ann, x)
     shown = _display(ref, name)
+    from spikecast import distributed
+
+    world = 1
+    if distributed.init_from_env():  # torchrun: each process validates its shard, counts are summed
+        import torch.distributed as dist
+
+        world = dist.get_world_size()
+        total = len(x)
+        x, y = distributed.shard(x, y)
+        say(f"spikecast validate: {world} processes (torchrun), {total} images sharded, rank 0 has {len(x)}")
     say(f"spikecast validate: {args.snn_dir} against {shown}")
-    say(f"  validating at T = {_list(timesteps)} on {len(x)} images of {spec.name}...")
+    say(f"  validating at T = {_list(timesteps)} on {len(x) if world == 1 else total} images of {spec.name}...")
     result = spikecast.validate(ann, snn, TensorBatches(x, y, batch_size=args.batch_size), timesteps=timesteps,
                                 tolerance=args.tolerance, early_exit=args.early_exit)
     say()
     say(result.table())
-    if args.out:
+    if args.out and distributed.rank() == 0:
         info = {"model": {"name": shown, "checkpoint": checkpoint, "pretrained": pretrained},
-                "data": {"spec": spec.name, "images": len(x)}, "snn_dir": str(args.snn_dir),
-                "config": {"timesteps": timesteps, "tolerance": args.tolerance, "batch_size": args.batch_size},
+                "data": {"spec": spec.name, "images": result.samples}, "snn_dir": str(args.snn_dir),
+                "config": {"timesteps": timesteps, "tolerance": args.tolerance, "batch_size": args.batch_size,
+                           "processes": world},
                 "environment": _environment()}
         json_path, md_path = write_results(Path(args.out), result, info)
         say()
@@ -926,6 +940,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    finally:
+        _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

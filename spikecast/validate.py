@@ -143,6 +143,22 @@ def validate(ann: nn.Module, snn: SpikingNetwork, data, timesteps: Sequence[int]
                     correct[t] += int((top == y).sum())
             n += x.shape[0]
             bar.advance()
+    from spikecast import distributed
+
+    if distributed.active():
+        # torchrun: every rank saw its shard; sum the counts so all ranks hold the full result
+        flat = [float(n), float(correct_ann), float(not labelled)]
+        for t in budgets:
+            flat += [correct[t], agree[t], err[t], cos[t]]
+        for st in exit_stats:
+            flat += list(map(float, st))
+        flat = distributed.all_sum(flat)
+        n, correct_ann, labelled = int(flat[0]), int(flat[1]), flat[2] == 0
+        for k, t in enumerate(budgets):
+            correct[t], agree[t], err[t], cos[t] = int(flat[3 + 4 * k]), int(flat[4 + 4 * k]), flat[5 + 4 * k], flat[6 + 4 * k]
+        base = 3 + 4 * len(budgets)
+        exit_stats = [[int(flat[base + 4 * k]), int(flat[base + 4 * k + 1]), flat[base + 4 * k + 2],
+                       int(flat[base + 4 * k + 3])] for k in range(len(exit_stats))]
     if n == 0:
         raise ValueError("validation data is empty")
     ann_acc = correct_ann / n if labelled else None

@@ -253,3 +253,26 @@ def test_report_command_writes_every_file(converted, tmp_path, capsys):
     page = (rdir / "report.html").read_text()
     assert "<script" not in page and "http://" not in page and "https://" not in page  # self-contained
     assert page.count("data:image/png;base64,") == 4
+
+
+def test_torchrun_two_processes_give_the_single_process_table(converted, tmp_path):
+    code, out = converted
+    args = ["validate", str(out / "snn"), "--eval-images", "150", "--timesteps", "1,4,16", "--early-exit", "0.99",
+            "--tolerance", "1"]
+    assert main(args + ["--out", str(tmp_path / "one")]) == 0
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531",
+                          "-m", "spikecast", *args, "--out", str(tmp_path / "two")],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.count("spikecast validate: 2 processes") == 1  # rank 0 alone talks
+    one = json.loads((tmp_path / "one" / "validation.json").read_text())
+    two = json.loads((tmp_path / "two" / "validation.json").read_text())
+    assert two["config"]["processes"] == 2 and two["samples"] == one["samples"] == 150
+    for key in ("ann_accuracy", "snn_accuracy", "agreement", "passed"):
+        assert two[key] == one[key], key
+    for key in ("logit_error", "cosine"):
+        for t, v in one[key].items():
+            assert two[key][t] == pytest.approx(v, rel=1e-5), key  # batch composition: float32 rounding
+    assert two["early_exit"][0]["accuracy"] == one["early_exit"][0]["accuracy"]
+    assert two["early_exit"][0]["mean_steps"] == pytest.approx(one["early_exit"][0]["mean_steps"])
