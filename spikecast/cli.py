@@ -8,6 +8,7 @@
     spikecast quantize SNN_DIR --bits 8 [--data SPEC]    # int8 / int4 weights, accuracy before / after
     spikecast export --model M | --snn DIR --out DIR     # ONNX: ANN, int8 ANN (onnxruntime), SNN step graph
     spikecast report SNN_DIR [--data SPEC] [--out DIR]   # HTML / Markdown / JSON report with plots and energy
+    spikecast batch JOBS.toml [--out DIR] [--force]      # many jobs, one summary; resumes finished jobs
 
 MODEL is ``zoo:<name>`` (or a bare zoo name such as ``digits-cnn``), a timm model name, or
 ``path/to/file.py:Name`` / ``package.module:Name`` naming an ``nn.Module`` instance, class or
@@ -22,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
-import importlib.util
 import json
 import platform
 import sys
@@ -112,45 +111,9 @@ def parse_floats(text: Optional[str], flag: str) -> Optional[tuple[float, ...]]:
 # ------------------------------------------------------------------------------------------------ models
 def model_ref(text: str):
     """What the user typed as MODEL -> something :func:`spikecast.models.resolve_model` takes."""
-    from spikecast import zoo
+    from spikecast.models import parse_model_ref
 
-    text = text.strip()
-    if text.startswith("zoo:"):
-        return text
-    if ":" in text:
-        return _import_model(text)
-    if zoo.is_model(text):
-        return f"zoo:{text}"
-    return text
-
-
-def _import_model(text: str):
-    """``file.py:Name`` or ``package.module:Name`` -> nn.Module (an instance, or a class / factory
-    called without arguments)."""
-    from torch import nn
-
-    where, _, attr = text.rpartition(":")
-    if where.endswith(".py"):
-        path = Path(where).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"model file not found: {where}")
-        spec = importlib.util.spec_from_file_location(f"_spikecast_user_{path.stem}", path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-    else:
-        try:
-            module = importlib.import_module(where)
-        except ImportError as exc:
-            raise ValueError(f"cannot import {where!r} for model {text!r}: {exc}") from exc
-    if not hasattr(module, attr):
-        raise ValueError(f"{where} has no attribute {attr!r}")
-    obj = getattr(module, attr)
-    if not isinstance(obj, nn.Module) and callable(obj):
-        obj = obj()
-    if not isinstance(obj, nn.Module):
-        raise ValueError(f"{text} is a {type(obj).__name__}, not an nn.Module (or a class / function making one)")
-    return obj
+    return parse_model_ref(text)
 
 
 def load_ann(ref, checkpoint, pretrained):
@@ -166,23 +129,9 @@ def load_ann(ref, checkpoint, pretrained):
 
 def model_defaults(ref, ann) -> dict:
     """mean / std / size / input shape of the model, from zoo metadata or timm's pretrained_cfg."""
-    from spikecast import zoo
-    from spikecast.models import default_input_shape
+    from spikecast.models import data_defaults
 
-    out = {}
-    if isinstance(ref, str) and ref.startswith("zoo:"):
-        info = zoo.model_info(ref[4:])
-        out.update(mean=tuple(info.mean), std=tuple(info.std))
-    else:
-        cfg = getattr(ann, "pretrained_cfg", None) or getattr(ann, "default_cfg", None)
-        if isinstance(cfg, dict) and "mean" in cfg and "std" in cfg:
-            out.update(mean=tuple(cfg["mean"]), std=tuple(cfg["std"]))
-    shape = default_input_shape(ref, ann)
-    if shape:
-        out["input_shape"] = tuple(shape)
-        if len(shape) == 3:
-            out["size"] = int(shape[-1])
-    return out
+    return data_defaults(ref, ann)
 
 
 def _display(ref, name: str) -> str:
@@ -602,6 +551,21 @@ def cmd_report(args) -> int:
     return _exit_code(report.validation)
 
 
+def cmd_batch(args) -> int:
+    from spikecast.batch import run_batch
+
+    out = Path(args.out) if args.out else Path(args.jobs).with_suffix("")
+    say(f"spikecast batch: {args.jobs} -> {out}/")
+    result = run_batch(args.jobs, out, force=args.force, log=say)
+    say()
+    say((out / "summary.md").read_text().strip())
+    say()
+    say(f"saved: {out / 'summary.md'}, {out / 'summary.html'}, {out / 'summary.json'}")
+    if any(j.status == "failed" for j in result.jobs):
+        return EXIT_ERROR
+    return EXIT_OK if result.ok else EXIT_MISSED
+
+
 @contextlib.contextmanager
 def _torch_threads(n: int):
     """Run with ``n`` intra-op threads: the demo's tensors are tiny, and extra threads only add
@@ -884,6 +848,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--int8", action="store_true", help="add the int8 ANN (onnxruntime, static QDQ) row")
     p.add_argument("--out", default="spikecast-report", metavar="DIR")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("batch", parents=[common], help="convert, validate and report many models from a TOML file",
+                       description="Run every [[job]] of JOBS.toml (model, data, calibration settings, T grid, "
+                                   "tolerance; [defaults] for all) into OUT/<job>/ (SNN and report) and write "
+                                   "OUT/summary.md / .html / .json. A failing job is recorded and the batch goes on; "
+                                   "a second run skips finished jobs unless --force. Exit 0: all jobs ran and met "
+                                   "their tolerance, 2: some missed it, 1: some failed.")
+    p.add_argument("jobs", metavar="JOBS.toml")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: the jobs file's name without .toml)")
+    p.add_argument("--force", action="store_true", help="redo jobs that finished earlier")
+    p.set_defaults(func=cmd_batch)
 
     p = sub.add_parser("demo", parents=[common], help="the offline end-to-end demo (digits CNN, < 1 min)",
                        description="Train (once, cached) a small CNN on scikit-learn's digits, convert it to an SNN, "

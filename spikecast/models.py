@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import sys
 from pathlib import Path
 from typing import Optional, Union
 
@@ -61,3 +64,66 @@ def default_input_shape(model: ModelLike, module: nn.Module) -> Optional[tuple[i
     if isinstance(cfg, dict) and "input_size" in cfg:
         return tuple(cfg["input_size"])
     return None
+
+
+def parse_model_ref(text: str):
+    """What the user typed as MODEL -> something :func:`spikecast.models.resolve_model` takes."""
+    from spikecast import zoo
+
+    text = text.strip()
+    if text.startswith("zoo:"):
+        return text
+    if ":" in text:
+        return import_model(text)
+    if zoo.is_model(text):
+        return f"zoo:{text}"
+    return text
+
+
+def import_model(text: str):
+    """``file.py:Name`` or ``package.module:Name`` -> nn.Module (an instance, or a class / factory
+    called without arguments)."""
+    from torch import nn
+
+    where, _, attr = text.rpartition(":")
+    if where.endswith(".py"):
+        path = Path(where).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"model file not found: {where}")
+        spec = importlib.util.spec_from_file_location(f"_spikecast_user_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ImportError as exc:
+            raise ValueError(f"cannot import {where!r} for model {text!r}: {exc}") from exc
+    if not hasattr(module, attr):
+        raise ValueError(f"{where} has no attribute {attr!r}")
+    obj = getattr(module, attr)
+    if not isinstance(obj, nn.Module) and callable(obj):
+        obj = obj()
+    if not isinstance(obj, nn.Module):
+        raise ValueError(f"{text} is a {type(obj).__name__}, not an nn.Module (or a class / function making one)")
+    return obj
+
+
+def data_defaults(ref, ann) -> dict:
+    """mean / std / size / input shape of the model, from zoo metadata or timm's pretrained_cfg."""
+    from spikecast import zoo
+
+    out = {}
+    if isinstance(ref, str) and ref.startswith("zoo:"):
+        info = zoo.model_info(ref[4:])
+        out.update(mean=tuple(info.mean), std=tuple(info.std))
+    else:
+        cfg = getattr(ann, "pretrained_cfg", None) or getattr(ann, "default_cfg", None)
+        if isinstance(cfg, dict) and "mean" in cfg and "std" in cfg:
+            out.update(mean=tuple(cfg["mean"]), std=tuple(cfg["std"]))
+    shape = default_input_shape(ref, ann)
+    if shape:
+        out["input_shape"] = tuple(shape)
+        if len(shape) == 3:
+            out["size"] = int(shape[-1])
+    return out
