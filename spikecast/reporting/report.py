@@ -303,7 +303,7 @@ body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em au
 line-height:1.45;padding:0 1em}h1{font-size:1.6em;margin-bottom:.2em}h2{font-size:1.2em;margin-top:1.6em;
 border-bottom:1px solid #ddd;padding-bottom:.2em}table{border-collapse:collapse;margin:.6em 0;font-size:.88em}
 th,td{border:1px solid #ccc;padding:.25em .55em;text-align:right}th{background:#f3f5f7}td:first-child,
-th:first-child{text-align:left}.figs{display:flex;flex-wrap:wrap;gap:1em}.figs img{max-width:100%;
+th:first-child{text-align:left}.figs{display:flex;flex-wrap:wrap;gap:1em}.figs img{width:calc(50% - .5em);height:auto;
 border:1px solid #eee}.pass{color:#1a7f37;font-weight:bold}.fail{color:#b42318;font-weight:bold}
 .meta{color:#555;font-size:.9em}ul{padding-left:1.3em}
 """
