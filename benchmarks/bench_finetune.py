@@ -145,6 +145,9 @@ def run_model(name: str, args, work: Path) -> None:
         write()
 
     # --- onnxruntime SNN step graph vs torch, T=16
+    if args.onnx_images <= 0:
+        write()
+        return
     from spikecast.export import OnnxSpikingNetwork, export_snn_step
 
     step_path = export_snn_step(best, work / "snn_step.onnx", example=x_cal[:2])
