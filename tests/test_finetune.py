@@ -240,8 +240,7 @@ def test_quantised_snn_stays_close_and_integer_form_gives_the_same_spikes(tiny):
     gm = q8.graph_module
     conv_weight = [n for n in gm.graph.nodes if n.op == "get_attr" and "conv1" in str(n.target)
                    and str(n.target).endswith("weight")][0]
-    weight = gm.get_submodule("").get_parameter(conv_weight.target) if False else \
-        dict(gm.named_parameters(), **dict(gm.named_buffers()))[conv_weight.target]
+    weight = dict(gm.named_parameters(), **dict(gm.named_buffers()))[conv_weight.target]
     name, entry = next(iter(form.items()))
     scale = entry["scale"].view(-1, 1, 1, 1)
     assert torch.equal(entry["weight"].float() * scale, weight)

@@ -115,11 +115,11 @@ def integer_form(snn: SpikingNetwork) -> dict[str, dict]:
         neuron = gm.get_submodule(users[0].target)
         if not isinstance(neuron, IFNeuron):
             continue
-        qw = quantize_tensor(_get(gm, weight), 8 if _bits_of(snn) is None else _bits_of(snn))
-        shape = [1, -1] + [1] * (neuron.threshold.dim() - 2) if neuron.threshold.dim() >= 2 else [-1]
-        theta = neuron.threshold / qw.scale.reshape(shape) if neuron.threshold.dim() >= 2 else \
-            neuron.threshold / qw.scale
-        out[neuron.name] = {"weight": qw.q, "scale": qw.scale, "threshold": theta}
+        qw = quantize_tensor(_get(gm, weight), _bits_of(snn) or 8)
+        theta = neuron.threshold
+        # per-channel thresholds are shaped [1, C, 1, ...]: put the scales on the same channel axis
+        scale = qw.scale.reshape([1, -1] + [1] * (theta.dim() - 2)) if theta.dim() >= 2 else qw.scale
+        out[neuron.name] = {"weight": qw.q, "scale": qw.scale, "threshold": theta / scale}
     return out
 
 
