@@ -47,6 +47,7 @@ from torch import nn
 from spikecast.convert.maxpool import SpikingMaxPool
 from spikecast.convert.neuron import IFNeuron
 from spikecast.errors import CalibrationError
+from spikecast.runtime.network import StepCallback, mean_outputs, parse_budgets
 
 PathLike = Union[str, os.PathLike]
 
@@ -377,7 +378,6 @@ def export_snn_step(snn, path: PathLike, *, example: torch.Tensor, opset: int = 
     return path
 
 
-StepCallback = Callable[[int, torch.Tensor], None]
 
 
 class OnnxSpikingNetwork:
@@ -417,21 +417,16 @@ class OnnxSpikingNetwork:
     def simulate(self, x: torch.Tensor, timesteps: Union[int, Sequence[int]],
                  callback: Optional[StepCallback] = None) -> Union[torch.Tensor, dict[int, torch.Tensor]]:
         """Run ``max(timesteps)`` steps once; the mean output after each budget (see ``SpikingNetwork.simulate``)."""
-        single = isinstance(timesteps, int)
-        budgets = sorted({int(t) for t in ([timesteps] if single else timesteps)})
-        if not budgets or budgets[0] < 1:
-            raise ValueError(f"timesteps must be positive integers, got {timesteps!r}")
+        budgets, single = parse_budgets(timesteps)
         x_np = _numpy(x, self.description["input"].get("dtype", "float32"))
-        states = self.states(x_np.shape[0])
-        wanted, means, total = set(budgets), {}, None
-        for t in range(1, budgets[-1] + 1):
-            out_np, states = self.step(x_np, states, start=t == 1)
-            out = torch.from_numpy(out_np)
-            total = out.clone() if total is None else total.add_(out)
-            if t in wanted:
-                means[t] = total / t
-            if callback is not None:
-                callback(t, out)
+
+        def outputs():
+            states = self.states(x_np.shape[0])
+            for t in range(1, budgets[-1] + 1):
+                out_np, states = self.step(x_np, states, start=t == 1)
+                yield torch.from_numpy(out_np)
+
+        means = mean_outputs(outputs(), budgets, callback)
         return means[budgets[0]] if single else means
 
     def __call__(self, x: torch.Tensor, timesteps: Optional[int] = None) -> torch.Tensor:

@@ -106,48 +106,28 @@ class SpikingNetwork(nn.Module):
         returns ``{T: mean output after T steps}``. ``callback(t, output_t)`` is called after each
         step ``t`` (1-based) - for recording diagnostics without keeping per-step activations.
         """
-        single = isinstance(timesteps, int)
-        budgets = sorted({int(t) for t in ([timesteps] if single else timesteps)})
-        if not budgets or budgets[0] < 1:
-            raise ValueError(f"timesteps must be positive integers, got {timesteps!r}")
+        budgets, single = parse_budgets(timesteps)
         device = _device_of(self.graph_module)
         if device is not None and x.device != device:
             x = x.to(device)
-        self.reset()
-        means: dict[int, torch.Tensor] = {}
         with torch.inference_mode():
-            if x.dim() == 4 and self.config.channels_last:
-                # oneDNN convolutions run without layout reorders on NHWC; everything downstream
-                # (neuron state included) inherits the layout.
-                x = x.contiguous(memory_format=torch.channels_last)
-            static = self._prefix(x)
-            encoder = None
-            if self.config.encoding == "poisson":
-                encoder = PoissonEncoder(self.config.input_scale, self.config.encoding_seed)
-                encoder.start(x)
-            total = None
-            wanted = set(budgets)
-            for t in range(1, budgets[-1] + 1):
-                x_t = encoder.step() if encoder is not None else x
-                out = self._step(x_t, *static)
-                total = out.clone() if total is None else total.add_(out)
-                if t in wanted:
-                    means[t] = total / t
-                if callback is not None:
-                    callback(t, out)
+            means = mean_outputs(self.steps(x, budgets[-1]), budgets, callback)
         return means[budgets[0]] if single else means
 
     def steps(self, x: torch.Tensor, timesteps: int) -> Iterator[torch.Tensor]:
-        """Yield the output of each step ``1..timesteps`` with autograd enabled (for fine-tuning).
+        """Yield the output of each step ``1..timesteps`` (what :meth:`simulate` averages).
 
-        The same graph and neurons as :meth:`simulate`; neurons switch to their differentiable
-        surrogate-gradient step when their input requires grad. Call :meth:`detach_state` between
-        steps to truncate backpropagation through time (bounded memory for long runs).
+        Autograd follows the caller: under ``torch.inference_mode`` (simulate) nothing is recorded;
+        for fine-tuning, neurons switch to their differentiable surrogate-gradient step when their
+        input requires grad. Call :meth:`detach_state` between steps to truncate backpropagation
+        through time (bounded memory for long runs).
         """
         if int(timesteps) < 1:
             raise ValueError(f"timesteps must be >= 1, got {timesteps!r}")
         self.reset()
         if x.dim() == 4 and self.config.channels_last:
+            # oneDNN convolutions run without layout reorders on NHWC; everything downstream
+            # (neuron state included) inherits the layout.
             x = x.contiguous(memory_format=torch.channels_last)
         static = self._prefix(x)
         encoder = None
@@ -220,6 +200,30 @@ class SpikingNetwork(nn.Module):
             raise ValueError(f"{w_file} does not match {cfg_file}: missing entry {exc}") from exc
         gm = fx.GraphModule(root, serialize.graph_from_json(doc["graph"]), class_name="SpikingGraph")
         return cls(gm, SimulationConfig(**doc["simulation"]), doc.get("metadata"))
+
+
+def parse_budgets(timesteps: Union[int, Sequence[int]]) -> tuple[list[int], bool]:
+    """``(sorted distinct budgets, whether a single int was given)``; rejects non-positive ones."""
+    single = isinstance(timesteps, int)
+    budgets = sorted({int(t) for t in ([timesteps] if single else timesteps)})
+    if not budgets or budgets[0] < 1:
+        raise ValueError(f"timesteps must be positive integers, got {timesteps!r}")
+    return budgets, single
+
+
+def mean_outputs(outputs: Iterable[torch.Tensor], budgets: Sequence[int],
+                 callback: Optional[StepCallback] = None) -> dict[int, torch.Tensor]:
+    """``{T: mean of the first T step outputs}`` for each budget, keeping one running sum only
+    (memory does not grow with T); ``callback(t, output_t)`` after each step. Shared by every
+    runtime that simulates step by step (torch, onnxruntime)."""
+    wanted, means, total = set(budgets), {}, None
+    for t, out in enumerate(outputs, start=1):
+        total = out.clone() if total is None else total.add_(out)
+        if t in wanted:
+            means[t] = total / t
+        if callback is not None:
+            callback(t, out)
+    return means
 
 
 def _device_of(module: nn.Module) -> Optional[torch.device]:
