@@ -280,15 +280,7 @@ def cmd_validate(args) -> int:
     from spikecast.datasets import parse_data_spec
 
     snn = spikecast.load(args.snn_dir, device=args.device)
-    saved = snn.metadata.get("cli", {}) if isinstance(snn.metadata, dict) else {}
-    model_text = args.model or saved.get("model")
-    if model_text is None:
-        source = snn.metadata.get("source")
-        raise ValueError(f"{args.snn_dir} does not record which model it came from"
-                         f"{f' (source: {source})' if source else ''}: pass --model")
-    checkpoint = args.checkpoint or (saved.get("checkpoint") if not args.model else None)
-    pretrained = args.pretrained if args.pretrained is not None else (saved.get("pretrained") if not args.model else None)
-    data_text = args.data or saved.get("data")
+    model_text, checkpoint, pretrained, data_text = _snn_source(snn, args, args.snn_dir)
     if data_text is None:
         raise ValueError("pass --data SPEC (e.g. cifar10, digits, a folder or a .pt file)")
     timesteps = parse_timesteps(args.timesteps)
@@ -328,14 +320,22 @@ def cmd_validate(args) -> int:
     return _exit_code(result)
 
 
-def _snn_source(snn, args_model):
-    """(MODEL text, checkpoint, pretrained) recorded in a saved SNN, overridden by --model."""
+def _snn_source(snn, args, where: str = "the saved SNN"):
+    """(MODEL text, checkpoint, pretrained, data spec) for a saved SNN: the command's --model /
+    --checkpoint / --pretrained / --data where given, else what `spikecast convert` recorded
+    (a recorded checkpoint belongs to the recorded model only)."""
     saved = snn.metadata.get("cli", {}) if isinstance(snn.metadata, dict) else {}
-    model_text = args_model or saved.get("model")
+    given_model = getattr(args, "model", None)
+    model_text = given_model or saved.get("model")
     if model_text is None:
-        raise ValueError("the saved SNN does not record its source model: pass --model")
-    return model_text, (saved.get("checkpoint") if not args_model else None), \
-        (saved.get("pretrained") if not args_model else None), saved.get("data")
+        source = snn.metadata.get("source")
+        raise ValueError(f"{where} does not record which model it came from"
+                         f"{f' (source: {source})' if source else ''}: pass --model")
+    checkpoint = getattr(args, "checkpoint", None) or (saved.get("checkpoint") if not given_model else None)
+    pretrained = getattr(args, "pretrained", None)
+    if pretrained is None and not given_model:
+        pretrained = saved.get("pretrained")
+    return model_text, checkpoint, pretrained, getattr(args, "data", None) or saved.get("data")
 
 
 def cmd_finetune(args) -> int:
@@ -409,10 +409,10 @@ def cmd_quantize(args) -> int:
     out = Path(args.out)
     saved = q.save(out / "snn")
     if args.data or (q.metadata.get("cli") or {}).get("data"):
-        model_text, checkpoint, pretrained, data_text = _snn_source(q, args.model)
+        model_text, checkpoint, pretrained, data_text = _snn_source(q, args, args.snn_dir)
         ref = model_ref(model_text)
         ann, name = load_ann(ref, checkpoint, pretrained)
-        x, y = load_data(args, ref, ann, args.data or data_text, args.eval_images)
+        x, y = load_data(args, ref, ann, data_text, args.eval_images)
         timesteps = parse_timesteps(args.timesteps)
         say(f"  validating the fp32 and the {args.bits}-bit SNN at T = {_list(timesteps)} on {len(x)} images...")
         batches = TensorBatches(x, y, batch_size=args.batch_size)
@@ -448,7 +448,7 @@ def cmd_export(args) -> int:
     snn = spikecast.load(args.snn) if args.snn else None
     model_text, checkpoint, pretrained = args.model, args.checkpoint, args.pretrained
     if model_text is None:
-        model_text, checkpoint, pretrained, _ = _snn_source(snn, None)
+        model_text, checkpoint, pretrained, _ = _snn_source(snn, args, args.snn)
     ref = model_ref(model_text)
     ann, name = load_ann(ref, checkpoint, pretrained)
     x = y = x_cal = None
@@ -515,10 +515,7 @@ def cmd_report(args) -> int:
     from spikecast.datasets import parse_data_spec
 
     snn = spikecast.load(args.snn_dir)
-    model_text, checkpoint, pretrained, data_text = _snn_source(snn, args.model)
-    if args.model:
-        checkpoint, pretrained = args.checkpoint, args.pretrained
-    data_text = args.data or data_text
+    model_text, checkpoint, pretrained, data_text = _snn_source(snn, args, args.snn_dir)
     if data_text is None:
         raise ValueError("pass --data SPEC (e.g. cifar10, digits, a folder or a .pt file)")
     timesteps = parse_timesteps(args.timesteps)
