@@ -10,8 +10,11 @@ One table per model, columns T = 1, 2, 4, 8, 16, 32:
   images, then converted with threshold = clip and light correction; one network, all T);
 * SNN after surrogate-gradient fine-tuning (BPTT at T = L for ``--surrogate-epochs`` epochs,
   starting from the QCFS SNN: the hybrid route);
-* the fine-tuned SNN with int8 and int4 weights (per-channel symmetric);
-* the onnxruntime SNN step graph run for T=16 against the torch SNN (max abs difference, top-1).
+* the fine-tuned SNN with int8 and int4 weights (per-channel symmetric, fake-quant), and its
+  integer-arithmetic form (``spikecast.quant.integer_network``: int8 weights, 8-bit input grid,
+  integer accumulators);
+* the onnxruntime SNN step graph run for T=16 against the torch SNN (max abs difference, top-1),
+  for the float SNN and for its integer-arithmetic form.
 
 Every stage resumes from ``--work`` (checkpoints per epoch, saved networks), so an interrupted run
 picks up where it stopped. Writes the section "Fine-tuning and quantisation: <model>".
@@ -29,7 +32,7 @@ import torch
 
 import spikecast
 from spikecast.data import TensorBatches, cifar10_tensors
-from spikecast.quant import quantize_weights
+from spikecast.quant import integer_network, quantize_weights
 from spikecast.train import FinetuneConfig, TrainConfig, finetune
 from spikecast.zoo import create_model
 
@@ -144,31 +147,41 @@ def run_model(name: str, args, work: Path) -> None:
                                  f"{100 * change:+.2f} points at T=8 vs fp32"))
         write()
 
+    # --- integer arithmetic (int8 weights, 8-bit input, integer accumulators)
+    exact = integer_network(best, (x_cal,))
+    res = validate(ann, exact, x_test, y_test, COLUMNS)
+    change = res.snn_accuracy[8] - base.snn_accuracy[8]
+    rows.append(accuracy_row(f"SNN ({best_name}), int8 integer arithmetic (8-bit input)", res.snn_accuracy,
+                             f"{100 * change:+.2f} points at T=8 vs fp32"))
+    write()
+
     # --- onnxruntime SNN step graph vs torch, T=16
     if args.onnx_images <= 0:
         write()
         return
     from spikecast.export import OnnxSpikingNetwork, export_snn_step
 
-    step_path = export_snn_step(best, work / "snn_step.onnx", example=x_cal[:2])
-    driver = OnnxSpikingNetwork(step_path)
     x_onnx, y_onnx = cifar10_tensors("test", limit=min(args.onnx_images, len(x_test)))  # class-balanced
-    diffs, close, agree, correct, correct_torch, n = [], 0, 0, 0, 0, len(x_onnx)
-    t0 = time.perf_counter()
-    for i in range(0, n, 250):
-        xb = x_onnx[i:i + 250]
-        ref = best.simulate(xb, 16)
-        got = driver.simulate(xb, 16)
-        per_image = (ref - got).abs().flatten(1).amax(1)
-        diffs.append(float(per_image.max()))
-        close += int((per_image <= 1e-4).sum())
-        agree += int((ref.argmax(-1) == got.argmax(-1)).sum())
-        correct += int((got.argmax(-1) == y_onnx[i:i + len(xb)]).sum())
-        correct_torch += int((ref.argmax(-1) == y_onnx[i:i + len(xb)]).sum())
-    notes.append(f"onnxruntime SNN step graph ({best_name}) driven for T=16 on {n} class-balanced test images: "
-                 f"outputs within 1e-4 of the torch SNN on {close}/{n} images (max abs difference {max(diffs):.2e}), "
-                 f"same top-1 on {agree}/{n}, top-1 {100 * correct / n:.2f}% (torch {100 * correct_torch / n:.2f}%) "
-                 f"({time.perf_counter() - t0:.0f} s).")
+    for label, net, file in ((f"{best_name}, fp32", best, "snn_step.onnx"),
+                             (f"{best_name}, int8 integer arithmetic", exact, "snn_step_int8.onnx")):
+        driver = OnnxSpikingNetwork(export_snn_step(net, work / file, example=x_cal[:2]))
+        diffs, close, agree, correct, correct_torch, n = [], 0, 0, 0, 0, len(x_onnx)
+        t0 = time.perf_counter()
+        for i in range(0, n, 250):
+            xb = x_onnx[i:i + 250]
+            ref = net.simulate(xb, 16)
+            got = driver.simulate(xb, 16)
+            per_image = (ref - got).abs().flatten(1).amax(1)
+            diffs.append(float(per_image.max()))
+            close += int((per_image <= 1e-4).sum())
+            agree += int((ref.argmax(-1) == got.argmax(-1)).sum())
+            correct += int((got.argmax(-1) == y_onnx[i:i + len(xb)]).sum())
+            correct_torch += int((ref.argmax(-1) == y_onnx[i:i + len(xb)]).sum())
+        notes.append(f"onnxruntime SNN step graph ({label}) driven for T=16 on {n} class-balanced test images: "
+                     f"outputs within 1e-4 of the torch SNN on {close}/{n} images (max abs difference "
+                     f"{max(diffs):.2e}), same top-1 on {agree}/{n}, top-1 {100 * correct / n:.2f}% "
+                     f"(torch {100 * correct_torch / n:.2f}%) ({time.perf_counter() - t0:.0f} s).")
+        write()
     targets = TARGETS.get(name)
     if targets:
         met = all(base.snn_accuracy[t] >= v for t, v in targets.items())

@@ -402,10 +402,29 @@ def cmd_quantize(args) -> int:
     from spikecast.quant.weights import quantize_weights
 
     snn = spikecast.load(args.snn_dir)
-    q = quantize_weights(snn, args.bits)
-    info = q.metadata["weight_quantization"]
-    say(f"spikecast quantize: {args.snn_dir} -> {args.bits}-bit weights ({info['scheme']}, {info['layers']} layers, "
-        f"largest relative weight error {100 * info['max_relative_error']:.2f}%)")
+    if args.integer:
+        from spikecast.datasets import parse_data_spec
+        from spikecast.quant import integer_network
+
+        model_text, checkpoint, pretrained, data_text = _snn_source(snn, args, args.snn_dir)
+        if data_text is None:
+            raise ValueError("--integer sets the input grid from unlabeled images: pass --data SPEC")
+        ref = model_ref(model_text)
+        ann, _ = load_ann(ref, checkpoint, pretrained)
+        x_cal, _ = load_data(args, ref, ann, data_text, args.calib_images,
+                             split="train" if parse_data_spec(data_text).has_splits else None)
+        q = integer_network(snn, (x_cal,), bits=args.bits, input_bits=args.input_bits)
+        info = q.metadata["integer_arithmetic"]
+        kinds = list(info["layers"].values())
+        say(f"spikecast quantize: {args.snn_dir} -> integer arithmetic, {args.bits}-bit weights, {args.input_bits}-bit "
+            f"input (scale {info['input_scale']:.4g}); {len(kinds) - kinds.count('float')} of {len(kinds)} layers "
+            "accumulate integers")
+        info = dict(q.metadata["weight_quantization"], integer_arithmetic=info)
+    else:
+        q = quantize_weights(snn, args.bits)
+        info = q.metadata["weight_quantization"]
+        say(f"spikecast quantize: {args.snn_dir} -> {args.bits}-bit weights ({info['scheme']}, {info['layers']} layers, "
+            f"largest relative weight error {100 * info['max_relative_error']:.2f}%)")
     out = Path(args.out)
     saved = q.save(out / "snn")
     if args.data or (q.metadata.get("cli") or {}).get("data"):
@@ -802,10 +821,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("quantize", parents=[common], help="quantise a saved SNN's weights to int8 / int4",
-                       description="Per-output-channel symmetric weight quantisation (fake-quant) of a saved SNN; "
-                                   "with --data, validate the fp32 and the quantised SNN side by side.")
+                       description="Per-output-channel symmetric weight quantisation (fake-quant) of a saved SNN, or "
+                                   "with --integer its integer-arithmetic form; with --data, validate the fp32 and the "
+                                   "quantised SNN side by side.")
     p.add_argument("snn_dir", metavar="SNN_DIR")
     p.add_argument("--bits", type=int, choices=(8, 4), default=8)
+    p.add_argument("--integer", action="store_true",
+                   help="integer arithmetic: every layer feeding a neuron accumulates integers (quantised input, "
+                        "spikes as -1/0/1), so its ONNX step graph fires the same spikes as torch; needs --data")
+    p.add_argument("--input-bits", type=int, default=8, metavar="B", help="--integer: bits of the input grid (default 8)")
+    p.add_argument("--calib-images", type=int, default=512, metavar="N",
+                   help="--integer: unlabeled images that set the input grid (default 512)")
     p.add_argument("--model", metavar="MODEL", help="the source ANN (default: recorded in SNN_DIR)")
     data_args(p, required=False)
     p.add_argument("--out", default="spikecast-quantized", metavar="DIR")

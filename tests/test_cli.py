@@ -233,6 +233,16 @@ def test_finetune_resumes_and_quantize_and_export(tmp_path, capsys):
     for f in ("ann.onnx", "ann_int8.onnx", "snn_step.onnx"):
         assert (edir / f).is_file()
     assert "SNN step graph x T=16" in text
+
+    # integer arithmetic: the step graph fires the same spikes in onnxruntime as in torch
+    idir = tmp_path / "int8"
+    assert main(["quantize", str(out / "snn"), "--integer", "--eval-images", "60", "--calib-images", "64",
+                 "--timesteps", "4,8", "--tolerance", "1", "--out", str(idir)]) == 0
+    assert "accumulate integers" in capsys.readouterr().out
+    assert spikecast.load(idir / "snn").metadata["integer_arithmetic"]["layers"]
+    assert main(["export", "--snn", str(idir / "snn"), "--data", "digits", "--eval-images", "60",
+                 "--out", str(edir / "int")]) == 0
+    assert "max abs diff to torch 0.0e+00" in capsys.readouterr().out
     assert main(["export", "--out", str(edir)]) == 1
     assert "nothing to export" in capsys.readouterr().err
 

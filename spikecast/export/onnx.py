@@ -372,6 +372,8 @@ def export_snn_step(snn, path: PathLike, *, example: torch.Tensor, opset: int = 
         "start": {"name": "start", "shape": [1], "dtype": "float32"},
         "output": "out", "states": [asdict(s) for s in specs],
         "source": snn.metadata.get("source"),
+        # integer accumulation (spikecast.quant.integer_network): runtimes must not fuse the scales back
+        "integer_arithmetic": "integer_arithmetic" in snn.metadata,
     }
     _set_metadata(path, {METADATA_KEY: json.dumps(description)})
     _check(path)
@@ -384,7 +386,10 @@ class OnnxSpikingNetwork:
     """An exported step graph run with onnxruntime, with the ``simulate`` API of :class:`SpikingNetwork`.
 
     ``threads`` sets onnxruntime's intra-op threads (default: its own choice);
-    ``session_options`` (an ``onnxruntime.SessionOptions``) overrides everything else.
+    ``session_options`` (an ``onnxruntime.SessionOptions``) overrides everything else. A graph of
+    an integer-arithmetic network (:func:`spikecast.quant.integer_network`) runs with graph
+    optimisations off: fusing a scale into the convolution weights would make its sums inexact
+    again, and its spikes would no longer match PyTorch's bit for bit.
     """
 
     def __init__(self, path: PathLike, *, threads: Optional[int] = None, session_options: Any = None,
@@ -399,6 +404,8 @@ class OnnxSpikingNetwork:
             raise ValueError(f"{self.path}: unknown format {self.description.get('format')!r}")
         if self.description.get("format_version", 0) > STEP_FORMAT_VERSION:
             raise ValueError(f"{self.path} was written by a newer spikecast")
+        if self.description.get("integer_arithmetic") and session_options is None:
+            self.session = _session(self.path, threads, None, providers, optimize=False)
         self.state_specs = [StateSpec(**s) for s in self.description["states"]]
         self.timesteps = int(self.description["timesteps"])
         self._output_names = ["out", *(f"{s.name}_next" for s in self.state_specs)]
@@ -476,11 +483,13 @@ def _set_metadata(path: Path, entries: dict[str, str]) -> None:
 
 
 def _session(path: PathLike, threads: Optional[int] = None, options: Any = None,
-             providers: Optional[Sequence[str]] = None):
+             providers: Optional[Sequence[str]] = None, optimize: bool = True):
     import onnxruntime as ort
 
     if options is None:
         options = ort.SessionOptions()
+        if not optimize:
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         if threads is not None:
             options.intra_op_num_threads = int(threads)
             options.inter_op_num_threads = 1

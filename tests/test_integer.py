@@ -1,0 +1,133 @@
+"""Integer-arithmetic networks: integer accumulators, bit-exact spikes in onnxruntime, clear errors."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+import spikecast
+from spikecast.quant import integer_network, quantize_weights
+from spikecast.quant.integer import input_scale
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+X = torch.randn(48, 3, 12, 12, generator=torch.Generator().manual_seed(1))
+
+
+class ResidualNet(nn.Module):
+    """Stem, a residual block, a depthwise conv, average pooling and a classifier."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.conv1 = nn.Conv2d(16, 16, 3, padding=1)
+        self.conv2 = nn.Conv2d(16, 16, 3, padding=1)
+        self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.fc = nn.Linear(16, 6)
+
+    def forward(self, x):
+        h = F.relu(self.stem(x))
+        h = F.relu(h + self.conv2(F.relu(self.conv1(h))))
+        h = F.relu(self.dw(h))
+        return self.fc(F.adaptive_avg_pool2d(h, 1).flatten(1))
+
+
+@pytest.fixture(scope="module")
+def snn():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # per-channel thresholds and the advanced correction: thresholds, biases and charges everywhere
+        return spikecast.convert(ResidualNet().eval(), calib=X[:32], per_channel=True, timesteps=16, progress=False)
+
+
+def accumulators(net, x):
+    """Outputs of every reduction (conv / linear) whose input is integer by construction."""
+    found = []
+
+    class Recorder(fx.Interpreter):
+        def run_node(self, n):
+            out = super().run_node(n)
+            source = n.args[0] if n.op == "call_function" and n.args else None
+            if (isinstance(source, fx.Node) and source.target in (torch.ops.aten.sign.default, torch.ops.aten.clamp.default)
+                    and n.target in (torch.ops.aten.conv2d.default, torch.ops.aten.linear.default)):
+                found.append(out)
+            return out
+
+    static = Recorder(net._prefix).run(x)
+    net.reset()
+    Recorder(net._step).run(x, *static)
+    return found
+
+
+def test_every_layer_feeding_a_neuron_accumulates_integers(snn):
+    net = integer_network(snn, X[:32])
+    layers = net.metadata["integer_arithmetic"]["layers"]
+    assert layers == {"stem": "input", "conv1": "spikes", "conv2": "spikes", "dw": "spikes", "fc": "float"}
+    with torch.no_grad():
+        sums = accumulators(net, X[:8])
+    assert len(sums) == 4
+    for s in sums:
+        assert torch.equal(s, s.round()) and s.abs().max() < 2 ** 24
+    for name, tensor in net.graph_module.named_buffers():
+        if name.startswith("int_weight"):
+            assert torch.equal(tensor, tensor.round()) and tensor.abs().max() <= 127
+
+
+def test_integer_network_computes_the_same_function(snn):
+    """Thresholds folded into the weights (per channel, grouped conv included) and the input grid
+    change nothing but rounding: the integer network tracks the float SNN."""
+    net = integer_network(snn, X[:32], input_bits=12)
+    fake = quantize_weights(snn, 8)
+    with torch.no_grad():
+        a, b = net.simulate(X, 32), fake.simulate(X, 32)
+    assert (a.argmax(-1) == b.argmax(-1)).float().mean() >= 0.9
+    assert (a - b).abs().mean() <= 0.05 * b.abs().mean()
+
+
+def test_onnxruntime_reproduces_the_integer_network_bit_for_bit(snn, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from spikecast.export import OnnxSpikingNetwork, export_snn_step
+
+    net = integer_network(snn, X[:32])
+    path = export_snn_step(net, tmp_path / "int.onnx", example=X[:2])
+    driver = OnnxSpikingNetwork(path)
+    assert driver.description["integer_arithmetic"] is True
+    with torch.no_grad():
+        ref = net.simulate(X, [1, 8, 16])
+    got = driver.simulate(X, [1, 8, 16])
+    for t in (1, 8, 16):
+        # the classifier after pooling is a float reduction: equal to rounding, spikes equal exactly
+        assert torch.allclose(ref[t], got[t], atol=1e-6, rtol=0), t
+        assert torch.equal(ref[t].argmax(-1), got[t].argmax(-1))
+
+
+def test_save_and_reload_keep_the_integer_network(snn, tmp_path):
+    net = integer_network(snn, X[:32])
+    net.save(tmp_path / "int")
+    back = spikecast.load(tmp_path / "int")
+    with torch.no_grad():
+        assert torch.equal(net.simulate(X[:8], 8), back.simulate(X[:8], 8))
+    assert back.metadata["integer_arithmetic"]["input_scale"] == pytest.approx(input_scale(X[:32]))
+
+
+def test_errors_are_clear(snn):
+    with pytest.raises(ValueError, match="calib images"):
+        integer_network(snn)
+    with pytest.raises(ValueError, match="2\\^24"):
+        integer_network(snn, X[:32], input_bits=16)  # 27 x 127 x 32767 terms: beyond float32's exact integers
+    with pytest.raises(ValueError, match="bits"):
+        integer_network(snn, X[:32], bits=3)
+    with pytest.raises(ValueError, match="NaN"):
+        integer_network(snn, torch.full((2, 3, 12, 12), float("nan")))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        masked = spikecast.convert(ResidualNet().eval(), calib=X[:32], mask_ratio=0.2, calibration="none",
+                                   progress=False)
+    with pytest.raises(ValueError, match="masking"):
+        integer_network(masked, X[:32])
