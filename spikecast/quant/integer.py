@@ -35,7 +35,7 @@ from spikecast.convert.neuron import IFNeuron
 from spikecast.data import as_loader, split_batch
 from spikecast.graph.normalize import fresh_copy
 from spikecast.graph.ops import packet, weighted_layers
-from spikecast.quant.weights import BITS, quantize_tensor
+from spikecast.quant.weights import BITS, fake_quantize_weight, graph_tensor, quantize_tensor
 from spikecast.runtime.network import SpikingNetwork
 
 aten = torch.ops.aten
@@ -44,12 +44,10 @@ EXACT_LIMIT = 1 << 24
 _TRANSPOSED = (aten.conv_transpose1d, aten.conv_transpose2d, aten.conv_transpose3d)
 
 
-def input_scale(calib: Any, bits: int = 8, max_batches: Optional[int] = None) -> float:
+def input_scale(calib: Any, bits: int = 8) -> float:
     """Symmetric ``bits``-bit scale covering the largest ``|x|`` among the calibration images."""
     peak = 0.0
-    for i, batch in enumerate(as_loader(calib)):
-        if max_batches is not None and i >= max_batches:
-            break
+    for batch in as_loader(calib):
         x, _ = split_batch(batch)
         if not torch.isfinite(x).all():
             raise ValueError("calibration images contain NaN or Inf")
@@ -95,7 +93,7 @@ def integer_network(snn: SpikingNetwork, calib: Any = None, *, bits: int = 8, in
     for node, weight_name, bias_name in weighted_layers(gm):
         source = node.args[0]
         neuron = _neuron_of(gm, source)
-        weight = _get(gm, weight_name).detach().float()
+        weight = graph_tensor(gm, weight_name).detach().float()
         if packet(node) in _TRANSPOSED or packet(node) is aten.convolution:
             # transposed convolutions hold weights [in, out, ...]: per-output-channel scales need the other axis
             layers[_layer_name(node, weight_name)] = "float"
@@ -113,7 +111,7 @@ def integer_network(snn: SpikingNetwork, calib: Any = None, *, bits: int = 8, in
                 if not in_scale > 0:
                     raise ValueError(f"input scale must be positive, got {in_scale}")
         else:
-            _fake_quantize(gm, weight_name, bits)  # not feeding a neuron: int weights, float accumulation
+            fake_quantize_weight(gm, weight_name, bits)  # not feeding a neuron: int weights, float accumulation
             layers[_layer_name(node, weight_name)] = "float"
             continue
         qw = quantize_tensor(weight, bits)
@@ -145,7 +143,7 @@ def integer_network(snn: SpikingNetwork, calib: Any = None, *, bits: int = 8, in
             scale_node = constant(out_scale.reshape(channel_shape), "scale")
             last = graph.call_function(aten.mul.Tensor, (acc, scale_node))
             if bias_name is not None:
-                bias_node = constant(_get(gm, bias_name).detach().float().reshape(channel_shape), "bias")
+                bias_node = constant(graph_tensor(gm, bias_name).detach().float().reshape(channel_shape), "bias")
                 last = graph.call_function(aten.add.Tensor, (last, bias_node))
         node.replace_all_uses_with(last)
         graph.erase_node(node)
@@ -192,21 +190,6 @@ def _input_axis(theta: torch.Tensor, weight: torch.Tensor, groups: int = 1) -> t
     return table.reshape(list(table.shape) + [1] * (weight.dim() - 2))
 
 
-def _fake_quantize(gm: fx.GraphModule, target: str, bits: int) -> None:
-    *parents, leaf = target.split(".")
-    owner = gm.get_submodule(".".join(parents)) if parents else gm
-    tensor = getattr(owner, leaf)
-    new = quantize_tensor(tensor, bits).dequantize().to(tensor.dtype)
-    delattr(owner, leaf)  # a new tensor: the input network keeps its own
-    owner.register_buffer(leaf, new)
-
-
 def _layer_name(node: fx.Node, weight_name: str) -> str:
     return weight_name.rsplit(".", 1)[0] or node.name
 
-
-def _get(gm: fx.GraphModule, target: str) -> torch.Tensor:
-    obj: Any = gm
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj

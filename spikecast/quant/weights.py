@@ -66,20 +66,27 @@ def quantize_graph_weights(gm: fx.GraphModule, bits: int = 8,
     for _, weight, _bias in weighted_layers(out):
         if skip and weight in skip:
             continue
-        *parents, leaf = weight.split(".")
-        owner = out.get_submodule(".".join(parents)) if parents else out
-        tensor = getattr(owner, leaf)
-        qw = quantize_tensor(tensor, bits)
-        new = qw.dequantize().to(tensor.dtype).to(tensor.device)
-        delattr(owner, leaf)
-        # a new tensor (pure pass: the input graph keeps its float weights)
-        if isinstance(tensor, torch.nn.Parameter):
-            owner.register_parameter(leaf, torch.nn.Parameter(new, requires_grad=False))
-        else:
-            owner.register_buffer(leaf, new)
-        quantized[weight] = qw
+        quantized[weight] = fake_quantize_weight(out, weight, bits)
     out.recompile()
     return out, quantized
+
+
+def fake_quantize_weight(gm: fx.GraphModule, target: str, bits: int) -> QuantizedWeight:
+    """Replace the weight tensor ``gm.<target>`` by its fake-quantised copy; return its integer form.
+
+    A new tensor is registered (never an in-place edit), so a graph copied with ``fresh_copy``
+    leaves its source's float weights alone."""
+    *parents, leaf = target.split(".")
+    owner = gm.get_submodule(".".join(parents)) if parents else gm
+    tensor = getattr(owner, leaf)
+    qw = quantize_tensor(tensor, bits)
+    new = qw.dequantize().to(tensor.dtype).to(tensor.device)
+    delattr(owner, leaf)
+    if isinstance(tensor, torch.nn.Parameter):
+        owner.register_parameter(leaf, torch.nn.Parameter(new, requires_grad=False))
+    else:
+        owner.register_buffer(leaf, new)
+    return qw
 
 
 def quantize_weights(snn: SpikingNetwork, bits: int = 8) -> SpikingNetwork:
@@ -91,7 +98,7 @@ def quantize_weights(snn: SpikingNetwork, bits: int = 8) -> SpikingNetwork:
     graph, quantized = quantize_graph_weights(snn.graph_module, bits)
     errors = []
     for name, qw in quantized.items():
-        w = _get(snn.graph_module, name).detach().float()
+        w = graph_tensor(snn.graph_module, name).detach().float()
         errors.append(float((qw.dequantize() - w).norm() / w.norm().clamp(min=1e-12)))
     metadata = dict(snn.metadata)
     metadata["weight_quantization"] = {"bits": bits, "scheme": "symmetric per output channel", "layers": len(quantized),
@@ -115,7 +122,7 @@ def integer_form(snn: SpikingNetwork) -> dict[str, dict]:
         neuron = gm.get_submodule(users[0].target)
         if not isinstance(neuron, IFNeuron):
             continue
-        qw = quantize_tensor(_get(gm, weight), _bits_of(snn) or 8)
+        qw = quantize_tensor(graph_tensor(gm, weight), _bits_of(snn) or 8)
         theta = neuron.threshold
         # per-channel thresholds are shaped [1, C, 1, ...]: put the scales on the same channel axis
         scale = qw.scale.reshape([1, -1] + [1] * (theta.dim() - 2)) if theta.dim() >= 2 else qw.scale
@@ -127,7 +134,8 @@ def _bits_of(snn: SpikingNetwork) -> Optional[int]:
     return (snn.metadata.get("weight_quantization") or {}).get("bits")
 
 
-def _get(gm: fx.GraphModule, target: str) -> torch.Tensor:
+def graph_tensor(gm: fx.GraphModule, target: str) -> torch.Tensor:
+    """The tensor at dotted attribute path ``target`` of ``gm`` (registered or plain attribute)."""
     obj = gm
     for part in target.split("."):
         obj = getattr(obj, part)
