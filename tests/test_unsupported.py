@@ -1,4 +1,5 @@
-"""Unsupported operations and untraceable models fail loudly, naming every offender's module path."""
+"""Unsupported operations and untraceable models fail loudly, naming every offender's module path
+(``compensate=False``: the strict mode that refuses non-linear ops inside the spiking part)."""
 
 from __future__ import annotations
 
@@ -65,6 +66,9 @@ class Net(nn.Module):
 
 
 def convert(model, **kw):
+    # strict mode: without expectation compensation (tests/test_compensation.py covers the default,
+    # where these ops are compensated instead)
+    kw.setdefault("compensate", False)
     return spikecast.convert(model, calib=X, progress=False, **kw)
 
 

@@ -115,9 +115,10 @@ def ann_targets(ann_graph: fx.GraphModule, x: torch.Tensor, batch_size: int, kee
     ndims: dict[str, int] = {}
     handles = []
     for _, site in site_nodes(ann_graph):
-        def hook(mod, args, out, name=site.name):
+        def hook(mod, args, out, name=site.name, bipolar=getattr(site, "bipolar", False)):
             s = channel_sum(out.double())
-            a = channel_sum(out > 0)
+            # a bipolar neuron answers a shift on both signs: every element is in its linear range
+            a = channel_sum(torch.ones_like(out, dtype=torch.bool) if bipolar else out > 0)
             sums[name] = s if name not in sums else sums[name] + s
             active[name] = a if name not in active else active[name] + a
             counts[name] = counts.get(name, 0) + out.numel() // s.numel()
@@ -141,8 +142,7 @@ def ann_targets(ann_graph: fx.GraphModule, x: torch.Tensor, batch_size: int, kee
 def _replay(neuron: IFNeuron, currents: Sequence[torch.Tensor], theta: torch.Tensor,
             bias: Optional[torch.Tensor]) -> torch.Tensor:
     """Mean output of a copy of ``neuron`` with threshold ``theta`` driven by recorded currents."""
-    twin = IFNeuron(theta, neuron.name, v_init=neuron.v_init, mask_ratio=neuron.mask_ratio,
-                    mask_seed=neuron.mask_seed, mask_rescale=neuron.mask_rescale, signed=neuron.signed)
+    twin = neuron.twin(theta)
     twin.set_correction(bias, None)
     total = None
     for c in currents:
@@ -165,7 +165,7 @@ def _refine_threshold(neuron: IFNeuron, currents: list[torch.Tensor], target: to
     for scale in scales:
         theta = base * scale
         if neuron.upper is not None:  # a clipped activation (ReLU6) never transmits above its clip
-            theta = theta.clamp(max=neuron.upper)
+            theta = theta.clamp(max=neuron.upper / neuron.levels)
         rate = _replay(neuron, currents, theta, None)
         bias = _per_channel((target - rate).double().sum(dim=dims) / count, target.dim())
         rate = _replay(neuron, currents, theta, bias)

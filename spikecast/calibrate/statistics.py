@@ -48,7 +48,8 @@ def channel_view(x: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class SiteStatistics:
-    """What calibration learned about one activation site (values are of the site's input)."""
+    """What calibration learned about one activation site (values are of the site's input; of its
+    magnitude for a bipolar site)."""
 
     name: str
     max: float = 0.0
@@ -113,7 +114,12 @@ def _run_with_hooks(gm: fx.GraphModule, data, hook: Callable[[str, torch.Tensor]
                     description: str, progress: bool, device) -> int:
     handles = []
     for node, site in site_nodes(gm):
-        handles.append(site.register_forward_pre_hook(lambda mod, args, key=node.target: hook(key, args[0])))
+        # a bipolar site's neuron covers [-theta, theta]: its statistics are those of |x|
+        if getattr(site, "bipolar", False):
+            fn = lambda mod, args, key=node.target: hook(key, args[0].abs())  # noqa: E731
+        else:
+            fn = lambda mod, args, key=node.target: hook(key, args[0])  # noqa: E731
+        handles.append(site.register_forward_pre_hook(fn))
     batches = 0
     try:
         with torch.inference_mode(), progress_bar(description, None, progress) as bar:

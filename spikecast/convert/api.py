@@ -55,11 +55,17 @@ def convert(
     mask_sites: Optional[Sequence[str]] = None,
     mask_seed: int = 0,
     signed: bool = DEFAULT_SIGNED,
+    levels: int = 1,
+    compensate: bool = True,
     encoding: str = "analog",
     device: Union[str, torch.device, None] = None,
     progress: bool = True,
 ) -> SpikingNetwork:
-    """Convert a ReLU network into a spiking network of integrate-and-fire neurons.
+    """Convert a network into a spiking network of integrate-and-fire neurons.
+
+    ReLU-like activations become neurons; a weighted layer that reads the output of another
+    non-linear op (GELU, SiLU, LayerNorm, attention, ...) reads a bipolar neuron, and those ops run
+    with expectation compensation (see :mod:`spikecast.convert.compensation`).
 
     Args:
         model: an ``nn.Module``, ``"zoo:<name>"`` (e.g. ``"zoo:cifar10-resnet20"``) or a timm name.
@@ -81,6 +87,10 @@ def convert(
         mask_ratio, mask_sites, mask_seed: random spike masking (see :class:`IFNeuron`).
         signed: neurons may send a negative spike to take back an earlier positive one (see
             :class:`IFNeuron`); fixes over-firing on transients at the cost of ternary spikes.
+        levels: spikes a neuron may send per step (multi-threshold neurons): ``T`` steps resolve
+            ``levels * T`` values, at ``log2(levels + 1)`` bits per step (reported).
+        compensate: run non-linear ops inside the spiking part with expectation compensation;
+            ``False`` raises :class:`UnsupportedOperationError` naming them instead.
         encoding: ``"analog"`` (direct input, default) or ``"poisson"`` (rate-coded input).
         device: where calibration runs and the SNN lives (default: CPU, or the model's device).
         progress: show progress bars.
@@ -93,12 +103,13 @@ def convert(
         raise CalibrationError("convert() needs calibration data (`calib=`): a DataLoader, batches or a tensor")
     started = time.perf_counter()
     ann, name = resolve_model(model, checkpoint, pretrained)
+    # a neuron with `levels` spike sizes resolves levels*T values in T steps: choose its range for that
     calib_config = CalibrationConfig(method=method, percentile=percentile, per_channel=per_channel,
-                                     timesteps=timesteps, v_init=v_init)
+                                     timesteps=timesteps * int(levels), v_init=v_init)
     correction_config = CorrectionConfig(level=calibration, timesteps=timesteps)
     neuron_config = NeuronConfig(v_init=v_init, mask_ratio=mask_ratio,
                                  mask_sites=tuple(mask_sites) if mask_sites else None, mask_seed=mask_seed,
-                                 signed=signed)
+                                 signed=signed, levels=levels)
     sim_config = SimulationConfig(timesteps=timesteps, encoding=encoding)
     if device is None:
         device = next((p.device for p in ann.parameters()), torch.device("cpu"))
@@ -107,9 +118,9 @@ def convert(
     calibrated, stats = calibrate(normalised, calib, calib_config, progress=progress, device=device)
     if encoding == "poisson":
         sim_config.input_scale = max(float(x.abs().max()) for x in iterate_inputs(calib))
-    snn_graph = to_spiking(calibrated, neuron_config, input_varies=encoding != "analog")
+    snn_graph = to_spiking(calibrated, neuron_config, input_varies=encoding != "analog", compensate=compensate)
     if not stats:
-        warnings.warn(f"{name} has no ReLU-like activation: the converted network has no spiking neuron "
+        warnings.warn(f"{name} has no activation site: the converted network has no spiking neuron "
                       "and computes the ANN exactly. Run `spikecast inspect` to see its ops.", stacklevel=2)
     n_images = sum(int(x.shape[0]) for x in iterate_inputs(calib))
     metadata = {
@@ -118,7 +129,7 @@ def convert(
                         "per_channel": per_channel, "level": calibration, "timesteps": timesteps,
                         "images": n_images},
         "neuron": {"v_init": v_init, "mask_ratio": mask_ratio, "mask_sites": list(mask_sites or []),
-                   "mask_seed": mask_seed, "signed": signed},
+                   "mask_seed": mask_seed, "signed": signed, "levels": int(levels), "compensate": compensate},
         "sites": [stats[k].to_dict() for k in stats],
     }
     snn = SpikingNetwork(snn_graph, sim_config, metadata).to(device)

@@ -19,6 +19,18 @@ positive charge, so the output stays a clipped ReLU, but spikes fired early on a
 constant input it never fires negatively, so the formula above holds unchanged. It costs a second
 state tensor and ternary instead of binary spikes (log2(3) bits per step).
 
+Bipolar neurons (``bipolar=True``) represent activations with a negative range (GELU, SiLU,
+hard-swish, the outputs of normalisation layers): the neuron fires ``+theta`` when ``v >= theta``
+and ``-theta`` when ``v < 0``, so with the half-threshold start the mean output is the input
+rounded to ``theta/T`` on both signs and clipped to ``[-theta, theta]``. Ternary spikes,
+log2(3) bits per step.
+
+Multi-threshold neurons (``levels=K``): up to ``K`` spikes per step, ``n = clamp(floor(v/theta),
+lo, K)`` with ``lo = 0`` (binary), ``-K`` (bipolar) or minus the spikes sent so far (signed). ``T``
+steps then resolve ``K*T`` levels; the price is ``log2(K+1)`` bits per step (``log2(2K+1)``
+when negative spikes exist), which :attr:`IFNeuron.bits_per_step` reports so latency comparisons
+stay honest.
+
 Calibration corrections (set by :mod:`spikecast.calibrate.correction`, absent by default):
 ``bias`` is a current added at every step (bias correction: it shifts the mean output by about
 ``bias``), ``v_offset`` is added to the initial membrane potential (potential correction: a charge
@@ -63,6 +75,27 @@ def _signed_step(v, emitted, current, bias, theta):
     return out, v - out, emitted + out
 
 
+def _bipolar_step(v, current, bias, theta):
+    v = v + current + bias
+    out = torch.where(v >= theta, theta, torch.where(v < 0, -theta, torch.zeros_like(v)))
+    return out, v - out
+
+
+def _multilevel_step(v, emitted, current, bias, theta, levels: int, bipolar: bool):
+    """Up to ``levels`` spikes per step; ``emitted`` (signed neurons) bounds the negative ones."""
+    v = v + current + bias
+    n = torch.floor(v / theta)
+    if bipolar:
+        n = n.clamp(-levels, levels)
+    elif emitted is not None:
+        n = torch.minimum(torch.maximum(n, -torch.round(emitted / theta).clamp(0, levels)),
+                          torch.full_like(n, levels))
+    else:
+        n = n.clamp(0, levels)
+    out = n * theta
+    return out, v - out, (emitted + out if emitted is not None else None)
+
+
 class _Spike(torch.autograd.Function):
     """Heaviside step with a triangular surrogate gradient of half-width ``width`` (the threshold).
 
@@ -82,7 +115,7 @@ class _Spike(torch.autograd.Function):
         return grad * surrogate, None, None
 
 
-def _surrogate_step(v, emitted, current, bias, theta):
+def _surrogate_step(v, emitted, current, bias, theta, bipolar: bool = False):
     """The neuron step with surrogate gradients, for backpropagation through time.
 
     Same values as ``_binary_step`` / ``_signed_step`` (``emitted is None`` = binary). The reset
@@ -91,7 +124,9 @@ def _surrogate_step(v, emitted, current, bias, theta):
     """
     v = v + current + bias
     out = theta * _Spike.apply(v - theta, theta, False)
-    if emitted is not None:
+    if bipolar:
+        out = out - theta * _Spike.apply(-v, theta, True)
+    elif emitted is not None:
         retract = _Spike.apply(-v, theta, True) * (emitted > 0).to(v.dtype)
         out = out - theta * retract
         emitted = emitted + out.detach()
@@ -130,10 +165,13 @@ class IFNeuron(nn.Module):
     """Integrate-and-fire neuron with soft reset; one call = one time step."""
 
     def __init__(self, threshold, name: str = "", *, v_init: float = 0.5, upper: Optional[float] = None,
-                 mask_ratio: float = 0.0, mask_seed: int = 0, mask_rescale: bool = True, signed: bool = False):
+                 mask_ratio: float = 0.0, mask_seed: int = 0, mask_rescale: bool = True, signed: bool = False,
+                 bipolar: bool = False, levels: int = 1):
         super().__init__()
         if not 0.0 <= mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+        if int(levels) != levels or int(levels) < 1:
+            raise ValueError(f"neuron {name!r}: levels must be a positive integer, got {levels!r}")
         theta = torch.as_tensor(threshold, dtype=torch.float32).detach().clone()
         if (theta <= 0).any() or not torch.isfinite(theta).all():
             raise ValueError(f"neuron {name!r}: thresholds must be finite and > 0")
@@ -144,7 +182,9 @@ class IFNeuron(nn.Module):
         self.mask_ratio = float(mask_ratio)
         self.mask_seed = int(mask_seed)
         self.mask_rescale = bool(mask_rescale)
-        self.signed = bool(signed)
+        self.bipolar = bool(bipolar)
+        self.signed = bool(signed) and not self.bipolar  # a bipolar neuron has negative spikes anyway
+        self.levels = int(levels)
         self.record = False  # count spikes (for firing rates); off in the hot path by default
         self.register_buffer("bias", None)
         self.register_buffer("v_offset", None)
@@ -166,6 +206,18 @@ class IFNeuron(nn.Module):
         self.neuron_steps = 0.0  # number of (neuron, step) pairs seen, for the firing rate
         self._generator: Optional[torch.Generator] = None
         self.emitted: Optional[torch.Tensor] = None  # signed: net charge sent so far
+
+    @property
+    def bits_per_step(self) -> float:
+        """Information one neuron sends per step: log2 of the number of distinct spike values."""
+        import math
+
+        values = self.levels + 1 if not (self.signed or self.bipolar) else 2 * self.levels + 1
+        return math.log2(values)
+
+    @property
+    def _needs_emitted(self) -> bool:
+        return self.signed
 
     def _mask(self, like: torch.Tensor) -> torch.Tensor:
         if self._generator is None or self._generator.device != like.device:
@@ -196,6 +248,13 @@ class IFNeuron(nn.Module):
         masking is not part of it (export refuses masked neurons).
         """
         bias = self.bias if self.bias is not None else self._zero(current)
+        if self.levels > 1:
+            out, v, emitted = _multilevel_step(state[0], state[1] if self.signed else None, current, bias,
+                                               self.threshold, self.levels, self.bipolar)
+            return out, ((v, emitted) if self.signed else (v,))
+        if self.bipolar:
+            out, v = _bipolar_step(state[0], current, bias, self.threshold)
+            return out, (v,)
         if self.signed:
             out, v, emitted = _signed_step(state[0], state[1], current, bias, self.threshold)
             return out, (v, emitted)
@@ -213,12 +272,19 @@ class IFNeuron(nn.Module):
         theta = self.threshold
         if self.v is None:
             self.v = torch.empty_like(current).copy_(self.initial_potential().expand_as(current))
-        if current.requires_grad and torch.is_grad_enabled():
+        training = current.requires_grad and torch.is_grad_enabled()
+        if training and self.levels > 1:
+            raise NotImplementedError(f"neuron {self.name!r}: surrogate-gradient training of multi-level "
+                                      "neurons is not supported (convert with levels=1 to fine-tune)")
+        if not training and (self.levels > 1 or self.bipolar):
+            return self._forward_functional(current)
+        if training:
             # training (surrogate-gradient BPTT): out-of-place, differentiable step
             if self.signed and self.emitted is None:
                 self.emitted = torch.zeros_like(current)
             bias = self.bias if self.bias is not None else self._zero(current)
-            out, self.v, emitted = _surrogate_step(self.v, self.emitted if self.signed else None, current, bias, theta)
+            out, self.v, emitted = _surrogate_step(self.v, self.emitted if self.signed else None, current, bias, theta,
+                                                   self.bipolar)
             self.emitted = emitted if self.signed else None
             return self._finish(out)
         if _compile_state["enabled"] and current.numel() >= COMPILE_MIN_ELEMENTS:
@@ -247,9 +313,25 @@ class IFNeuron(nn.Module):
         v.sub_(out)
         return self._finish(out)
 
+    def _forward_functional(self, current: torch.Tensor) -> torch.Tensor:
+        # bipolar and multi-level neurons: the pure step (fused for large layers)
+        if self.signed and self.emitted is None:
+            self.emitted = torch.zeros_like(current)
+        bias = self.bias if self.bias is not None else self._zero(current)
+        if self.levels > 1:
+            out, self.v, emitted = run_fused(_multilevel_step, self.v, self.emitted, current, bias, self.threshold,
+                                             self.levels, self.bipolar)
+            if self.signed:
+                self.emitted = emitted
+        else:
+            out, self.v = run_fused(_bipolar_step, self.v, current, bias, self.threshold)
+        return self._finish(out)
+
     def _finish(self, out: torch.Tensor) -> torch.Tensor:
         if self.record:
-            self.spike_count += float((out != 0).sum())
+            # a multi-level neuron's step of n spikes counts n (synaptic events)
+            self.spike_count += float((out.abs() / self.threshold).round().sum()) if self.levels > 1 \
+                else float((out != 0).sum())
             self.neuron_steps += out.numel()
         if self.mask_ratio > 0.0:
             out = out * self._mask(out)
@@ -262,7 +344,13 @@ class IFNeuron(nn.Module):
 
     def config(self) -> dict:
         return {"name": self.name, "v_init": self.v_init, "upper": self.upper, "mask_ratio": self.mask_ratio,
-                "mask_seed": self.mask_seed, "mask_rescale": self.mask_rescale, "signed": self.signed}
+                "mask_seed": self.mask_seed, "mask_rescale": self.mask_rescale, "signed": self.signed,
+                "bipolar": self.bipolar, "levels": self.levels}
+
+    def twin(self, threshold: torch.Tensor) -> "IFNeuron":
+        """A fresh neuron with this one's settings (no corrections) and another threshold."""
+        config = self.config()
+        return IFNeuron(threshold, **config)
 
     @classmethod
     def from_config(cls, config: dict, tensors: dict[str, torch.Tensor]) -> "IFNeuron":
@@ -273,4 +361,6 @@ class IFNeuron(nn.Module):
     def extra_repr(self) -> str:
         th = f"{float(self.threshold):.4g}" if self.threshold.numel() == 1 else f"per-channel{tuple(self.threshold.shape)}"
         extra = "".join(f", {k}=per-channel" for k in ("bias", "v_offset") if getattr(self, k) is not None)
-        return f"name={self.name!r}, threshold={th}, v_init={self.v_init}, mask_ratio={self.mask_ratio}{extra}"
+        kind = "".join(f", {k}=True" for k in ("signed", "bipolar") if getattr(self, k))
+        kind += f", levels={self.levels}" if self.levels > 1 else ""
+        return f"name={self.name!r}, threshold={th}, v_init={self.v_init}, mask_ratio={self.mask_ratio}{kind}{extra}"

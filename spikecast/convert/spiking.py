@@ -1,8 +1,10 @@
 """Stage 4: calibrated graph -> spiking graph.
 
-Every activation site becomes an :class:`IFNeuron` with the site's calibrated threshold; max-pools
-left inside the spiking part (on spikes, or on a time-varying current) become
-:class:`SpikingMaxPool` with a warning naming them; any other op that cannot run per step raises
+Every activation site becomes an :class:`IFNeuron` with the site's calibrated threshold (a bipolar
+neuron for a bipolar site); max-pools left inside the spiking part (on spikes, or on a
+time-varying current) become :class:`SpikingMaxPool` with a warning naming them; every other
+non-linear op inside the spiking part runs with expectation compensation
+(:mod:`spikecast.convert.compensation`), or, with ``compensate=False``, raises
 :class:`UnsupportedOperationError` listing each offender's module path.
 """
 
@@ -17,6 +19,7 @@ from typing import Optional, Sequence
 import torch.fx as fx
 from torch import nn
 
+from spikecast.convert.compensation import ExpectationDifference, RunningMean, compensate as compensate_ops
 from spikecast.convert.maxpool import SpikingMaxPool
 from spikecast.convert.neuron import IFNeuron
 from spikecast.errors import UnsupportedOperationError, UnsupportedSite
@@ -26,6 +29,8 @@ from spikecast.graph.sites import attr_name, site_nodes
 from spikecast.graph.trace import module_path, op_name
 
 POOLS = "pools"
+#: Modules of a spiking graph that keep state across steps (reset before every simulation).
+STATEFUL_MODULES = (IFNeuron, SpikingMaxPool, RunningMean, ExpectationDifference)
 
 
 @dataclass(frozen=True)
@@ -33,7 +38,8 @@ class NeuronConfig:
     """Neuron settings applied at conversion.
 
     ``mask_sites``: site names or glob patterns that get random spike masking (``None`` = all
-    sites when ``mask_ratio > 0``).
+    sites when ``mask_ratio > 0``). ``levels``: spikes a neuron may send per step (multi-threshold
+    neurons; the site's range is split into ``levels`` thresholds).
     """
 
     v_init: float = 0.5
@@ -42,6 +48,11 @@ class NeuronConfig:
     mask_seed: int = 0
     mask_rescale: bool = True
     signed: bool = False
+    levels: int = 1
+
+    def __post_init__(self):
+        if int(self.levels) != self.levels or int(self.levels) < 1:
+            raise ValueError(f"levels must be a positive integer, got {self.levels!r}")
 
     def masks(self, site_name: str) -> bool:
         if self.mask_ratio <= 0:
@@ -52,21 +63,30 @@ class NeuronConfig:
 
 
 def to_spiking(gm: fx.GraphModule, neuron: NeuronConfig = NeuronConfig(), *,
-               input_varies: bool = False) -> fx.GraphModule:
-    """Swap calibrated sites for IF neurons; returns a new graph module (``gm`` is untouched)."""
+               input_varies: bool = False, compensate: bool = True) -> fx.GraphModule:
+    """Swap calibrated sites for IF neurons; returns a new graph module (``gm`` is untouched).
+
+    ``compensate``: run non-linear ops inside the spiking part with expectation compensation;
+    ``False`` raises :class:`UnsupportedOperationError` naming them instead."""
     unsupported = find_unsupported(gm, input_varies)
-    if unsupported:
+    if unsupported and not compensate:
         raise UnsupportedOperationError(unsupported)
     out = fresh_copy(gm)
+    if unsupported:
+        names = {u.node for u in unsupported}
+        offenders = [n for n in out.graph.nodes if n.name in names]
+        compensate_ops(out, offenders, time_varying_nodes(out, input_varies), module_path)
     for k, (node, site) in enumerate(site_nodes(out)):
         theta = getattr(site, "threshold", None)
         if theta is None:
             raise ValueError(f"site {site.name} has no threshold: calibrate the graph first")
         masked = neuron.masks(site.name)
+        if neuron.levels > 1:  # the site's range split into `levels` spike sizes
+            theta = theta / neuron.levels
         spiking = IFNeuron(theta, site.name, v_init=neuron.v_init, upper=site.upper,
                            mask_ratio=neuron.mask_ratio if masked else 0.0,
                            mask_seed=neuron.mask_seed + k, mask_rescale=neuron.mask_rescale,
-                           signed=neuron.signed)
+                           signed=neuron.signed, bipolar=getattr(site, "bipolar", False), levels=neuron.levels)
         key = node.target.split(".", 1)[1]
         setattr(out.sites, key, spiking)
     _replace_varying_maxpools(out, input_varies)

@@ -8,6 +8,9 @@ Pure passes over ``fx.GraphModule`` (each returns a new module and leaves its in
 * :func:`insert_activation_sites` - every ReLU-like op becomes an :class:`ActivationSite`.
 * :func:`move_maxpool_before_sites` - ``maxpool(relu(x)) == relu(maxpool(x))``; moving the pool
   before the site makes it exact in the SNN.
+* :func:`insert_spike_sites` - a weighted layer that would read an analog value made by a
+  non-linear op (GELU, LayerNorm, attention, ...) reads a bipolar site instead, so that every
+  weighted layer past the input is driven by spikes.
 * :func:`find_unsupported` - lists every op that cannot run in the spiking part.
 
 :func:`normalize` runs them in order.
@@ -26,10 +29,11 @@ from torch import nn
 
 from spikecast.errors import UnsupportedSite
 from spikecast.graph import ops
-from spikecast.graph.sites import ActivationSite, attr_name, container, site_nodes
+from spikecast.graph.sites import SITES, ActivationSite, attr_name, container, site_nodes
 from spikecast.graph.trace import _set_attr, module_path, module_type, op_name
 
 aten = torch.ops.aten
+SITES_PREFIX = SITES + "."
 
 
 def fresh_copy(gm: fx.GraphModule) -> fx.GraphModule:
@@ -249,7 +253,7 @@ def move_maxpool_before_sites(gm: fx.GraphModule) -> fx.GraphModule:
         else:
             name = f"{site.name}@pooled"
             key = attr_name(name, taken)
-            box.add_module(key, ActivationSite(name, op=site.op, upper=site.upper))
+            box.add_module(key, ActivationSite(name, op=site.op, upper=site.upper, bipolar=site.bipolar))
             target = f"sites.{key}"
         if pooled is None:
             for user in list(pool.users):
@@ -277,6 +281,55 @@ def move_maxpool_before_sites(gm: fx.GraphModule) -> fx.GraphModule:
 
 
 # --------------------------------------------------------------------------------------------
+def analog_nodes(gm: fx.GraphModule) -> set[fx.Node]:
+    """Nodes whose value comes from a non-linear op other than an activation site without a site
+    in between: the values a weighted layer would read as analog numbers (not spikes) in the SNN.
+    The network input is not one of them (the first layer reads it, as in every converter)."""
+    everything = {n for n in gm.graph.nodes if n.op not in ("get_attr", "output")}
+    analog: set[fx.Node] = set()
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or ops.is_shape_op(node):
+            continue
+        if ops.packet(node) not in ops.MAXPOOLS and unsupported_reason(node, everything) is not None:
+            analog.add(node)
+        elif any(a in analog for a in node.all_input_nodes):
+            analog.add(node)
+    return analog
+
+
+def insert_spike_sites(gm: fx.GraphModule) -> fx.GraphModule:
+    """Put a bipolar :class:`ActivationSite` on every analog input of a weighted layer.
+
+    In a ReLU network every weighted layer past the first already reads spikes. In a GELU / LayerNorm
+    / attention network the non-linear ops run as compensated ops (see
+    :mod:`spikecast.convert.compensation`) whose outputs are analog; the bipolar neuron placed here
+    turns such a value back into spikes, so the layer's synaptic operations stay accumulate-only. A
+    value read by several weighted layers gets one shared site. ReLU networks get none.
+    """
+    gm = fresh_copy(gm)
+    analog = analog_nodes(gm)
+    box = container(gm)
+    taken = set(dict(box.named_children()))
+    made: dict[fx.Node, fx.Node] = {}
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or ops.packet(node) not in ops.WEIGHTED or not node.args:
+            continue
+        src = node.args[0]
+        if not isinstance(src, fx.Node) or src not in analog:
+            continue
+        if src not in made:
+            name = f"{module_path(node) or node.name}:input"
+            key = attr_name(name, taken)
+            box.add_module(key, ActivationSite(name, op="spike input", bipolar=True))
+            with gm.graph.inserting_after(src):
+                site = gm.graph.call_module(f"{SITES_PREFIX}{key}", (src,))
+            site.meta = copy.copy(src.meta)
+            site.meta["nn_module_stack"] = node.meta.get("nn_module_stack", {})
+            made[src] = site
+        node.args = (made[src],) + tuple(node.args[1:])
+    return _finish(gm)
+
+
 def time_varying_nodes(gm: fx.GraphModule, input_varies: bool = False) -> set[fx.Node]:
     """Nodes whose value changes from step to step in the SNN: everything downstream of a site
     (and of the input when the input itself is spike-encoded)."""
@@ -331,9 +384,11 @@ def unsupported_reason(node: fx.Node, varying: set[fx.Node]) -> Optional[str]:
 
 # --------------------------------------------------------------------------------------------
 def normalize(gm: fx.GraphModule) -> fx.GraphModule:
-    """Run all normalisation passes: identities, BN folding, activation sites, max-pool order."""
+    """Run all normalisation passes: identities, BN folding, activation sites, max-pool order,
+    spike inputs of weighted layers."""
     gm = remove_identities(gm)
     gm = fold_batchnorm(gm)
     gm = insert_activation_sites(gm)
     gm = move_maxpool_before_sites(gm)
+    gm = insert_spike_sites(gm)
     return gm

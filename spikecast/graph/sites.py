@@ -20,21 +20,30 @@ SITES = "sites"  # name of the container submodule holding all sites / neurons
 
 
 class ActivationSite(nn.Module):
-    """A ReLU-like activation ``clamp(x, 0, upper)`` at a named place of the network."""
+    """A ReLU-like activation ``clamp(x, 0, upper)`` at a named place of the network.
 
-    def __init__(self, name: str, op: str, upper: Optional[float] = None):
+    A ``bipolar`` site is not an activation of the ANN but a place where an analog value with a
+    negative range (the output of GELU, LayerNorm, attention...) enters a weighted layer: in the
+    ANN it is the identity, in the SNN a bipolar neuron, so that the weighted layer is driven by
+    spikes.
+    """
+
+    def __init__(self, name: str, op: str, upper: Optional[float] = None, bipolar: bool = False):
         super().__init__()
         self.name = name
-        self.op = op  # the op it was made from, e.g. "aten.relu", "aten.hardtanh(0, 6)"
+        self.op = op  # the op it was made from, e.g. "aten.relu", "aten.hardtanh(0, 6)", "spike input"
         self.upper = None if upper is None else float(upper)
+        self.bipolar = bool(bipolar)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bipolar:
+            return x
         if self.upper is None:
             return torch.relu(x)
         return torch.clamp(x, 0.0, self.upper)
 
     def extra_repr(self) -> str:
-        return f"name={self.name!r}, upper={self.upper}"
+        return f"name={self.name!r}, upper={self.upper}" + (", bipolar=True" if self.bipolar else "")
 
 
 def attr_name(readable: str, taken: set[str]) -> str:

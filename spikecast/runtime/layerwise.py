@@ -19,8 +19,8 @@ from typing import Callable, Optional
 import torch
 import torch.fx as fx
 
-from spikecast.convert.maxpool import SpikingMaxPool
 from spikecast.convert.neuron import IFNeuron, run_fused
+from spikecast.convert.spiking import STATEFUL_MODULES
 from spikecast.runtime.encoding import PoissonEncoder
 
 StepHook = Callable[[slice, int, torch.Tensor, torch.Tensor], None]  # (images, t, current, output)
@@ -30,8 +30,9 @@ def _decode(signs: torch.Tensor, amplitude: torch.Tensor) -> torch.Tensor:
     return signs.to(torch.float32) * amplitude  # keeps the stored (NHWC) layout
 
 
-def _encode(out: torch.Tensor) -> torch.Tensor:
-    return torch.sign(out).to(torch.int8)
+def _encode(out: torch.Tensor, amplitude: torch.Tensor) -> torch.Tensor:
+    # spikes per step (multi-level neurons send up to `levels`; negative for signed / bipolar ones)
+    return torch.round(out / amplitude).to(torch.int8)
 
 
 def _amplitude(neuron: IFNeuron) -> torch.Tensor:
@@ -119,10 +120,11 @@ class LayerwiseSimulation:
 
         part, inputs = self._parts[k]
         neuron = self.neuron(k)
-        stateful = [m for m in part.modules() if isinstance(m, (IFNeuron, SpikingMaxPool))]
+        stateful = [m for m in part.modules() if isinstance(m, STATEFUL_MODULES)]
         total, count = None, 0
         signs_all = None
         T = self.timesteps
+        amplitude = _amplitude(neuron).to(self.x.device)
         with torch.inference_mode():
             n = len(self.x) if limit is None else min(int(limit), len(self.x))
             for start in range(0, n, self.batch_size):
@@ -147,9 +149,9 @@ class LayerwiseSimulation:
                     if record:
                         if signs_all is None:
                             signs_all = self._record_buffer(T, out)
-                        signs_all[t, sl].copy_(run_fused(_encode, out))
+                        signs_all[t, sl].copy_(run_fused(_encode, out, amplitude))
         if record:
-            self._records[self.nodes[k].name] = (signs_all, _amplitude(neuron).to(signs_all.device))
+            self._records[self.nodes[k].name] = (signs_all, amplitude.to(signs_all.device))
         return total / count
 
     def _record_buffer(self, T: int, like: torch.Tensor) -> torch.Tensor:

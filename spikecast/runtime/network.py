@@ -22,13 +22,16 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from spikecast.convert.compensation import ExpectationDifference, RunningMean
 from spikecast.convert.maxpool import SpikingMaxPool
 from spikecast.convert.neuron import IFNeuron
+from spikecast.convert.spiking import STATEFUL_MODULES
 from spikecast.graph import serialize
 from spikecast.graph.normalize import time_varying_nodes
 from spikecast.runtime.encoding import ENCODINGS, PoissonEncoder
 
-MODULE_TYPES = {"IFNeuron": IFNeuron, "SpikingMaxPool": SpikingMaxPool}
+MODULE_TYPES = {"IFNeuron": IFNeuron, "SpikingMaxPool": SpikingMaxPool, "RunningMean": RunningMean,
+                "ExpectationDifference": ExpectationDifference}
 CONFIG_FILE, WEIGHTS_FILE = "spikecast.json", "weights.safetensors"
 
 
@@ -86,7 +89,7 @@ class SpikingNetwork(nn.Module):
         return out
 
     def stateful_modules(self) -> list[nn.Module]:
-        return [m for m in self.graph_module.modules() if isinstance(m, (IFNeuron, SpikingMaxPool))]
+        return [m for m in self.graph_module.modules() if isinstance(m, STATEFUL_MODULES)]
 
     def reset(self) -> None:
         for m in self.stateful_modules():
