@@ -58,10 +58,12 @@ class TinyNet(nn.Module):
 
 def test_registry_lists_the_families() -> None:
     assert list_models("cifar10-*") == [
+        "cifar10-convnext-nano",
         "cifar10-resnet20",
         "cifar10-resnet32",
         "cifar10-resnet44",
         "cifar10-resnet56",
+        "cifar10-vit-tiny",
     ]
     assert "digits-cnn" in list_models()
     assert is_model("cifar10-resnet20") and not is_model("resnet20")
@@ -98,6 +100,32 @@ def test_create_model_errors(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
     monkeypatch.setenv("SPIKECAST_SHARED", str(tmp_path / "empty"))
     with pytest.raises(FileNotFoundError, match="SPIKECAST_SHARED"):
         create_model("cifar10-resnet20", pretrained=True)
+
+
+@pytest.mark.parametrize(("name", "num_params"), [
+    ("cifar10-vit-tiny", 460_906),
+    ("cifar10-convnext-nano", 569_210),
+])
+def test_cifar_timm_models(name: str, num_params: int, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    info = model_info(name)
+    assert info.input_size == (3, 32, 32) and info.num_classes == 10 and info.dataset == "cifar10"
+    assert info.mean == (0.485, 0.456, 0.406) and info.std == (0.229, 0.224, 0.225)
+    torch.manual_seed(0)
+    model = create_model(name)
+    assert type(model).__module__.startswith("timm.") and not model.training
+    assert sum(p.numel() for p in model.parameters()) == num_params
+    with torch.inference_mode():
+        assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+    monkeypatch.setenv("SPIKECAST_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(FileNotFoundError, match=rf"{name}-v1\.safetensors.*benchmarks/train_cifar_zoo\.py {name}"):
+        create_model(name, pretrained=True)
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+              str(tmp_path / "cache" / f"{name}-v1.safetensors"))
+    loaded = create_model(name, pretrained=True)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
 
 
 # --------------------------------------------------------------------------- shared CIFAR-10 weights

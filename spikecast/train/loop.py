@@ -5,7 +5,8 @@ Both fine-tuning routes (QCFS on the ANN graph, surrogate-gradient BPTT on the S
 forward and ``backward`` (the SNN route calls ``backward`` once per truncation window, so it owns
 the backward pass); the loop owns everything else:
 
-* SGD with momentum and a cosine learning-rate schedule, stepped per batch;
+* SGD with momentum (or, as an option, AdamW) and a cosine learning-rate schedule, stepped per
+  batch, optionally after a linear warm-up;
 * a deterministic epoch order: in-memory data is shuffled and augmented (random crop with zero
   padding, horizontal flip) from a generator seeded by ``(seed, epoch)``, so a resumed run sees
   the same batches as an uninterrupted one;
@@ -19,7 +20,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Union
 
@@ -33,6 +34,10 @@ from spikecast.progress import progress_bar
 CHECKPOINT_FILE = "finetune.pt"
 
 AUGMENTATIONS = ("auto", "crop-flip", "crop", "none")
+OPTIMIZERS = ("sgd", "adamw")
+# Options added after the first release: left out of repr() while at their defaults, so the
+# fingerprints (built from repr) of existing fine-tuning checkpoints stay the same.
+_LATER_OPTIONS = ("optimizer", "warmup_epochs")
 
 BatchStep = Callable[[torch.Tensor, torch.Tensor], tuple[float, torch.Tensor]]
 
@@ -54,6 +59,15 @@ class TrainConfig:
     # the first QCFS / SNN steps see large gradients (the quantised network starts far from the
     # float one); clipping the global norm keeps them from throwing the weights off
     max_grad_norm: Optional[float] = 5.0
+    # "sgd" (momentum above) or "adamw" (betas 0.9 / 0.999; weight_decay decoupled, as AdamW does)
+    optimizer: str = "sgd"
+    # linear warm-up from ~0 to lr over this many epochs (may be fractional), then the cosine decay
+    # over the remaining steps; 0 = cosine from the first step
+    warmup_epochs: float = 0.0
+
+    def __repr__(self) -> str:
+        shown = [f for f in fields(self) if f.name not in _LATER_OPTIONS or getattr(self, f.name) != f.default]
+        return f"{type(self).__name__}(" + ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in shown) + ")"
 
     def __post_init__(self):
         if not self.epochs > 0:
@@ -64,6 +78,10 @@ class TrainConfig:
             raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {self.augment!r}")
         if int(self.batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if not self.warmup_epochs >= 0:
+            raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
 
 
 @dataclass
@@ -138,6 +156,14 @@ def cosine_lr(base: float, step: int, total: int) -> float:
     return 0.5 * base * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
 
 
+def scheduled_lr(base: float, step: int, total: int, warmup: int = 0) -> float:
+    """Linear warm-up over ``warmup`` steps (``base * (step + 1) / warmup``), then cosine decay over
+    the remaining ``total - warmup`` steps; ``warmup=0`` is :func:`cosine_lr`."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return cosine_lr(base, step - warmup, total - warmup)
+
+
 def train(
     module: nn.Module,
     params: list[nn.Parameter],
@@ -162,13 +188,17 @@ def train(
     no_decay = {id(p) for p in params if p.dim() <= 1 or getattr(p, "_spikecast_no_decay", False)}
     groups = [{"params": [p for p in params if id(p) not in no_decay], "weight_decay": config.weight_decay},
               {"params": [p for p in params if id(p) in no_decay], "weight_decay": 0.0}]
-    optimizer = torch.optim.SGD([g for g in groups if g["params"]], lr=config.lr, momentum=config.momentum)
+    if config.optimizer == "adamw":
+        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr)
+    else:
+        optimizer = torch.optim.SGD([g for g in groups if g["params"]], lr=config.lr, momentum=config.momentum)
     _, per_epoch = epoch_batches(data, config, 0)
     if per_epoch is None:
         raise ValueError("fine-tuning data must have a length (a DataLoader, TensorBatches or (x, y) tensors)")
     whole, part = int(config.epochs), config.epochs - int(config.epochs)
     epoch_lengths = [per_epoch] * whole + ([max(1, round(part * per_epoch))] if part > 1e-9 else [])
     total_steps = sum(epoch_lengths)
+    warmup_steps = min(round(config.warmup_epochs * per_epoch), total_steps)
     history, start_epoch, step = TrainHistory(), 0, 0
 
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir is not None else None
@@ -198,7 +228,7 @@ def train(
                 if y is None:
                     raise ValueError("fine-tuning needs labelled batches (x, y)")
                 for g in optimizer.param_groups:
-                    g["lr"] = cosine_lr(config.lr, step, total_steps)
+                    g["lr"] = scheduled_lr(config.lr, step, total_steps, warmup_steps)
                 optimizer.zero_grad(set_to_none=True)
                 loss, logits = batch_step(x, y)
                 if config.max_grad_norm is not None:
