@@ -9,10 +9,21 @@ Every operation is listed in graph order with its module path in the source mode
   absorbed into it);
 * ``affine, runs per step`` - kept BatchNorm, add, cat, pad, average pooling, reshapes...;
 * ``IF neuron`` - a ReLU-like activation, replaced by an integrate-and-fire neuron whose threshold
-  comes from calibration;
+  comes from calibration; ``bipolar IF neuron`` - the spike input of a weighted layer that reads an
+  analog value (after GELU, LayerNorm, attention...);
+* ``compensated`` - a non-linear op (GELU, LayerNorm, softmax, Q·Kᵀ...) inside the spiking part:
+  it runs on the running means of its inputs at every step (expectation compensation) - dense
+  multiply-accumulates, not spike-driven;
 * ``max-pool: exact`` (static, or moved before the neuron) / ``max-pool: spiking max-pool, stateful
   (warning)`` (its input varies per step: :class:`~spikecast.convert.maxpool.SpikingMaxPool`);
-* ``UNSUPPORTED: <reason>`` - conversion will refuse the model; nothing is ever hidden.
+* ``UNSUPPORTED: <reason>`` - with ``compensate=False``, conversion will refuse the model; nothing
+  is ever hidden.
+
+Weighted layers inside the spiking part are marked ``spike-driven`` (they read only spikes: each
+input event is an accumulate) or ``dense input`` (they read analog values: multiply-accumulates);
+the report's ``spike_driven_share`` is the share of the per-step operations (multiply-accumulates
+of a dense run, from torch's flop counter; one per output element for elementwise and
+normalisation ops) done by spike-driven layers.
 
 >>> report = spikecast.inspect("zoo:cifar10-resnet20")      # doctest: +SKIP
 >>> print(report.table()); report.ok                        # doctest: +SKIP
@@ -39,6 +50,7 @@ from spikecast.models import ModelLike, default_input_shape, resolve_model
 # Row kinds (``InspectionRow.kind``), stable strings for programs reading ``to_dict()``.
 STATIC, WEIGHTED, AFFINE, NEURON = "static", "weighted", "affine", "neuron"
 MAXPOOL_EXACT, MAXPOOL_SPIKING, UNSUPPORTED = "maxpool-exact", "maxpool-spiking", "unsupported"
+COMPENSATED = "compensated"
 
 _BATCHNORMS = {torch.ops.aten._native_batch_norm_legit_no_training, torch.ops.aten.batch_norm}
 
@@ -55,6 +67,8 @@ class InspectionRow:
     node: str  # graph node name
     folded_bn: Optional[str] = None  # module path of the BatchNorm folded into this layer
     neuron: Optional[str] = None  # readable neuron (site) name, for IF neurons
+    spike_driven: Optional[bool] = None  # weighted layers in the spiking part: reads only spikes
+    macs: Optional[float] = None  # per image and step for a dense run (see the module docstring)
 
     @property
     def where(self) -> str:
@@ -70,6 +84,7 @@ class InspectionReport:
     encoding: str
     rows: list[InspectionRow] = field(default_factory=list)
     unsupported: list[UnsupportedSite] = field(default_factory=list)
+    compensate: bool = True
 
     @property
     def ok(self) -> bool:
@@ -80,8 +95,11 @@ class InspectionReport:
         """Warnings that do not block conversion but that a user should know about."""
         out = []
         if self.rows and self.neurons == 0:
-            out.append("warning: no ReLU-like activation found - nothing becomes a spiking neuron; the whole "
+            out.append("warning: no activation site found - nothing becomes a spiking neuron; the whole "
                        "network would run once on the analog input (it would not be a spiking network)")
+        if self.compensated_ops:
+            out.append(f"{self.compensated_ops} non-linear op(s) run with expectation compensation (dense, every "
+                       f"step); {self.spike_driven_share:.1%} of the per-step operations are spike-driven")
         if self.spiking_maxpools:
             out.append("warning: max-pools marked 'spiking max-pool' pool a time-varying input; conversion "
                        "replaces them with the stateful SpikingMaxPool (spikecast/convert/maxpool.py) and warns: "
@@ -111,6 +129,17 @@ class InspectionReport:
     def spiking_maxpools(self) -> int:
         return self.count(MAXPOOL_SPIKING)
 
+    @property
+    def compensated_ops(self) -> int:
+        return self.count(COMPENSATED)
+
+    @property
+    def spike_driven_share(self) -> float:
+        """Share of the per-step operations (dense MACs) done by spike-driven weighted layers."""
+        driven = sum(r.macs or 0.0 for r in self.rows if r.kind == WEIGHTED and r.spike_driven)
+        total = sum(r.macs or 0.0 for r in self.rows if r.kind in (WEIGHTED, COMPENSATED))
+        return driven / total if total else 1.0
+
     def summary(self) -> str:
         parts = [
             _plural(len(self.rows), "op"),
@@ -121,7 +150,10 @@ class InspectionReport:
         ]
         if self.spiking_maxpools:
             parts.append(_plural(self.spiking_maxpools, "spiking max-pool"))
+        if self.compensated_ops:
+            parts.append(f"{self.compensated_ops} compensated")
         parts.append(f"{len(self.unsupported)} unsupported")
+        parts.append(f"{self.spike_driven_share:.0%} of per-step ops spike-driven")
         verdict = "convertible" if self.ok else "NOT convertible"
         return f"{self.model}: {verdict} - " + ", ".join(parts)
 
@@ -156,6 +188,7 @@ class InspectionReport:
             "summary": {"ops": len(self.rows), "neurons": self.neurons, "weighted_layers": self.weighted_layers,
                         "folded_batchnorms": self.folded_batchnorms, "static_ops": self.static_ops,
                         "spiking_maxpools": self.spiking_maxpools,
+                        "compensated": self.compensated_ops, "spike_driven_share": self.spike_driven_share,
                         "unsupported": len(self.unsupported)},
             "notes": self.notes,
             "rows": [asdict(r) for r in self.rows],
@@ -206,16 +239,25 @@ def _spiking_pools(gm: fx.GraphModule, input_varies: bool) -> Optional[set[str]]
     return {m.name.rsplit(":", 1)[-1] for m in spiking.modules() if isinstance(m, SpikingMaxPool)}
 
 
+def _is_site(node: fx.Node) -> bool:
+    return node.op == "call_module" and str(node.target).startswith(SITES + ".")
+
+
 def _describe(gm: fx.GraphModule, node: fx.Node, varying: set[fx.Node], bad: dict[str, UnsupportedSite],
-              spiking_pools: Optional[set[str]]) -> tuple[str, str, Optional[str], Optional[str]]:
+              spiking_pools: Optional[set[str]], compensate: bool) -> tuple[str, str, Optional[str], Optional[str]]:
     """(kind, action, folded BN path, neuron name) of one listed node."""
     meta = node.meta.get("spikecast", {})
     folded = meta.get("folded_bn")
-    if node.op == "call_module" and str(node.target).startswith(SITES + "."):
+    if _is_site(node):
         site = gm.get_submodule(node.target)
+        if getattr(site, "bipolar", False):
+            return NEURON, "bipolar IF neuron (spike input of a weighted layer that reads an analog value)", \
+                None, site.name
         clip = f", clip {site.upper:g}" if site.upper is not None else ""
         return NEURON, f"IF neuron (threshold from calibration{clip})", None, site.name
     if node.name in bad:
+        if compensate:
+            return COMPENSATED, "compensated: runs on the running means of its inputs (dense, every step)", folded, None
         return UNSUPPORTED, f"UNSUPPORTED: {bad[node.name].reason}", folded, None
     packet = ops.packet(node)
     is_pool = packet in ops.MAXPOOLS
@@ -230,7 +272,8 @@ def _describe(gm: fx.GraphModule, node: fx.Node, varying: set[fx.Node], bad: dic
         suffix = f" ({'; '.join(detail)})" if detail else ""
         return STATIC, f"static prefix: computed once{suffix}", folded, None
     if packet in ops.WEIGHTED:
-        return WEIGHTED, "weighted layer" + (f" (BN folded: {folded})" if folded else ""), folded, None
+        feed = "spike-driven" if ops.spike_driven(node, _is_site) else "dense input"
+        return WEIGHTED, f"weighted layer, {feed}" + (f" (BN folded: {folded})" if folded else ""), folded, None
     if is_pool:
         if spiking_pools is not None:
             stateful = node.name in spiking_pools
@@ -249,7 +292,7 @@ def _describe(gm: fx.GraphModule, node: fx.Node, varying: set[fx.Node], bad: dic
 
 def inspect(model: ModelLike, input_shape: Optional[Sequence[int]] = None, example: Optional[torch.Tensor] = None,
             checkpoint: Optional[Union[str, Path]] = None, pretrained: Optional[bool] = None,
-            encoding: str = "analog") -> InspectionReport:
+            encoding: str = "analog", compensate: bool = True) -> InspectionReport:
     """Trace and normalise ``model`` and report what conversion will do with every operation.
 
     Args:
@@ -261,6 +304,8 @@ def inspect(model: ModelLike, input_shape: Optional[Sequence[int]] = None, examp
         pretrained: load the default weights (default False: inspection needs only the structure).
         encoding: ``"analog"`` (the input is presented as is: ops on it form a static prefix,
             computed once) or ``"poisson"`` (the input is spike-encoded and varies per step).
+        compensate: non-linear ops inside the spiking part are compensated (as conversion does by
+            default); ``False`` lists them as unsupported (``convert(..., compensate=False)``).
 
     Returns:
         An :class:`InspectionReport`; ``report.ok`` is False when any op cannot be converted, and
@@ -290,17 +335,20 @@ def inspect(model: ModelLike, input_shape: Optional[Sequence[int]] = None, examp
     gm = normalize(trace(ann, example[:2]))
     input_varies = encoding != "analog"
     varying = time_varying_nodes(gm, input_varies)
-    unsupported = find_unsupported(gm, input_varies)
-    bad = {site.node: site for site in unsupported}
+    offenders = find_unsupported(gm, input_varies)
+    bad = {site.node: site for site in offenders}
+    unsupported = [] if compensate else offenders
     spiking_pools = _spiking_pools(gm, input_varies) if not unsupported else None
     report = InspectionReport(model=name, input_shape=tuple(input_shape), encoding=encoding,
-                              unsupported=unsupported)
+                              unsupported=unsupported, compensate=compensate)
+    macs = ops.node_macs(gm, example[:1])
     for node in gm.graph.nodes:
         if _skipped(node):
             continue
-        kind, action, folded, neuron = _describe(gm, node, varying, bad, spiking_pools)
+        kind, action, folded, neuron = _describe(gm, node, varying, bad, spiking_pools, compensate)
         op = gm.get_submodule(node.target).op if kind == NEURON else op_name(node)
+        driven = ops.spike_driven(node, _is_site) if kind == WEIGHTED else None
         report.rows.append(InspectionRow(index=len(report.rows) + 1, path=module_path(node), op=op,
                                          action=action, kind=kind, node=node.name, folded_bn=folded,
-                                         neuron=neuron))
+                                         neuron=neuron, spike_driven=driven, macs=macs.get(node.name)))
     return report

@@ -131,9 +131,18 @@ def is_difference(gm: fx.GraphModule, node: fx.Node) -> bool:
 
 
 def compensated_nodes(gm: fx.GraphModule) -> list[fx.Node]:
-    """The ATen ops of ``gm`` that run on running means (compensated), in graph order."""
-    return [n for n in gm.graph.nodes if n.op == "call_function" and not ops.is_shape_op(n)
-            and any(is_running_mean(gm, a) for a in n.all_input_nodes)]
+    """The ATen ops of ``gm`` that run on running means (compensated), in graph order: those that
+    read a :class:`RunningMean`, or the (mean-domain) output of another compensated op."""
+    found: list[fx.Node] = []
+    mean_domain: set[fx.Node] = set()
+    for n in gm.graph.nodes:
+        if n.op != "call_function" or ops.is_shape_op(n):
+            continue
+        if any(is_running_mean(gm, a) or a in mean_domain for a in n.all_input_nodes):
+            mean_domain.add(n)
+            if n.target is not operator.getitem:
+                found.append(n)
+    return found
 
 
 def _floating(node: fx.Node) -> bool:

@@ -47,6 +47,7 @@ from torch import nn
 from spikecast.convert.maxpool import SpikingMaxPool
 from spikecast.convert.neuron import IFNeuron
 from spikecast.errors import CalibrationError
+from spikecast.graph.trace import module_path
 from spikecast.runtime.network import StepCallback, mean_outputs, parse_budgets
 
 PathLike = Union[str, os.PathLike]
@@ -330,6 +331,15 @@ def check_exportable(snn) -> None:
     if snn.config.encoding != "analog":
         raise ValueError(f"cannot export a network with {snn.config.encoding!r} input encoding to ONNX: its random "
                          "input stream is not part of the graph; convert with encoding='analog'")
+    from spikecast.convert.compensation import compensated_nodes
+
+    compensated = compensated_nodes(snn._step)
+    if compensated:
+        names = ", ".join(sorted({module_path(n) or n.name for n in compensated})[:8])
+        raise ValueError(f"cannot export the step graph of a network with {len(compensated)} compensated op(s) "
+                         f"({names}{' ...' if len(compensated) > 8 else ''}) to ONNX: their running means need the "
+                         "step index, which the step graph does not carry yet; export the ANN, or use the "
+                         "PyTorch runtime (SpikingNetwork.save / load)")
     masked = [name for name, n in snn.neurons().items() if n.mask_ratio > 0]
     if masked:
         raise ValueError(f"cannot export neuron(s) with random spike masking (mask_ratio > 0) to ONNX: "

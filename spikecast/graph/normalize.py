@@ -57,13 +57,18 @@ def _finish(gm: fx.GraphModule) -> fx.GraphModule:
 
 # --------------------------------------------------------------------------------------------
 def remove_identities(gm: fx.GraphModule) -> fx.GraphModule:
-    """Drop ops that are the identity at inference: dropout, clone, alias, detach, contiguous."""
+    """Drop ops that are the identity at inference: dropout, clone, alias, detach, contiguous (and
+    make views reshapes, which no longer depend on a dropped clone's layout)."""
     gm = fresh_copy(gm)
     identity = ops.DROPOUTS | {aten.clone, aten.alias, aten.detach, aten.contiguous, aten.lift_fresh_copy}
     for node in list(gm.graph.nodes):
         if node.op == "call_function" and ops.packet(node) in identity:
             node.replace_all_uses_with(node.args[0])
             gm.graph.erase_node(node)
+        elif node.op == "call_function" and node.target in (aten.view.default, aten._unsafe_view.default):
+            # `x.transpose(..).reshape(..)` is traced as clone + _unsafe_view: without the clone the
+            # view may not fit the strides; reshape gives the same values for any layout
+            node.target = aten.reshape.default
     return _finish(gm)
 
 

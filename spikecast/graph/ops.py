@@ -102,3 +102,66 @@ def weighted_layers(gm: fx.GraphModule) -> list[tuple[fx.Node, str, "str | None"
         bias_name = str(bias.target) if isinstance(bias, fx.Node) and bias.op == "get_attr" else None
         out.append((node, str(weight.target), bias_name))
     return out
+
+
+# Ops that move values around without computing new ones (and zero padding): spikes stay spikes.
+SPIKE_PRESERVING = {aten.view, aten.reshape, aten._unsafe_view, aten.flatten, aten.unflatten, aten.permute,
+                    aten.contiguous, aten.clone, aten.pad, aten.constant_pad_nd, aten.slice, aten.select, aten.cat,
+                    aten.stack, aten.transpose, aten.t, aten.squeeze, aten.unsqueeze, aten.alias, aten.expand,
+                    aten.split, aten.split_with_sizes, aten.chunk, aten.unbind, aten.roll, aten.flip,
+                    aten.pixel_shuffle, aten.pixel_unshuffle, aten.channel_shuffle, aten.movedim}
+
+
+def spike_driven(node: fx.Node, is_spike_source) -> bool:
+    """True when the weighted layer ``node`` reads only spikes: outputs of nodes for which
+    ``is_spike_source(n)`` holds (neurons, spiking max-pools, activation sites), moved around by
+    shape ops and zero padding. Each input event is then a weight accumulate (AC); any other input
+    is an analog value and costs multiply-accumulates (MAC)."""
+    stack, seen = [node.args[0]], set()
+    while stack:
+        cur = stack.pop()
+        if not isinstance(cur, fx.Node) or cur in seen:
+            continue
+        seen.add(cur)
+        if is_spike_source(cur):
+            continue
+        if cur.op == "call_function" and packet(cur) in SPIKE_PRESERVING:
+            stack.extend(a for a in tensor_args(cur) if a.op != "get_attr")
+        elif cur.op == "call_function" and (is_shape_op(cur) or cur.target is operator.getitem):
+            stack.extend(a for a in tensor_args(cur) if a.op != "get_attr")
+        else:
+            return False
+    return True
+
+
+def node_macs(gm: fx.GraphModule, *inputs) -> dict[str, float]:
+    """Multiply-accumulates per input item of every call_function / call_module node of ``gm``,
+    from one run on ``inputs``: FLOPs / 2 where torch's flop counter knows the op (convolutions,
+    matrix products, attention), else one per output element (elementwise ops, normalisation,
+    softmax: a lower bound of their cost)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    batch = int(inputs[0].shape[0]) if inputs and hasattr(inputs[0], "shape") and inputs[0].dim() else 1
+    out: dict[str, float] = {}
+
+    class Counter(fx.Interpreter):
+        def run_node(self, n):
+            if n.op not in ("call_function", "call_module") or is_shape_op(n) or n.target is operator.getitem:
+                return super().run_node(n)
+            with FlopCounterMode(display=False) as counter:
+                value = super().run_node(n)
+            flops = counter.get_total_flops()
+            if packet(n) is aten.scaled_dot_product_attention if n.op == "call_function" else False:
+                # (the CPU kernel is not in the flop counter's table) Q·Kᵀ and A·V: N·M·(D + Dv) MACs per head
+                q, k, v = (self.env[a] for a in n.args[:3])
+                out[n.name] = q.shape[:-1].numel() * k.shape[-2] * (q.shape[-1] + v.shape[-1]) / batch
+            elif flops:
+                out[n.name] = flops / 2 / batch
+            else:
+                tensors = value if isinstance(value, (tuple, list)) else (value,)
+                out[n.name] = sum(t.numel() for t in tensors if isinstance(t, torch.Tensor)) / batch
+            return value
+
+    with torch.inference_mode():
+        Counter(gm).run(*inputs)
+    return out

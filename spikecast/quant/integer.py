@@ -76,6 +76,10 @@ def integer_network(snn: SpikingNetwork, calib: Any = None, *, bits: int = 8, in
     if masked:
         raise ValueError("integer arithmetic needs spikes of exactly +-threshold; neurons with random spike masking: "
                          + ", ".join(repr(m) for m in masked))
+    multi = [name for name, n in snn.neurons().items() if n.levels > 1]
+    if multi:
+        raise ValueError("integer arithmetic reads spikes as their sign; multi-level neurons (levels > 1) send up to "
+                         f"`levels` spikes per step: {', '.join(repr(m) for m in multi[:5])}; convert with levels=1")
     gm = fresh_copy(snn.graph_module)
     graph = gm.graph
     inputs = [n for n in graph.nodes if n.op == "placeholder"]

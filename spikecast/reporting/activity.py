@@ -13,6 +13,9 @@ budget ``T`` of the list:
   layer fed by spikes performs accumulates (AC); a layer fed by analog values (the first conv on
   the image, a classifier after average pooling) performs multiply-accumulates (MAC). Layers of
   the static prefix run once per image, not once per step;
+* per compensated op (GELU, LayerNorm, softmax, attention products... see
+  :mod:`spikecast.convert.compensation`): its dense multiply-accumulates at every step, counted as
+  MAC (plus the running means and differences that feed it);
 * the ANN's MACs per layer (dense), for comparison.
 
 Energy (:class:`EnergyModel`, constants stated in every report): compute = MAC x E_MAC + AC x
@@ -172,30 +175,36 @@ def _weighted_nodes(gm: fx.GraphModule) -> list[fx.Node]:
     return [n for n in gm.graph.nodes if n.op == "call_function" and n.target in _CONVS | _LINEARS]
 
 
-_PASS_THROUGH = {aten.view, aten.reshape, aten._unsafe_view, aten.flatten, aten.permute, aten.contiguous,
-                 aten.clone, aten.pad, aten.constant_pad_nd, aten.slice, aten.select, aten.cat, aten.transpose,
-                 aten.squeeze, aten.unsqueeze, aten.alias, aten.expand}
-
-
 def _spike_fed(gm: fx.GraphModule, node: fx.Node) -> bool:
     """True when the layer's input is made only of spikes (neuron / spiking max-pool outputs moved
     around by shape ops and zero padding), so each input event is a weight accumulate."""
-    stack, seen = [node.args[0]], set()
-    while stack:
-        cur = stack.pop()
-        if not isinstance(cur, fx.Node) or cur in seen:
-            continue
-        seen.add(cur)
-        if cur.op == "call_module":
-            if not isinstance(gm.get_submodule(cur.target), (IFNeuron, SpikingMaxPool)):
-                return False
-        elif cur.op == "call_function" and ops.packet(cur) in _PASS_THROUGH:
-            stack.extend(a for a in ops.tensor_args(cur) if a.op != "get_attr")
-        elif cur.op == "call_function" and ops.is_shape_op(cur):
-            continue
-        else:
-            return False
-    return True
+    return ops.spike_driven(node, lambda n: n.op == "call_module"
+                            and isinstance(gm.get_submodule(n.target), (IFNeuron, SpikingMaxPool)))
+
+
+def compensated_costs(snn: SpikingNetwork, x: torch.Tensor) -> list[tuple[str, float]]:
+    """``(name, MACs per image and step)`` of every compensated op of the step graph, with its
+    running means and differences (one operation per element each): dense work done at every
+    step, whatever the spikes."""
+    from spikecast.convert.compensation import ExpectationDifference, RunningMean, compensated_nodes
+
+    step = snn._step
+    nodes = compensated_nodes(step)
+    helpers = [n for n in step.graph.nodes if n.op == "call_module"
+               and isinstance(step.get_submodule(n.target), (RunningMean, ExpectationDifference))]
+    if not nodes:
+        return []
+    snn.reset()
+    with torch.inference_mode():
+        static = snn._prefix(x[:1])
+        macs = ops.node_macs(step, x[:1], *static)
+    snn.reset()
+    out = [(f"{module_path(n) or '<top level>'}: {n.target._opname if hasattr(n.target, '_opname') else n.name} "
+            "(compensated)", macs.get(n.name, 0.0)) for n in nodes]
+    overhead = sum(macs.get(n.name, 0.0) for n in helpers)
+    if overhead:
+        out.append(("running means and differences (compensation)", overhead))
+    return out
 
 
 @contextmanager
@@ -254,7 +263,9 @@ def measure_activity(ann: torch.nn.Module, snn: SpikingNetwork, data, timesteps:
     def neuron_hook(name):
         def hook(mod, args, out):
             sums[name] = out.double() if sums[name] is None else sums[name] + out.double()
-            spikes[name] += float((out != 0).sum())
+            # a multi-level neuron's step of n spikes counts n
+            spikes[name] += float((out.abs() / mod.threshold).round().sum()) if mod.levels > 1 \
+                else float((out != 0).sum())
         return hook
 
     handles = [mod.register_forward_hook(neuron_hook(name)) for name, mod in neurons.items()]
@@ -315,6 +326,9 @@ def measure_activity(ann: torch.nn.Module, snn: SpikingNetwork, data, timesteps:
                 ops_T[t] = cumulative
         operations.append(LayerOperations(name, kind, False, ann_macs.get(name, counter.calls[n_prefix + j][1] / len(x)),
                                           ops_T))
+    for name, per_step_macs in compensated_costs(snn, x):
+        operations.append(LayerOperations(name, "MAC", False, per_step_macs,
+                                          {t: per_step_macs * t for t in budgets}))
     if len(counter.calls) != n_prefix + per_step * budgets[-1]:
         raise RuntimeError("operation counting lost track of the layer calls "
                            f"({len(counter.calls)} calls for {n_prefix} + {per_step} x {budgets[-1]})")

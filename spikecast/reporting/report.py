@@ -50,6 +50,7 @@ class Report:
     quantized_ann: dict = field(default_factory=dict)
     masking: Optional[dict] = None
     snn_metadata: dict = field(default_factory=dict)
+    neuron_summary: dict = field(default_factory=dict)  # see neuron_summary()
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
 
     # ------------------------------------------------------------------ derived numbers
@@ -83,6 +84,7 @@ class Report:
             "tolerance": v.tolerance, "passed": v.passed,
             "masking": _jsonable(self.masking),
             "conversion": _jsonable(self.snn_metadata),
+            "neurons": self.neuron_summary,
             "activity": self.activity.to_dict() if self.activity is not None else None,
         }
         return doc
@@ -139,6 +141,8 @@ class Report:
         for e in v.early_exit or []:
             lines.append(f"- early exit at softmax confidence {e.confidence:g}: top-1 {_pct(e.accuracy)} in "
                          f"{e.mean_steps:.2f} steps on average (at most {e.max_steps})")
+        if self.neuron_summary:
+            lines.append(f"- neurons: {describe_neurons(self.neuron_summary)}")
         if self.masking:
             m = self.masking
             effect = ", ".join(f"T={t}: {_pct(v.snn_accuracy.get(int(t)))} with vs {_pct(acc)} without"
@@ -204,7 +208,29 @@ def build_report(ann: torch.nn.Module, snn: SpikingNetwork, data, timesteps: Seq
     return Report(title=title or f"spikecast report: {name}", model=name, data=data_name, validation=result,
                   activity=activity, quantized_ann=dict(quantized_ann or {}), masking=masking,
                   snn_metadata={k: snn.metadata.get(k) for k in ("calibration", "neuron", "correction", "finetune",
-                                                                 "weight_quantization") if k in snn.metadata})
+                                                                 "weight_quantization") if k in snn.metadata},
+                  neuron_summary=neuron_summary(snn))
+
+
+def neuron_summary(snn: SpikingNetwork) -> dict:
+    """Neurons by kind with the bits each sends per step (so latency comparisons stay honest across
+    binary, signed, bipolar and multi-level neurons), and the number of compensated ops."""
+    from spikecast.convert.compensation import compensated_nodes
+
+    kinds: dict[str, dict] = {}
+    for n in snn.neurons().values():
+        kind = ("bipolar" if n.bipolar else "signed" if n.signed else "binary") + (
+            f", {n.levels} levels" if n.levels > 1 else "")
+        entry = kinds.setdefault(kind, {"count": 0, "bits_per_step": round(n.bits_per_step, 3)})
+        entry["count"] += 1
+    return {"kinds": kinds, "compensated_ops": len(compensated_nodes(snn._step))}
+
+
+def describe_neurons(summary: dict) -> str:
+    """``"19 signed (1.58 bits/step); 0 compensated ops"``-style one-liner of :func:`neuron_summary`."""
+    kinds = "; ".join(f"{k['count']} {name} ({k['bits_per_step']:g} bits/step)" for name, k in summary["kinds"].items())
+    comp = summary.get("compensated_ops", 0)
+    return (kinds or "none") + (f"; {comp} compensated ops (dense, every step)" if comp else "")
 
 
 # ---------------------------------------------------------------------------------------- plots
@@ -332,6 +358,8 @@ def _html(report: Report, pngs: dict[str, bytes]) -> str:
                  f"within {p:g} point{'s' if p != 1 else ''}: <b>{'T=' + str(t) if t else 'not reached'}</b>"
                  for p, t in parity.items()) + "</li>",
              f"<li>{verdict}</li>"]
+    if report.neuron_summary:
+        items.append(f"<li>Neurons: {html.escape(describe_neurons(report.neuron_summary))}</li>")
     for e in v.early_exit or []:
         items.append(f"<li>Early exit at softmax confidence {e.confidence:g}: top-1 {_pct(e.accuracy)} in "
                      f"{e.mean_steps:.2f} steps on average</li>")
