@@ -39,6 +39,7 @@ JOB_FILE = "job.json"
 DEFAULTS: dict[str, Any] = {
     "data": None, "checkpoint": None, "pretrained": None, "method": None, "percentile": None,
     "per_channel": False, "calibration": None, "budget": None, "signed": None, "mask_ratio": 0.0,
+    "levels": 1, "compensate": True,
     "timesteps": [1, 2, 4, 8, 16, 32, 64], "tolerance": 0.01, "eval_images": None, "calib_images": 512,
     "activity_images": 64, "batch_size": 256, "report": True,
 }
@@ -145,6 +146,7 @@ def run_job(job: dict, out: Path, progress: bool = True) -> dict:
     started = time.perf_counter()
     snn = spikecast.convert(ann, calib=TensorBatches(x_cal, batch_size=job["batch_size"]), timesteps=budget,
                             per_channel=bool(job["per_channel"]), mask_ratio=float(job["mask_ratio"]),
+                            levels=int(job["levels"]), compensate=bool(job["compensate"]),
                             progress=progress, **convert_kw)
     convert_s = time.perf_counter() - started
     snn.metadata["cli"] = {"model": str(job["model"]), "checkpoint": job["checkpoint"],

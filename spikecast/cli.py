@@ -200,7 +200,7 @@ def cmd_inspect(args) -> int:
 
     ref = model_ref(args.model)
     report = inspect(ref, input_shape=parse_shape(args.input_shape), checkpoint=args.checkpoint,
-                     pretrained=args.pretrained, encoding=args.encoding)
+                     pretrained=args.pretrained, encoding=args.encoding, compensate=args.compensate)
     if args.json:
         say(json.dumps(report.to_dict(), indent=2))
     else:
@@ -235,15 +235,21 @@ def cmd_convert(args) -> int:
     say(f"  data: {eval_name}, {len(x)} evaluation images; calibration: {cal_name}, {len(x_cal)} images")
     how = {"percentile": f"percentile {args.percentile:g}", "max": "max",
            "mse": f"minimum error for T={args.budget}"}[args.method] + (" per channel" if args.per_channel else "")
+    levels = f", {args.levels} spikes per step" if args.levels > 1 else ""
     say(f"  converting (thresholds: {how}; correction: {args.calibration} for T={args.budget}; "
-        f"{'signed' if args.signed else 'binary'} neurons)...")
+        f"{'signed' if args.signed else 'binary'} neurons{levels}"
+        f"{'' if args.compensate else '; no compensation'})...")
     t0 = time.perf_counter()
     snn = spikecast.convert(ann, calib=TensorBatches(x_cal, batch_size=args.batch_size), method=args.method,
                             percentile=args.percentile, per_channel=args.per_channel, calibration=args.calibration,
                             timesteps=args.budget, encoding=args.encoding,
-                            signed=args.signed, mask_ratio=args.mask_ratio, device=args.device, progress=True)
+                            signed=args.signed, levels=args.levels, compensate=args.compensate,
+                            mask_ratio=args.mask_ratio, device=args.device, progress=True)
     convert_s = time.perf_counter() - t0
-    say(f"  converted in {_seconds(convert_s)}: {len(snn.neurons())} IF neuron layers")
+    from spikecast.reporting.report import describe_neurons, neuron_summary
+
+    say(f"  converted in {_seconds(convert_s)}: {len(snn.neurons())} IF neuron layers "
+        f"({describe_neurons(neuron_summary(snn))})")
     say(f"  validating the SNN against the ANN at T = {_list(timesteps)} on {len(x)} images...")
     result = spikecast.validate(ann, snn, TensorBatches(x, y, batch_size=args.batch_size), timesteps=timesteps,
                                 tolerance=args.tolerance, early_exit=args.early_exit)
@@ -258,7 +264,7 @@ def cmd_convert(args) -> int:
         "calibration": {"spec": cal_name, "images": len(x_cal), "method": args.method,
                         "percentile": args.percentile if args.method == "percentile" else None,
                         "per_channel": args.per_channel, "correction": args.calibration, "budget": args.budget,
-                        "signed": args.signed},
+                        "signed": args.signed, "levels": args.levels, "compensate": args.compensate},
         "config": {"timesteps": timesteps, "tolerance": args.tolerance, "encoding": args.encoding,
                    "batch_size": args.batch_size, "device": args.device or "cpu",
                    "convert_seconds": round(convert_s, 3)},
@@ -749,6 +755,9 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(p, "weights to load (not needed: the graph does not depend on them)")
     p.add_argument("--input-shape", metavar="C,H,W", help="shape of one input (default: the model's, when known)")
     p.add_argument("--encoding", choices=("analog", "poisson"), default="analog")
+    p.add_argument("--compensate", action=argparse.BooleanOptionalAction, default=True,
+                   help="non-linear ops inside the spiking part run with expectation compensation (default); "
+                        "--no-compensate lists them as unsupported")
     p.add_argument("--text", action="store_true", help="aligned text instead of a Markdown table")
     p.add_argument("--json", action="store_true", help="machine-readable JSON")
     p.set_defaults(func=cmd_inspect)
@@ -779,6 +788,11 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default {'on' if _defaults()['signed'] else 'off'}; --no-signed for binary spikes)")
     p.add_argument("--mask-ratio", type=float, default=0.0, metavar="P",
                    help="random spike masking: drop each spike with probability P (rescaled)")
+    p.add_argument("--levels", type=int, default=1, metavar="K",
+                   help="multi-threshold neurons: up to K spikes per step (default 1; costs log2(K+1) bits per step)")
+    p.add_argument("--compensate", action=argparse.BooleanOptionalAction, default=True,
+                   help="run GELU / LayerNorm / softmax / attention... inside the spiking part with expectation "
+                        "compensation (default); --no-compensate refuses them, naming each module path")
     p.add_argument("--out", default="spikecast-out", metavar="DIR", help="output folder (default spikecast-out)")
     p.set_defaults(func=cmd_convert)
 

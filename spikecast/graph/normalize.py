@@ -319,9 +319,15 @@ def insert_spike_sites(gm: fx.GraphModule) -> fx.GraphModule:
     for node in list(gm.graph.nodes):
         if node.op != "call_function" or ops.packet(node) not in ops.WEIGHTED or not node.args:
             continue
-        src = node.args[0]
+        user, src = node, node.args[0]
         if not isinstance(src, fx.Node) or src not in analog:
             continue
+        # The neuron goes before reshapes that feed only this layer: on the tensor the model computed
+        # (tokens x channels, a feature map), not on a view that folds the batch into the channels
+        # (CondConv's grouped conv) - spikes commute with reshapes, per-channel thresholds do not.
+        while (src.op == "call_function" and ops.packet(src) in _RESHAPES and len(src.users) == 1
+               and isinstance(src.args[0], fx.Node) and src.args[0] in analog):
+            user, src = src, src.args[0]
         if src not in made:
             name = f"{module_path(node) or node.name}:input"
             key = attr_name(name, taken)
@@ -331,8 +337,12 @@ def insert_spike_sites(gm: fx.GraphModule) -> fx.GraphModule:
             site.meta = copy.copy(src.meta)
             site.meta["nn_module_stack"] = node.meta.get("nn_module_stack", {})
             made[src] = site
-        node.args = (made[src],) + tuple(node.args[1:])
+        user.replace_input_with(src, made[src])
     return _finish(gm)
+
+
+_RESHAPES = {aten.view, aten.reshape, aten._unsafe_view, aten.flatten, aten.unflatten, aten.permute, aten.transpose,
+             aten.t, aten.squeeze, aten.unsqueeze}
 
 
 def time_varying_nodes(gm: fx.GraphModule, input_varies: bool = False) -> set[fx.Node]:

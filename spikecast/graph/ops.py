@@ -109,7 +109,12 @@ SPIKE_PRESERVING = {aten.view, aten.reshape, aten._unsafe_view, aten.flatten, at
                     aten.contiguous, aten.clone, aten.pad, aten.constant_pad_nd, aten.slice, aten.select, aten.cat,
                     aten.stack, aten.transpose, aten.t, aten.squeeze, aten.unsqueeze, aten.alias, aten.expand,
                     aten.split, aten.split_with_sizes, aten.chunk, aten.unbind, aten.roll, aten.flip,
-                    aten.pixel_shuffle, aten.pixel_unshuffle, aten.channel_shuffle, aten.movedim}
+                    aten.pixel_shuffle, aten.pixel_unshuffle, aten.channel_shuffle, aten.movedim,
+                    # a per-channel affine map of spikes (BatchNorm after the activation, ConvMixer):
+                    # its scale folds into the next layer's weights and its shift is a constant current
+                    aten._native_batch_norm_legit_no_training, aten.batch_norm,
+                    # a sum of spike trains (a residual of spikes): each input's events are accumulates
+                    aten.add, aten.sub}
 
 
 def spike_driven(node: fx.Node, is_spike_source) -> bool:
