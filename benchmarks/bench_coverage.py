@@ -56,6 +56,11 @@ MODELS: list[tuple[str, int, dict]] = [
 ]
 
 
+# Models that need more than the common setting to reach cosine 0.99 at T=64, with the setting they
+# get (see the module docstring of benchmarks/RESULTS.md's coverage section for why).
+OVERRIDES: dict[str, dict] = {}
+
+
 def build(name: str, kwargs: dict) -> torch.nn.Module:
     import timm
 
@@ -70,7 +75,7 @@ def build(name: str, kwargs: dict) -> torch.nn.Module:
 
 
 def measure(name: str, size: int, kwargs: dict, *, levels: int = 1, per_channel: bool = False,
-            calib_images: int = 16, eval_images: int = 2) -> dict:
+            calib_images: int = 16, eval_images: int = 2, share: bool = True) -> dict:
     """Convert one model and compare its logits with the ANN's; returns a row of the table."""
     import spikecast
 
@@ -93,11 +98,13 @@ def measure(name: str, size: int, kwargs: dict, *, levels: int = 1, per_channel:
         outs = snn.simulate(x, list(TIMESTEPS))
         row["simulate_s"] = time.perf_counter() - started
         row["cosine"] = {t: F.cosine_similarity(outs[t], ref, dim=1).mean().item() for t in TIMESTEPS}
-        report = spikecast.inspect(model, example=x[:1])
-        row["spike_driven_share"] = report.spike_driven_share
         row["neurons"] = len(snn.neurons())
         row["bipolar"] = sum(n.bipolar for n in snn.neurons().values())
-        row["compensated"] = report.compensated_ops
+        row["bits_per_step"] = max(n.bits_per_step for n in snn.neurons().values())
+        if share:  # (tests skip it: one more trace)
+            report = spikecast.inspect(model, example=x[:1])
+            row["spike_driven_share"] = report.spike_driven_share
+            row["compensated"] = report.compensated_ops
     except Exception as exc:  # noqa: BLE001 - a benchmark row records the failure
         row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
     return row
@@ -105,15 +112,16 @@ def measure(name: str, size: int, kwargs: dict, *, levels: int = 1, per_channel:
 
 def table(rows: list[dict]) -> str:
     lines = ["| model | input | converts | " + " | ".join(f"cos T={t}" for t in TIMESTEPS)
-             + " | spike-driven ops | neurons (bipolar) | compensated ops | convert + simulate (s) |",
-             "|---|---:|---|" + "---:|" * len(TIMESTEPS) + "---:|---:|---:|---:|"]
+             + " | spike-driven ops | neurons (bipolar) | bits / step | compensated ops | convert + simulate (s) |",
+             "|---|---:|---|" + "---:|" * len(TIMESTEPS) + "---:|---:|---:|---:|---:|"]
     for r in rows:
         if not r["converts"] or "cosine" not in r:
-            lines.append(f"| {r['model']} | {r['input']} | **no**: {r.get('error', '')} |" + " |" * (len(TIMESTEPS) + 4))
+            lines.append(f"| {r['model']} | {r['input']} | **no**: {r.get('error', '')} |" + " |" * (len(TIMESTEPS) + 5))
             continue
         cos = " | ".join(f"{r['cosine'][t]:.4f}" for t in TIMESTEPS)
-        lines.append(f"| {r['model']} | {r['input']} | yes | {cos} | {100 * r['spike_driven_share']:.1f}% | "
-                     f"{r['neurons']} ({r['bipolar']}) | {r['compensated']} | "
+        note = "".join(f", {k}={v}" for k, v in r.get("settings", {}).items())
+        lines.append(f"| {r['model']}{note} | {r['input']} | yes | {cos} | {100 * r['spike_driven_share']:.1f}% | "
+                     f"{r['neurons']} ({r['bipolar']}) | {r['bits_per_step']:.2f} | {r['compensated']} | "
                      f"{r['convert_s']:.0f} + {r['simulate_s']:.0f} |")
     return "\n".join(lines)
 
@@ -125,13 +133,19 @@ def main(argv=None) -> int:
     parser.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=False,
                         help="one threshold per channel instead of per site")
     parser.add_argument("--no-results", action="store_true", help="do not write benchmarks/RESULTS.md")
+    parser.add_argument("--no-overrides", action="store_true", help="the common setting for every model")
     args = parser.parse_args(argv)
     wanted = set(args.models.split(",")) if args.models else None
     rows = []
     for name, size, kwargs in MODELS:
         if wanted and name not in wanted:
             continue
-        row = measure(name, size, kwargs, levels=args.levels, per_channel=args.per_channel)
+        settings = {"levels": args.levels, "per_channel": args.per_channel}
+        if not args.no_overrides:
+            settings.update(OVERRIDES.get(name, {}))
+        row = measure(name, size, kwargs, **settings)
+        row["settings"] = {k: v for k, v in settings.items()
+                           if v != {"levels": args.levels, "per_channel": args.per_channel}[k]}
         rows.append(row)
         cos = row.get("cosine", {})
         print(f"{name}: converts={row['converts']} " + " ".join(f"T={t}:{c:.4f}" for t, c in cos.items())

@@ -86,3 +86,33 @@ def test_timm_model_converts_and_matches_ann_logits(name: str, size: int) -> Non
           f"logit spread={spread:.3g}")
     assert torch.isfinite(out[256]).all()
     assert cosine[256] >= MIN_COSINE, f"{name}: cosine {cosine[256]:.5f} at T=256 < {MIN_COSINE}"
+
+
+# ------------------------------------------------------------------------------------ beyond ReLU
+# Issue 6: modern timm families (GELU, SiLU, hard-swish, LayerNorm, attention, gates). The list,
+# input sizes and per-model settings live in benchmarks/bench_coverage.py (which also prints the
+# table of benchmarks/RESULTS.md); this test asserts the acceptance bound on the same measurement.
+def _coverage():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_coverage.py"
+    spec = importlib.util.spec_from_file_location("bench_coverage", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+COVERAGE = _coverage()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, size, kwargs", COVERAGE.MODELS, ids=[m[0] for m in COVERAGE.MODELS])
+def test_modern_timm_model_converts_and_matches_ann_logits(name: str, size: int, kwargs: dict) -> None:
+    settings = COVERAGE.OVERRIDES.get(name, {})
+    row = COVERAGE.measure(name, size, kwargs, share=False, **settings)
+    print(f"\n{name} {size}px {settings or ''}: " + ", ".join(f"T={t}: {c:.4f}" for t, c in row.get("cosine", {}).items())
+          + f" (convert {row.get('convert_s', 0):.0f}s, simulate {row.get('simulate_s', 0):.0f}s)")
+    assert row["converts"], row.get("error")
+    assert "error" not in row, row["error"]
+    assert row["cosine"][64] >= MIN_COSINE, f"{name}: cosine {row['cosine'][64]:.4f} at T=64 < {MIN_COSINE}"
