@@ -290,12 +290,14 @@ def analog_nodes(gm: fx.GraphModule) -> set[fx.Node]:
     """Nodes whose value comes from a non-linear op other than an activation site without a site
     in between: the values a weighted layer would read as analog numbers (not spikes) in the SNN.
     The network input is not one of them (the first layer reads it, as in every converter)."""
-    everything = {n for n in gm.graph.nodes if n.op not in ("get_attr", "output")}
+    # values that depend on the input (constants computed in the graph, e.g. sin/cos position
+    # tables, are neither spikes nor analog activations)
+    dependent = time_varying_nodes(gm, input_varies=True)
     analog: set[fx.Node] = set()
     for node in gm.graph.nodes:
-        if node.op != "call_function" or ops.is_shape_op(node):
+        if node.op != "call_function" or ops.is_shape_op(node) or node not in dependent:
             continue
-        if ops.packet(node) not in ops.MAXPOOLS and unsupported_reason(node, everything) is not None:
+        if ops.packet(node) not in ops.MAXPOOLS and unsupported_reason(node, dependent) is not None:
             analog.add(node)
         elif any(a in analog for a in node.all_input_nodes):
             analog.add(node)
