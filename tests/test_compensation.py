@@ -169,6 +169,25 @@ def test_every_weighted_layer_past_the_first_reads_spikes():
                        "blocks.1.fc1:input", "blocks.1.fc2:input", "head:input"]
 
 
+class SinusoidalPositions(nn.Module):
+    """A position table computed in the graph (sin of a constant): not an activation."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(2)
+        self.conv, self.fc = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = F.relu(self.conv(x)).flatten(2).transpose(1, 2)
+        pos = torch.sin(torch.arange(h.shape[1], dtype=h.dtype)[:, None] * torch.ones(4))
+        return self.fc(F.relu(h + pos)).mean(1)
+
+
+def test_graph_constants_get_no_spike_input():
+    gm = normalize(trace(SinusoidalPositions().eval(), X))
+    assert [site.bipolar for _, site in site_nodes(gm)] == [False, False]
+
+
 def test_chained_non_linear_ops_share_one_running_mean_and_one_difference():
     snn = spikecast.convert(SEConvNet().eval(), X, method="max", calibration="none", progress=False)
     gm = snn.graph_module

@@ -44,6 +44,7 @@ output is unchanged. The mask stream is seeded and restarts at every simulation.
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from typing import Callable, Optional
@@ -210,14 +211,8 @@ class IFNeuron(nn.Module):
     @property
     def bits_per_step(self) -> float:
         """Information one neuron sends per step: log2 of the number of distinct spike values."""
-        import math
-
         values = self.levels + 1 if not (self.signed or self.bipolar) else 2 * self.levels + 1
         return math.log2(values)
-
-    @property
-    def _needs_emitted(self) -> bool:
-        return self.signed
 
     def _mask(self, like: torch.Tensor) -> torch.Tensor:
         if self._generator is None or self._generator.device != like.device:
