@@ -5,7 +5,7 @@ For each model (weights trained by ``benchmarks/train_cifar_zoo.py``, read from 
 conversion budget ``T`` in ``--budgets``, converts with calibration on ``--calib-images``
 class-balanced training images (the default recipe unless overridden) and validates the SNN
 against the ANN at every T of ``--timesteps`` from one simulation. Targets: SNN within 1 point of
-its ANN at T=16 and within 3 points at T=8 (each read from the conversion calibrated for that T).
+its ANN at T=16 and within 3 points at T=8 (checked on every conversion that simulates that T).
 Writes the section "Beyond ReLU: CIFAR-10 ViT and ConvNeXt" of benchmarks/RESULTS.md.
 
     python benchmarks/bench_modern_cifar.py                        # both models, 10,000 images
@@ -46,8 +46,8 @@ def main() -> None:
     parser.add_argument("--models", default="cifar10-vit-tiny,cifar10-convnext-nano")
     parser.add_argument("--images", type=int, default=10000)
     parser.add_argument("--calib-images", type=int, default=512)
-    parser.add_argument("--budgets", default="8,16", help="conversion budgets T (each gets its own calibration)")
-    parser.add_argument("--timesteps", default="4,8,16,32", help="simulated budgets of every conversion")
+    parser.add_argument("--budgets", default="8", help="conversion budgets T (each gets its own calibration)")
+    parser.add_argument("--timesteps", default="4,8,16", help="simulated budgets of every conversion")
     parser.add_argument("--method", default=None, help="threshold method (default: spikecast's)")
     parser.add_argument("--calibration", default=None, help="correction level (default: spikecast's)")
     parser.add_argument("--levels", type=int, default=1)
@@ -99,10 +99,12 @@ def write_section(rows: list[dict], timesteps: list[int], args) -> None:
             acc = r["snn"].get(t)
             cells.append("-" if acc is None else f"{100 * acc:.2f}% ({100 * (acc - r['ann']):+.2f})")
         budget = r["budget"]
-        target = ""
-        if budget in TARGETS and budget in r["snn"]:
-            ok = r["snn"][budget] >= r["ann"] - TARGETS[budget] - 1e-12
-            target = f"within {100 * TARGETS[budget]:g} pt at T={budget}: {'**met**' if ok else '**missed**'}"
+        checks = []
+        for t, drop in sorted(TARGETS.items()):
+            if t in r["snn"]:
+                ok = r["snn"][t] >= r["ann"] - drop - 1e-12
+                checks.append(f"T={t} within {100 * drop:g}: {'**met**' if ok else '**missed**'}")
+        target = "; ".join(checks)
         lines.append(f"| {r['model']} ({r['params'] / 1e3:.0f}k) | {trained} | {100 * r['ann']:.2f}% | T={budget} | "
                      + " | ".join(cells) + f" | {target} | {r['calib_s']:.0f} | {r['sim_s']:.0f} |")
     recipe = rows[0]["recipe"]
