@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import torch
 
@@ -50,7 +51,7 @@ def main() -> None:
     parser.add_argument("--timesteps", default="4,8,16", help="simulated budgets of every conversion")
     parser.add_argument("--method", default=None, help="threshold method (default: spikecast's)")
     parser.add_argument("--calibration", default=None, help="correction level (default: spikecast's)")
-    parser.add_argument("--levels", type=int, default=1)
+    parser.add_argument("--levels", default="1", help="spikes per step, a list: each gets its own conversion")
     parser.add_argument("--per-channel", action="store_true")
     parser.add_argument("--batch-size", type=int, default=250)
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
@@ -66,9 +67,9 @@ def main() -> None:
     for name in args.models.split(","):
         ann = create_model(name, pretrained=True)
         info = training_info(name)
-        for budget in budgets:
+        for budget, levels in [(b, int(k)) for b in budgets for k in args.levels.split(",")]:
             start = time.perf_counter()
-            snn = spikecast.convert(ann, calib=(x_cal,), timesteps=budget, levels=args.levels,
+            snn = spikecast.convert(ann, calib=(x_cal,), timesteps=budget, levels=levels,
                                     per_channel=args.per_channel, progress=False, **kwargs)
             calib_s = time.perf_counter() - start
             ts = sorted(set(timesteps) | {budget})
@@ -76,7 +77,7 @@ def main() -> None:
             print(f"\n{name}, calibrated for T={budget}: calibration {calib_s:.0f}s, validation {res.seconds:.0f}s; "
                   f"{describe_neurons(neuron_summary(snn))}", flush=True)
             print(res.table(), flush=True)
-            rows.append({"model": name, "budget": budget, "ann": res.ann_accuracy,
+            rows.append({"model": name, "budget": budget, "levels": levels, "ann": res.ann_accuracy,
                          "snn": {t: res.snn_accuracy[t] for t in ts}, "calib_s": calib_s, "sim_s": res.seconds,
                          "samples": res.samples, "neurons": describe_neurons(neuron_summary(snn)),
                          "params": sum(p.numel() for p in ann.parameters()), "train": info,
@@ -86,10 +87,22 @@ def main() -> None:
     print(json.dumps(rows, indent=1, default=str))
 
 
+ROWS_FILE = Path(__file__).resolve().parent / "modern_cifar_rows.json"
+
+
 def write_section(rows: list[dict], timesteps: list[int], args) -> None:
-    lines = ["| model (params) | trained | ANN top-1 | calibrated for | "
+    # rows of earlier runs (other models or settings) stay; a rerun of the same setting replaces its row
+    key = lambda r: (r["model"], r["budget"], r.get("levels", 1), r["samples"])  # noqa: E731
+    old = json.loads(ROWS_FILE.read_text()) if ROWS_FILE.exists() else []
+    merged = {key(r): r for r in old}
+    merged.update({key(r): json.loads(json.dumps(r, default=str)) for r in rows})
+    rows = sorted(merged.values(), key=lambda r: (r["model"] != "cifar10-vit-tiny", r["budget"], r.get("levels", 1)))
+    ROWS_FILE.write_text(json.dumps(rows, indent=1) + "\n")
+    for r in rows:
+        r["snn"] = {int(t): v for t, v in r["snn"].items()}
+    lines = ["| model (params) | trained | ANN top-1 | calibrated for | neurons | "
              + " | ".join(f"SNN T={t}" for t in timesteps) + " | target | calibration (s) | simulation (s) |",
-             "|---|---|---:|---:|" + "---:|" * len(timesteps) + "---|---:|---:|"]
+             "|---|---|---:|---:|---|" + "---:|" * len(timesteps) + "---|---:|---:|"]
     for r in rows:
         train = r["train"]
         trained = (f"{train.get('epochs', '?')} epochs, {float(train.get('train_seconds', 0)) / 60:.0f} min"
@@ -106,17 +119,17 @@ def write_section(rows: list[dict], timesteps: list[int], args) -> None:
                 checks.append(f"T={t} within {100 * drop:g}: {'**met**' if ok else '**missed**'}")
         target = "; ".join(checks)
         lines.append(f"| {r['model']} ({r['params'] / 1e3:.0f}k) | {trained} | {100 * r['ann']:.2f}% | T={budget} | "
+                     f"{r['neurons'].split(';')[0]} | "
                      + " | ".join(cells) + f" | {target} | {r['calib_s']:.0f} | {r['sim_s']:.0f} |")
     recipe = rows[0]["recipe"]
-    neurons = "; ".join(sorted({f"{r['model']}: {r['neurons']}" for r in rows}))
     body = (f"`python benchmarks/bench_modern_cifar.py` — post-training conversion of the zoo's CIFAR-10 ViT "
             f"(timm `VisionTransformer`, patch 4) and ConvNeXt (timm `ConvNeXt`), trained from scratch on the "
             f"shared train split by `benchmarks/train_cifar_zoo.py` (2 CPU cores; training time in the table). "
             f"Calibration: {args.calib_images} class-balanced training images, thresholds `{recipe['method']}`"
             f"{' per channel' if recipe['per_channel'] else ''}, correction `{recipe['level']}` for the budget T it "
             f"is calibrated for; bipolar neurons on analog inputs, GELU / LayerNorm / attention compensated; "
-            f"{'single-spike' if args.levels == 1 else f'{args.levels}-level'} neurons. Evaluated on "
-            f"{rows[0]['samples']} test images (Δ vs the ANN in points). Neurons: {neurons}.\n\n"
+            f"neurons and the bits they send per step in the table. Evaluated on "
+            f"{rows[0]['samples']} test images (Δ vs the ANN in points).\n\n"
             + "\n".join(lines) + "\n\n" + machine_line())
     update_section("Beyond ReLU: CIFAR-10 ViT and ConvNeXt", body)
 
