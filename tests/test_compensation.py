@@ -314,3 +314,15 @@ def test_report_counts_compensated_operations_and_neuron_bits():
     summary = neuron_summary(snn)
     assert summary["kinds"]["bipolar"]["bits_per_step"] == pytest.approx(round(math.log2(3), 3))
     assert summary["compensated_ops"] == len(compensated_nodes(snn._step))
+
+
+def test_bipolar_qcfs_site_equals_what_a_bipolar_neuron_sends_in_L_steps():
+    from spikecast.quant.qcfs import QCFSSite
+
+    L = 8
+    x = torch.linspace(-2.5, 2.5, 101)
+    site = QCFSSite("s", "spike input", None, L, 2.0, bipolar=True)
+    neuron = IFNeuron(2.0, "s", bipolar=True)
+    rate = sum(neuron(x) for _ in range(L)) / L
+    assert torch.allclose(site(x), rate, atol=1e-6)
+    assert (site(x) < 0).any()

@@ -35,11 +35,15 @@ def floor_ste(x: torch.Tensor) -> torch.Tensor:
 
 
 class QCFSSite(ActivationSite):
-    """``lambda / L * clamp(floor(x * L / lambda + shift), 0, L)`` with a learnable ``lambda``."""
+    """``lambda / L * clamp(floor(x * L / lambda + shift), 0, L)`` with a learnable ``lambda``.
+
+    A bipolar site (the spike input of a layer reading an analog value) quantises both signs,
+    ``lambda / L * floor(clamp(x / lambda, -1, 1) * L + shift)``: what a bipolar neuron sends in
+    ``T = L`` steps."""
 
     def __init__(self, name: str, op: str, upper: Optional[float], levels: int,
-                 clip: Union[float, torch.Tensor], shift: float = 0.5):
-        super().__init__(name, op, upper)
+                 clip: Union[float, torch.Tensor], shift: float = 0.5, bipolar: bool = False):
+        super().__init__(name, op, upper, bipolar=bipolar)
         if int(levels) < 1:
             raise ValueError(f"levels must be >= 1, got {levels}")
         clip = torch.as_tensor(clip, dtype=torch.float32).detach().clone()
@@ -57,7 +61,7 @@ class QCFSSite(ActivationSite):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lam = self.effective_clip()
         levels = self.levels
-        y = torch.clamp(x / lam, 0.0, 1.0)
+        y = torch.clamp(x / lam, -1.0 if self.bipolar else 0.0, 1.0)
         return floor_ste(y * levels + self.shift) / levels * lam
 
     def extra_repr(self) -> str:
@@ -78,7 +82,8 @@ def to_qcfs(gm: fx.GraphModule, levels: int, shift: float = 0.5) -> fx.GraphModu
         if theta is None:
             raise ValueError(f"site {site.name} has no threshold: calibrate the graph before to_qcfs")
         key = node.target.split(".", 1)[1]
-        setattr(out.sites, key, QCFSSite(site.name, site.op, site.upper, levels, theta, shift))
+        setattr(out.sites, key, QCFSSite(site.name, site.op, site.upper, levels, theta, shift,
+                                         bipolar=getattr(site, "bipolar", False)))
     out.recompile()
     return out
 
