@@ -58,7 +58,13 @@ MODELS: list[tuple[str, int, dict]] = [
 
 # Models that need more than the common setting to reach cosine 0.99 at T=64, with the setting they
 # get (see the module docstring of benchmarks/RESULTS.md's coverage section for why).
-OVERRIDES: dict[str, dict] = {}
+OVERRIDES: dict[str, dict] = {
+    # 15 inverted-residual blocks of depthwise convs behind hard-swish: with one threshold per site
+    # (the max of heavy-tailed activations) most neurons fire rarely and the rounding error of each
+    # of ~50 layers adds up (0.94 at T=64, 0.995 at T=256); per-channel thresholds and 2-level
+    # neurons (2.32 bits per step) bring it to 0.997 at T=64
+    "mobilenetv3_large_100": {"levels": 2, "per_channel": True},
+}
 
 
 def build(name: str, kwargs: dict) -> torch.nn.Module:
