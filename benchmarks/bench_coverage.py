@@ -172,7 +172,9 @@ def main(argv=None) -> int:
             f"images; method max{', per channel' if args.per_channel else ''}, no correction, "
             f"{'single-spike' if args.levels == 1 else f'{args.levels}-level'} signed / bipolar neurons; cosine of the SNN's mean logits with the ANN's). Spike-driven ops: share of the per-step "
             "operations (dense MACs) done by weighted layers that read only spikes; the rest are compensated ops "
-            "(GELU, LayerNorm, softmax, attention products, gates) and layers fed by analog values.\n\n"
+            "(GELU, LayerNorm, softmax, attention products, gates) and layers fed by analog values. A setting after a "
+            "model's name (`OVERRIDES` in the script, with the reason) replaces the common one for that model; "
+            "bits / step is the largest of its neurons.\n\n"
             + text + f"\n\n{passed}/{len(rows)} reach cosine >= 0.99 at T=64.")
     return 0
 
