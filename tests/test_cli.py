@@ -79,28 +79,35 @@ def test_demo_writes_results_and_snn_matches_ann(tmp_path, capsys):
 def test_inspect_cli_names_unsupported_sigmoid(tmp_path, capsys):
     model_file = tmp_path / "sigmoid_model.py"
     model_file.write_text(SIGMOID_MODEL)
-    assert main(["inspect", f"{model_file}:Net", "--input-shape", "4"]) == 1
+    assert main(["inspect", f"{model_file}:Net", "--input-shape", "4", "--no-compensate"]) == 1
     printed = capsys.readouterr().out
     assert "UNSUPPORTED" in printed and "blocks.1" in printed and "aten.sigmoid" in printed
     assert "NOT convertible" in printed
+    # by default the sigmoid is compensated and the head reads a bipolar neuron
+    assert main(["inspect", f"{model_file}:Net", "--input-shape", "4"]) == 0
+    printed = capsys.readouterr().out
+    assert "compensated: runs on the running means" in printed and "bipolar IF neuron" in printed
+    assert "1 compensated" in printed and "convertible" in printed
 
 
 def test_inspect_report_lists_every_op():
     namespace: dict = {}
     exec(SIGMOID_MODEL, namespace)
-    report = spikecast.inspect(namespace["Net"](), input_shape=(4,))
+    report = spikecast.inspect(namespace["Net"](), input_shape=(4,), compensate=False)
     assert not report.ok
     assert [(s.path, s.op) for s in report.unsupported] == [("blocks.1", "aten.sigmoid")]
     kinds = [(r.path, r.kind) for r in report.rows]
     assert kinds == [("stem", "static"), ("blocks.0", "neuron"), ("blocks.1.fc", "weighted"),
-                     ("blocks.1", "unsupported"), ("head", "weighted")]
+                     ("blocks.1", "unsupported"), ("head", "neuron"), ("head", "weighted")]
     assert report.to_dict()["summary"]["unsupported"] == 1
+    compensated = spikecast.inspect(namespace["Net"](), input_shape=(4,))
+    assert compensated.ok and [r.kind for r in compensated.rows][3] == "compensated"
     assert "blocks.1" in report.table() and "blocks.1" in report.table(markdown=False)
 
     digits = spikecast.inspect("zoo:digits-cnn")
     assert digits.ok and digits.neurons == 3 and digits.folded_batchnorms == 2
     assert digits.rows[0].action == "static prefix: computed once (weighted layer, BN folded: features.1)"
-    assert digits.rows[2].action == "weighted layer (BN folded: features.4)"
+    assert digits.rows[2].action == "weighted layer, spike-driven (BN folded: features.4)"
     # stem max-pool (after the first ReLU) moves into the static prefix; a later one pools a varying current
     vgg = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
                         nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16, 2))

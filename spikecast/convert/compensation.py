@@ -126,10 +126,6 @@ def is_running_mean(gm: fx.GraphModule, node: fx.Node) -> bool:
     return isinstance(_module(gm, node), RunningMean)
 
 
-def is_difference(gm: fx.GraphModule, node: fx.Node) -> bool:
-    return isinstance(_module(gm, node), ExpectationDifference)
-
-
 def compensated_nodes(gm: fx.GraphModule) -> list[fx.Node]:
     """The ATen ops of ``gm`` that run on running means (compensated), in graph order: those that
     read a :class:`RunningMean`, or the (mean-domain) output of another compensated op."""
@@ -177,7 +173,7 @@ def compensate(gm: fx.GraphModule, offenders: list[fx.Node], varying: set[fx.Nod
     mean_domain = set(offenders) | {u for n in offenders for u in n.users if u.target is operator.getitem}
     for node in offenders:
         readable = f"{path_of(node) or '<top>'}:{node.name}"
-        for arg in set(ops.tensor_args(node)):
+        for arg in dict.fromkeys(ops.tensor_args(node)):  # each once, in argument order
             if arg in mean_domain or arg not in varying or not _floating(arg):
                 continue  # static operands and integer indices pass through unchanged
             if arg not in means:
