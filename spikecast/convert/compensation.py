@@ -42,8 +42,9 @@ from spikecast.graph.sites import attr_name
 COMPENSATION = "compensation"  # container submodule of the graph module
 
 
-class RunningMean(nn.Module):
-    """Mean of its inputs over the steps since the last reset."""
+class _CompensationState(nn.Module):
+    """Common part of the two compensation modules: a readable name, one state tensor and the
+    step count since the last reset (no weights: config is the name)."""
 
     def __init__(self, name: str = ""):
         super().__init__()
@@ -51,66 +52,47 @@ class RunningMean(nn.Module):
         self.reset()
 
     def reset(self) -> None:
-        self.total: Optional[torch.Tensor] = None
+        self.state: Optional[torch.Tensor] = None
         self.t = 0
 
     def detach_state(self) -> None:
-        if self.total is not None:
-            self.total = self.total.detach()
+        if self.state is not None:
+            self.state = self.state.detach()
+
+    def config(self) -> dict:
+        return {"name": self.name}
+
+    @classmethod
+    def from_config(cls, config: dict, tensors: dict) -> "_CompensationState":
+        return cls(**config)
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}"
+
+
+class RunningMean(_CompensationState):
+    """Mean of its inputs over the steps since the last reset (state: their running sum)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.t += 1
-        if self.total is None:
-            self.total = x.clone()
+        if self.state is None:
+            self.state = x.clone()
         elif x.requires_grad and torch.is_grad_enabled():
-            self.total = self.total + x
+            self.state = self.state + x
         else:
-            self.total.add_(x)
-        return self.total / self.t
-
-    def config(self) -> dict:
-        return {"name": self.name}
-
-    @classmethod
-    def from_config(cls, config: dict, tensors: dict) -> "RunningMean":
-        return cls(**config)
-
-    def extra_repr(self) -> str:
-        return f"name={self.name!r}"
+            self.state.add_(x)
+        return self.state / self.t
 
 
-class ExpectationDifference(nn.Module):
+class ExpectationDifference(_CompensationState):
     """``out_t = t·y_t − (t−1)·y_{t−1}``: turns a running value into per-step increments whose
-    running mean is ``y_t``."""
-
-    def __init__(self, name: str = ""):
-        super().__init__()
-        self.name = name
-        self.reset()
-
-    def reset(self) -> None:
-        self.previous: Optional[torch.Tensor] = None
-        self.t = 0
-
-    def detach_state(self) -> None:
-        if self.previous is not None:
-            self.previous = self.previous.detach()
+    running mean is ``y_t`` (state: the previous ``y``)."""
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         self.t += 1
-        out = y if self.previous is None else self.t * y - (self.t - 1) * self.previous
-        self.previous = y
+        out = y if self.state is None else self.t * y - (self.t - 1) * self.state
+        self.state = y
         return out
-
-    def config(self) -> dict:
-        return {"name": self.name}
-
-    @classmethod
-    def from_config(cls, config: dict, tensors: dict) -> "ExpectationDifference":
-        return cls(**config)
-
-    def extra_repr(self) -> str:
-        return f"name={self.name!r}"
 
 
 def _module(gm: fx.GraphModule, node: fx.Node) -> Optional[nn.Module]:
