@@ -54,7 +54,8 @@ def _convert(ann, x_cal, T, row: dict, signed: bool):
     if potential:
         snn = spikecast.convert(ann, calib=(x_cal,), timesteps=T, signed=signed, progress=False, **row)
     else:  # the "+bias" step alone: correction without the potential pass
-        from spikecast.calibrate.correction import CorrectionConfig, correct
+        from spikecast.convert.correction import CorrectionConfig
+        from spikecast.pipeline import correct
         from spikecast.calibrate.thresholds import CalibrationConfig, calibrate
         from spikecast.convert.spiking import NeuronConfig, to_spiking
         from spikecast.runtime.network import SimulationConfig, SpikingNetwork

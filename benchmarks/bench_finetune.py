@@ -82,7 +82,7 @@ def run_model(name: str, args, work: Path) -> None:
         print(rows[-1] if rows else "", flush=True)
 
     # --- ANN rows
-    from spikecast.convert.api import prepare
+    from spikecast.pipeline import prepare
     from spikecast.export import export_ann, quantize_ann_int8, run_ann
 
     with torch.inference_mode():

@@ -10,8 +10,8 @@
     spikecast.report(spikecast.build_report(model, snn, data), "report/")  # JSON, Markdown, HTML + plots
 """
 
-from spikecast.convert.api import convert
-from spikecast.convert.neuron import IFNeuron
+from spikecast.pipeline import convert
+from spikecast.nn.neuron import IFNeuron
 from spikecast.inspection import InspectionReport, inspect
 from spikecast.errors import CalibrationError, SpikecastError, TraceError, UnsupportedOperationError
 from spikecast.runtime.network import SimulationConfig, SpikingNetwork

@@ -128,7 +128,7 @@ def _timesteps(value) -> list[int]:
 def run_job(job: dict, out: Path, progress: bool = True) -> dict:
     """Convert, validate and report one job into ``out``; returns its summary numbers."""
     import spikecast
-    from spikecast.convert import api
+    from spikecast import pipeline as api
     from spikecast.data import TensorBatches
     from spikecast.datasets import parse_data_spec, resolve_data
     from spikecast.models import data_defaults, parse_model_ref, resolve_model

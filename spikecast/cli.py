@@ -463,7 +463,7 @@ def cmd_export(args) -> int:
 
     import spikecast
     from spikecast import export as onnx_export
-    from spikecast.convert.api import prepare
+    from spikecast.pipeline import prepare
     from spikecast.datasets import parse_data_spec
 
     if not args.model and not args.snn:
@@ -552,7 +552,7 @@ def cmd_report(args) -> int:
     quantized = {}
     if args.int8:
         from spikecast import export as onnx_export
-        from spikecast.convert.api import prepare
+        from spikecast.pipeline import prepare
 
         x_cal, _ = load_data(args, ref, ann, data_text, 512, split="train" if spec.has_splits else None)
         work = Path(args.out) / "onnx"
@@ -671,7 +671,7 @@ def _demo(args) -> int:
 
 
 def _defaults() -> dict:
-    from spikecast.convert import api
+    from spikecast import pipeline as api
 
     return {"method": api.DEFAULT_METHOD, "calibration": api.DEFAULT_CALIBRATION, "signed": api.DEFAULT_SIGNED,
             "timesteps": api.DEFAULT_TIMESTEPS}

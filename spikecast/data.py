@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .errors import DataError, DataNotFoundError
 from .paths import SHARED_ENV_VAR, shared_dir
 
 __all__ = [
@@ -33,6 +34,8 @@ __all__ = [
     "TensorBatches",
     "as_loader",
     "split_batch",
+    "check_finite",
+    "input_channel_guard",
 ]
 
 CIFAR10_CLASSES: tuple[str, ...] = (
@@ -103,14 +106,14 @@ def _split_cache(folder: str) -> _DecodedSplit:
     """List ``folder``'s class subfolders and image files in torchvision ImageFolder order (both sorted)."""
     split_folder = Path(folder)
     if not split_folder.is_dir():
-        raise FileNotFoundError(
+        raise DataNotFoundError(
             f"CIFAR-10 image folder not found: {split_folder}. Point the {SHARED_ENV_VAR} environment "
             f"variable at the shared folder holding data/cifar10-jpeg/ (currently {shared_dir()}), "
             "or pass root=."
         )
     class_names = tuple(sorted(entry.name for entry in os.scandir(split_folder) if entry.is_dir()))
     if not class_names:
-        raise FileNotFoundError(f"no class subfolders in {split_folder}")
+        raise DataNotFoundError(f"no class subfolders in {split_folder}")
     files: list[str] = []
     labels: list[int] = []
     for label, class_name in enumerate(class_names):
@@ -271,3 +274,87 @@ def split_batch(batch: Any) -> tuple[Any, Optional[Any]]:
             raise ValueError("empty batch")
         return batch[0], (batch[1] if len(batch) > 1 else None)
     raise TypeError(f"cannot split a batch of type {type(batch).__name__}")
+
+
+def check_finite(x: Any, where: str = "data") -> None:
+    """Raise :class:`~spikecast.errors.DataError` if tensor ``x`` holds NaN or Inf values.
+
+    ``where`` names the data in the one-line message (e.g. ``"validation batch 3"``).
+    Non-tensors and integer tensors pass.
+    """
+    if not isinstance(x, Tensor) or not (x.is_floating_point() or x.is_complex()):
+        return
+    finite = torch.isfinite(x)
+    if bool(finite.all()):
+        return
+    nan = int(torch.isnan(x).sum())
+    inf = int(x.numel() - int(finite.sum()) - nan)
+    bad = ", ".join(part for part in (f"{nan} NaN" if nan else "", f"{inf} Inf" if inf else "") if part)
+    raise DataError(f"{where} holds {bad} value(s) out of {x.numel()}: clean or re-normalise the data first")
+
+
+_CHANNEL_LAYERS = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.Linear)
+
+
+def _is_lazy(module: torch.nn.Module) -> bool:
+    return any(isinstance(p, torch.nn.parameter.UninitializedParameter) for p in module.parameters(recurse=False))
+
+
+class input_channel_guard:
+    """Context manager: the first weighted layer (Conv1d/2d/3d or Linear) that ``model`` runs
+    checks that its input has the channels (features, for Linear) it expects, and raises a
+    one-line :class:`~spikecast.errors.DataError` naming expected vs got otherwise - instead of
+    torch's shape error from deep inside the model.
+
+    Only the first such layer that runs is checked, and only once; the hooks are removed on
+    exit, leaving ``model`` as it was. A model whose first layer receives the wrong channels
+    would fail anyway, so the check never rejects data the model accepts::
+
+        with input_channel_guard(ann, "validation data"):
+            ann(x)
+    """
+
+    def __init__(self, model: torch.nn.Module, where: str = "the data") -> None:
+        self.model, self.where = model, where
+        self.handles: list[Any] = []
+        self.done = False
+
+    def _hook(self, name: str, layer: torch.nn.Module):
+        def check(module: torch.nn.Module, args: tuple) -> None:
+            if self.done:
+                return
+            self.done = True
+            self.close()
+            if not args or not isinstance(args[0], Tensor) or _is_lazy(layer):
+                return
+            x = args[0]
+            where = f"{self.where} does not fit the model: its first layer {name or '<top>'} ({type(layer).__name__})"
+            if isinstance(layer, torch.nn.Linear):
+                if x.dim() and x.shape[-1] != layer.in_features:
+                    raise DataError(f"{where} expects {layer.in_features} input features, got {x.shape[-1]} "
+                                    f"(input shape {tuple(x.shape)})")
+                return
+            spatial = layer.weight.dim() - 2
+            if x.dim() not in (spatial + 1, spatial + 2):
+                raise DataError(f"{where} takes [N, C, {', '.join('HWD'[:spatial] if spatial > 1 else 'L')}] inputs, "
+                                f"got shape {tuple(x.shape)}")
+            got = x.shape[-spatial - 1]
+            if got != layer.in_channels:
+                raise DataError(f"{where} expects {layer.in_channels} input channels, got {got} "
+                                f"(input shape {tuple(x.shape)})")
+
+        return check
+
+    def __enter__(self) -> "input_channel_guard":
+        for name, module in self.model.named_modules():
+            if isinstance(module, _CHANNEL_LAYERS):
+                self.handles.append(module.register_forward_pre_hook(self._hook(name, module)))
+        return self
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

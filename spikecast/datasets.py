@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from spikecast.errors import DataError, DataNotFoundError, one_line
+
 __all__ = ["DataSpec", "parse_data_spec", "resolve_data", "DATASETS", "SPLITS"]
 
 DATASETS = ("cifar10", "digits")
@@ -65,26 +67,26 @@ def parse_data_spec(spec: Union[str, Path, DataSpec]) -> DataSpec:
         return spec
     text = str(spec).strip()
     if not text:
-        raise ValueError(f"empty data spec; expected {_SPEC_HELP}")
+        raise DataError(f"empty data spec; expected {_SPEC_HELP}")
     head, sep, tail = text.partition(":")
     if head.lower() in DATASETS:
         split = tail.lower() if sep else None
         if split is not None and split not in SPLITS:
-            raise ValueError(f"unknown split {tail!r} in data spec {text!r}: use {head}:train or {head}:test")
+            raise DataError(f"unknown split {tail!r} in data spec {text!r}: use {head}:train or {head}:test")
         return DataSpec(head.lower(), split)
     path = Path(text).expanduser()
     if path.is_dir():
         return DataSpec("folder", None, path)
     if path.suffix.lower() in (".pt", ".pth"):
         if not path.is_file():
-            raise FileNotFoundError(f"data file not found: {text}")
+            raise DataNotFoundError(f"data file not found: {path}")
         return DataSpec("tensor", None, path)
     if path.exists():
-        raise ValueError(f"cannot read data from {path}: expected {_SPEC_HELP}")
+        raise DataError(f"cannot read data from {path}: expected {_SPEC_HELP}")
     looks_like_path = any(c in text for c in "/\\.") or text.startswith("~")
     if looks_like_path:
-        raise FileNotFoundError(f"data folder or file not found: {text} (expected {_SPEC_HELP})")
-    raise ValueError(f"unknown data spec {text!r}: expected {_SPEC_HELP}")
+        raise DataNotFoundError(f"data folder or file not found: {path} (expected {_SPEC_HELP})")
+    raise DataError(f"unknown data spec {text!r}: expected {_SPEC_HELP}")
 
 
 def resolve_data(spec: Union[str, Path, DataSpec], split: Optional[str] = None, limit: Optional[int] = None, *,
@@ -106,9 +108,9 @@ def resolve_data(spec: Union[str, Path, DataSpec], split: Optional[str] = None, 
     if split is None:
         split = parsed.split or "test"
     if split not in SPLITS:
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        raise DataError(f"split must be 'train' or 'test', got {split!r}")
     if limit is not None and limit < 1:
-        raise ValueError(f"the number of images must be at least 1, got {limit}")
+        raise DataError(f"the number of images must be at least 1, got {limit}")
     if parsed.kind == "cifar10":
         from spikecast.data import cifar10_tensors
 
@@ -136,10 +138,13 @@ def _limit(x: Tensor, y: Optional[Tensor], limit: Optional[int]) -> tuple[Tensor
 
 
 def _tensor_file(path: Path) -> tuple[Tensor, Optional[Tensor]]:
+    if not path.is_file():
+        raise DataNotFoundError(f"data file not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(path, map_location="cpu", weights_only=True)  # data files never run pickled code
     except Exception as exc:  # unpickling errors come in many types
-        raise ValueError(f"cannot load {path} as tensors: {type(exc).__name__}: {exc}") from exc
+        raise DataError(f"cannot load {path} as tensors (it must be a torch.save of tensors only): "
+                        f"{type(exc).__name__}: {one_line(exc, 200)}") from None
     if isinstance(obj, dict):
         x = next((obj[k] for k in ("x", "input", "inputs", "image", "images", "data") if k in obj), None)
         y = next((obj[k] for k in ("y", "label", "labels", "target", "targets") if k in obj), None)
@@ -150,13 +155,13 @@ def _tensor_file(path: Path) -> tuple[Tensor, Optional[Tensor]]:
     else:
         x, y = None, None
     if not isinstance(x, Tensor) or (y is not None and not isinstance(y, Tensor)):
-        raise ValueError(f"{path} must hold a tensor x, a pair (x, y) of tensors or a dict with 'x' (and 'y'); "
+        raise DataError(f"{path} must hold a tensor x, a pair (x, y) of tensors or a dict with 'x' (and 'y'); "
                          f"found {type(obj).__name__}")
     if x.dim() < 2 or len(x) == 0:
-        raise ValueError(f"{path}: x must be a non-empty batch [N, ...], got shape {tuple(x.shape)}")
+        raise DataError(f"{path}: x must be a non-empty batch [N, ...], got shape {tuple(x.shape)}")
     if y is not None:
         if y.dim() != 1 or len(y) != len(x):
-            raise ValueError(f"{path}: y must be N integer labels for the N={len(x)} inputs, got shape "
+            raise DataError(f"{path}: y must be N integer labels for the N={len(x)} inputs, got shape "
                              f"{tuple(y.shape)}")
         y = y.long()
     return x.float(), y
@@ -174,11 +179,14 @@ def _image_folder(root: Path, split: str, limit: Optional[int], mean, std, size,
     std = tuple(float(s) for s in (std if std is not None else IMAGENET_STD))
     channels = channels or (len(mean) if len(mean) in (1, 3) else 3)
     if len(mean) not in (1, channels) or len(std) not in (1, channels):
-        raise ValueError(f"mean {mean} / std {std} do not fit {channels}-channel images")
+        raise DataError(f"mean {mean} / std {std} do not fit {channels}-channel images")
+    if not folder.is_dir():
+        raise DataNotFoundError(f"data folder not found: {folder}")
     try:
         dataset = ImageFolder(str(folder))
     except (FileNotFoundError, RuntimeError) as exc:  # RuntimeError: older torchvision, no images
-        raise FileNotFoundError(f"{folder}: not an image folder with class subfolders ({exc})") from exc
+        raise DataNotFoundError(f"{folder}: not an image folder with class subfolders ({one_line(exc, 200)})") \
+            from None
     labels = np.asarray(dataset.targets, dtype=np.int64)
     index = balanced_indices(labels, limit=limit) if limit is not None else np.arange(len(labels))
     from PIL import Image
@@ -193,7 +201,7 @@ def _image_folder(root: Path, split: str, limit: Optional[int], mean, std, size,
             images.append(torch.from_numpy(np.array(img, dtype=np.uint8, copy=True)))
     shapes = {tuple(t.shape) for t in images}
     if len(shapes) > 1:
-        raise ValueError(f"images in {folder} have different sizes {sorted(shapes)[:3]}...: pass a size "
+        raise DataError(f"images in {folder} have different sizes {sorted(shapes)[:3]}...: pass a size "
                          "(CLI: --size) to resize them")
     x = torch.stack(images).float().div_(255.0)
     x = x.unsqueeze(1) if channels == 1 else x.permute(0, 3, 1, 2)

@@ -15,7 +15,7 @@ Every operation is listed in graph order with its module path in the source mode
   it runs on the running means of its inputs at every step (expectation compensation) - dense
   multiply-accumulates, not spike-driven;
 * ``max-pool: exact`` (static, or moved before the neuron) / ``max-pool: spiking max-pool, stateful
-  (warning)`` (its input varies per step: :class:`~spikecast.convert.maxpool.SpikingMaxPool`);
+  (warning)`` (its input varies per step: :class:`~spikecast.nn.maxpool.SpikingMaxPool`);
 * ``UNSUPPORTED: <reason>`` - with ``compensate=False``, conversion will refuse the model; nothing
   is ever hidden.
 
@@ -223,7 +223,7 @@ def _spiking_pools(gm: fx.GraphModule, input_varies: bool) -> Optional[set[str]]
     """Names of the max-pool nodes that :func:`to_spiking` replaces with a :class:`SpikingMaxPool`,
     found by running it on a copy with placeholder thresholds (so the report always agrees with
     conversion). None when it cannot run (e.g. the model has unsupported ops)."""
-    from spikecast.convert.maxpool import SpikingMaxPool
+    from spikecast.nn.maxpool import SpikingMaxPool
     from spikecast.convert.spiking import to_spiking
     from spikecast.graph.normalize import fresh_copy
 
@@ -312,7 +312,7 @@ def inspect(model: ModelLike, input_shape: Optional[Sequence[int]] = None, examp
         ``report.unsupported`` names each with its module path. Raises :class:`TraceError` when
         the model cannot be traced at all.
     """
-    from spikecast.runtime.encoding import ENCODINGS
+    from spikecast.nn.encoding import ENCODINGS
 
     if encoding not in ENCODINGS:
         raise ValueError(f"unknown encoding {encoding!r}; choose one of {ENCODINGS}")

@@ -14,7 +14,7 @@ ModelLike = Union[nn.Module, str]
 
 
 def resolve_model(model: ModelLike, checkpoint: Optional[Union[str, Path]] = None,
-                  pretrained: Optional[bool] = None) -> tuple[nn.Module, str]:
+                  pretrained: Optional[bool] = None, *, trust_checkpoint: bool = False) -> tuple[nn.Module, str]:
     """Return ``(module in eval mode, display name)``.
 
     * ``nn.Module``: used as is (``checkpoint`` loaded into it when given).
@@ -22,35 +22,52 @@ def resolve_model(model: ModelLike, checkpoint: Optional[Union[str, Path]] = Non
       default checkpoint from the shared folder).
     * any other string: a timm model name, built with ``pretrained=False`` unless asked
       (``pretrained=True`` downloads timm's weights, which needs internet).
+
+    ``trust_checkpoint``: allow ``checkpoint`` to be a torch file that pickles arbitrary Python
+    objects - reading it runs code from the file. Only for files you trust (CLI:
+    ``--trust-checkpoint``).
+
+    Raises:
+        UnknownModelError (a ValueError): not a zoo / timm name; the message lists close matches.
+        CheckpointError (a ValueError) / CheckpointNotFoundError (a FileNotFoundError): the
+            checkpoint cannot be read or does not fit (see :func:`spikecast.zoo.load_checkpoint`).
     """
     from spikecast import zoo
+    from spikecast.errors import UnknownModelError
+    from spikecast.zoo.registry import close_matches
 
     if isinstance(model, nn.Module):
         name = type(model).__name__
         if checkpoint is not None:
-            zoo.load_checkpoint(model, checkpoint)
+            zoo.load_checkpoint(model, checkpoint, trust_checkpoint=trust_checkpoint)
         return model.eval(), name
-    if not isinstance(model, str) or not model:
+    if not isinstance(model, str) or not model.strip():
         raise TypeError(f"model must be an nn.Module, 'zoo:<name>' or a timm model name; got {model!r}")
+    model = model.strip()
     if model.startswith("zoo:"):
         name = model[4:]
         if not zoo.is_model(name):
-            raise ValueError(f"unknown zoo model {name!r}; available: {', '.join(zoo.list_models())}")
+            close = close_matches(name, zoo.list_models())
+            hint = f"did you mean {', '.join('zoo:' + c for c in close)}? " if close else ""
+            raise UnknownModelError(f"unknown zoo model {name!r}; {hint}available: {', '.join(zoo.list_models())}")
         use_default = pretrained if pretrained is not None else checkpoint is None
-        net = zoo.create_model(name, pretrained=bool(use_default and checkpoint is None), checkpoint=checkpoint)
+        net = zoo.create_model(name, pretrained=bool(use_default and checkpoint is None), checkpoint=checkpoint,
+                               trust_checkpoint=trust_checkpoint)
         return net.eval(), model
     import timm
 
-    if Path(model).suffix in (".pth", ".pt", ".th", ".safetensors", ".bin"):
+    if Path(model).suffix in (".pth", ".pt", ".th", ".safetensors", ".bin", ".ckpt"):
         raise ValueError(f"{model!r} looks like a checkpoint file: pass the architecture as `model` "
                          "(timm name or zoo:<name>) and the file as `checkpoint=`")
     if not timm.is_model(model):
-        close = timm.list_models(f"*{model}*")[:8]
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise ValueError(f"{model!r} is neither a zoo model (zoo:<name>) nor a timm model.{hint}")
+        close = close_matches(model, zoo.list_models())
+        close = [f"zoo:{c}" for c in close] + [c for c in close_matches(model, timm.list_models(), n=8)
+                                                if c not in close]
+        hint = f" Did you mean: {', '.join(close[:8])}?" if close else ""
+        raise UnknownModelError(f"{model!r} is neither a zoo model (zoo:<name>) nor a timm model.{hint}")
     net = timm.create_model(model, pretrained=bool(pretrained))
     if checkpoint is not None:
-        zoo.load_checkpoint(net, checkpoint)
+        zoo.load_checkpoint(net, checkpoint, trust_checkpoint=trust_checkpoint, model_name=model)
     return net.eval(), model
 
 

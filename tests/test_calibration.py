@@ -8,7 +8,7 @@ from torch import nn
 
 import spikecast
 from spikecast.calibrate.statistics import collect_statistics
-from spikecast.convert.api import prepare
+from spikecast.pipeline import prepare
 
 
 class _TwoSites(nn.Module):

@@ -12,8 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import spikecast
-from spikecast.convert.compensation import ExpectationDifference, RunningMean, compensated_nodes
-from spikecast.convert.neuron import IFNeuron
+from spikecast.convert.compensation import compensated_nodes
+from spikecast.nn.compensation import ExpectationDifference, RunningMean
+from spikecast.nn.neuron import IFNeuron
 from spikecast.graph.normalize import normalize
 from spikecast.graph.sites import site_nodes
 from spikecast.graph.trace import trace

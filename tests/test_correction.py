@@ -9,14 +9,15 @@ import torch.nn.functional as F
 from torch import nn
 
 import spikecast
-from spikecast.calibrate.correction import CorrectionConfig, canonical_inputs, correct
+from spikecast.convert.correction import CorrectionConfig, canonical_inputs
+from spikecast.pipeline import correct
 from spikecast.calibrate.rescale import unit_thresholds
 from spikecast.calibrate.thresholds import CalibrationConfig, calibrate
-from spikecast.convert.api import prepare
+from spikecast.pipeline import prepare
 from spikecast.convert.spiking import NeuronConfig, to_spiking
 from spikecast.errors import CalibrationError
 from spikecast.graph.sites import site_nodes
-from spikecast.runtime.layerwise import LayerwiseSimulation
+from spikecast.convert.layerwise import LayerwiseSimulation
 from spikecast.runtime.network import SimulationConfig, SpikingNetwork
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -76,7 +77,7 @@ def test_layerwise_simulation_matches_the_runtime():
     model, calib, x = _model_and_data()
     snn = _snn(model, calib, 8, signed=True)
     reference = _site_rates(snn, x, 8)
-    sim = LayerwiseSimulation(snn, x, 8, batch_size=24)  # batches that do not divide 64
+    sim = LayerwiseSimulation(snn.graph_module, x, 8, snn.config, batch_size=24)  # batches that do not divide 64
     for k, node in enumerate(sim.nodes):
         rate = sim.commit(k)
         ref = reference[sim.neuron(k).name]

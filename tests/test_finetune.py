@@ -10,8 +10,8 @@ from torch import nn
 
 import spikecast
 from spikecast.calibrate.thresholds import CalibrationConfig, calibrate
-from spikecast.convert.api import prepare
-from spikecast.convert.neuron import IFNeuron, _binary_step, _signed_step, _surrogate_step
+from spikecast.pipeline import prepare
+from spikecast.nn.neuron import IFNeuron, _binary_step, _signed_step, _surrogate_step
 from spikecast.convert.spiking import NeuronConfig, to_spiking
 from spikecast.graph.sites import site_nodes
 from spikecast.quant import QCFSSite, integer_form, qcfs_thresholds, quantize_tensor, quantize_weights, to_qcfs

@@ -1,4 +1,4 @@
-"""Tests of the integrate-and-fire neuron (spikecast.convert.neuron.IFNeuron).
+"""Tests of the integrate-and-fire neuron (spikecast.nn.neuron.IFNeuron).
 
 All currents and thresholds below are dyadic rationals (k / 2**n) and all T are small, so every
 membrane update is exact in float32 and the spike counts can be compared with the closed form
@@ -238,7 +238,7 @@ def test_masking_off_by_default_is_exact():
 
 
 def test_signed_neuron_keeps_the_constant_input_formula_and_retracts_transient_spikes():
-    from spikecast.convert.neuron import IFNeuron
+    from spikecast.nn.neuron import IFNeuron
 
     theta, T = 0.5, 64
     currents = torch.tensor([-0.25, 0.0, 0.125, 0.1875, 0.5, 0.75])
@@ -275,7 +275,7 @@ def test_bias_is_a_current_added_every_step_and_v_offset_an_initial_charge():
 
 @pytest.mark.parametrize("signed", [False, True])
 def test_fused_kernel_equals_eager_step(monkeypatch, signed):
-    from spikecast.convert import neuron as neuron_module
+    from spikecast.nn import neuron as neuron_module
 
     g = torch.Generator().manual_seed(0)
     theta = (torch.rand(1, 4, 1, 1, generator=g) + 0.5)

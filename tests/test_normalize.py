@@ -18,7 +18,7 @@ from torch import nn
 import spikecast
 from spikecast import IFNeuron
 from spikecast.calibrate.thresholds import CalibrationConfig, calibrate
-from spikecast.convert.maxpool import SpikingMaxPool
+from spikecast.nn.maxpool import SpikingMaxPool
 from spikecast.convert.spiking import to_spiking
 from spikecast.graph import ops
 from spikecast.graph.normalize import fold_batchnorm, normalize, remove_identities

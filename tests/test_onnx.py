@@ -15,8 +15,8 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 import spikecast  # noqa: E402
-from spikecast.convert.api import prepare  # noqa: E402
-from spikecast.convert.maxpool import SpikingMaxPool  # noqa: E402
+from spikecast.pipeline import prepare  # noqa: E402
+from spikecast.nn.maxpool import SpikingMaxPool  # noqa: E402
 from spikecast.errors import CalibrationError  # noqa: E402
 from spikecast.export import (METADATA_KEY, STEP_FORMAT, OnnxSpikingNetwork, export_ann, export_snn_step,  # noqa: E402
                               quantize_ann_int8, run_ann)

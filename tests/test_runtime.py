@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import spikecast
-from spikecast.convert.maxpool import SpikingMaxPool
+from spikecast.nn.maxpool import SpikingMaxPool
 
 aten = torch.ops.aten
 

@@ -12,7 +12,7 @@ from torch import nn
 
 import spikecast
 from spikecast import SpikingNetwork
-from spikecast.convert.maxpool import SpikingMaxPool
+from spikecast.nn.maxpool import SpikingMaxPool
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -2,7 +2,7 @@
 
 * :mod:`~spikecast.calibrate.statistics` - streaming activation statistics (max, histograms, per channel)
 * :mod:`~spikecast.calibrate.thresholds` - ``max`` / ``percentile`` / ``mse`` thresholds, per site or channel
-* :mod:`~spikecast.calibrate.correction` - layer-wise threshold refinement, bias and potential correction
+* :mod:`~spikecast.convert.correction` - layer-wise threshold refinement, bias and potential correction
 * :mod:`~spikecast.calibrate.rescale` - per-channel thresholds moved into the weights (threshold 1)
 """
 

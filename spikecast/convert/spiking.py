@@ -19,9 +19,10 @@ from typing import Optional, Sequence
 import torch.fx as fx
 from torch import nn
 
-from spikecast.convert.compensation import ExpectationDifference, RunningMean, compensate as compensate_ops
-from spikecast.convert.maxpool import SpikingMaxPool
-from spikecast.convert.neuron import IFNeuron
+from spikecast.convert.compensation import compensate as compensate_ops
+from spikecast.nn.compensation import ExpectationDifference, RunningMean
+from spikecast.nn.maxpool import SpikingMaxPool
+from spikecast.nn.neuron import IFNeuron
 from spikecast.errors import UnsupportedOperationError, UnsupportedSite
 from spikecast.graph import ops
 from spikecast.graph.normalize import find_unsupported, fresh_copy, time_varying_nodes

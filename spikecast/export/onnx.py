@@ -4,7 +4,7 @@ Why: a converted network is only useful on hardware and runtimes other than PyTo
 leave PyTorch. Three artefacts cover the comparisons a deployment needs:
 
 * :func:`export_ann` - the ANN (an ``nn.Module`` or the normalised fx graph of
-  :func:`spikecast.convert.api.prepare`) as a plain ONNX model, input ``x``, output ``logits``;
+  :func:`spikecast.pipeline.prepare`) as a plain ONNX model, input ``x``, output ``logits``;
 * :func:`quantize_ann_int8` - that model statically quantised to int8 (QDQ format) with
   onnxruntime, calibrated on unlabeled images: the conventional low-precision baseline;
 * :func:`export_snn_step` - the spiking network as ONE single-timestep graph whose state is
@@ -44,8 +44,8 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from spikecast.convert.maxpool import SpikingMaxPool
-from spikecast.convert.neuron import IFNeuron
+from spikecast.nn.maxpool import SpikingMaxPool
+from spikecast.nn.neuron import IFNeuron
 from spikecast.errors import CalibrationError
 from spikecast.graph.trace import module_path
 from spikecast.runtime.network import StepCallback, mean_outputs, parse_budgets

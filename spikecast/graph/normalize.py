@@ -409,3 +409,12 @@ def normalize(gm: fx.GraphModule) -> fx.GraphModule:
     gm = move_maxpool_before_sites(gm)
     gm = insert_spike_sites(gm)
     return gm
+
+
+def views_to_reshapes(graph: fx.Graph) -> None:
+    """Replace ``view`` nodes by ``reshape`` in place (for graphs run on NHWC tensors)."""
+    # A view needs compatible strides; with NHWC feature maps it may not have them. reshape gives
+    # the same values for any layout (copying only when it must).
+    for node in graph.nodes:
+        if node.op == "call_function" and node.target in (torch.ops.aten.view.default, torch.ops.aten._unsafe_view.default):
+            node.target = torch.ops.aten.reshape.default

@@ -31,7 +31,7 @@ from typing import Any, Optional
 import torch
 import torch.fx as fx
 
-from spikecast.convert.neuron import IFNeuron
+from spikecast.nn.neuron import IFNeuron
 from spikecast.data import as_loader, split_batch
 from spikecast.graph.normalize import fresh_copy
 from spikecast.graph.ops import packet, weighted_layers

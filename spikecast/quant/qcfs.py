@@ -7,7 +7,7 @@ Bu et al. (ICLR 2022) replace each ReLU by
 with ``L`` levels and a learnable clip ``lambda``. An IF neuron with soft reset, threshold
 ``theta = lambda`` and half-threshold start, driven for ``T = L`` steps by a constant current
 ``x``, fires exactly ``clamp(floor(x * T / theta + 1/2), 0, T)`` spikes (see
-:mod:`spikecast.convert.neuron`), so its mean output equals ``qcfs(x)`` bit for bit. Fine-tuning
+:mod:`spikecast.nn.neuron`), so its mean output equals ``qcfs(x)`` bit for bit. Fine-tuning
 the ANN with QCFS activations therefore trains the network the SNN will compute at ``T = L``.
 
 The pass works on the normalised graph: every :class:`ActivationSite` becomes a

@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 import torch.fx as fx
 
-from spikecast.convert.neuron import IFNeuron
+from spikecast.nn.neuron import IFNeuron
 from spikecast.graph.normalize import fresh_copy
 from spikecast.graph.ops import weighted_layers
 from spikecast.runtime.network import SpikingNetwork

@@ -38,9 +38,9 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from spikecast.convert import neuron as neuron_module
-from spikecast.convert.maxpool import SpikingMaxPool
-from spikecast.convert.neuron import IFNeuron
+from spikecast.nn import neuron as neuron_module
+from spikecast.nn.maxpool import SpikingMaxPool
+from spikecast.nn.neuron import IFNeuron
 from spikecast.graph import ops
 from spikecast.graph.sites import site_nodes
 from spikecast.graph.trace import module_path
@@ -224,7 +224,7 @@ def measure_activity(ann: torch.nn.Module, snn: SpikingNetwork, data, timesteps:
     """Simulate ``snn`` on up to ``max_images`` inputs of ``data`` for ``max(timesteps)`` steps and
     measure per-layer firing rates, errors against ``ann`` and operation counts at every budget."""
     from spikecast.calibrate.statistics import iterate_inputs
-    from spikecast.convert.api import prepare
+    from spikecast.pipeline import prepare
 
     budgets = sorted({int(t) for t in timesteps})
     if not budgets or budgets[0] < 1:

@@ -22,34 +22,18 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from spikecast.convert.compensation import ExpectationDifference, RunningMean
-from spikecast.convert.maxpool import SpikingMaxPool
-from spikecast.convert.neuron import IFNeuron
+from spikecast.nn.compensation import ExpectationDifference, RunningMean
+from spikecast.nn.maxpool import SpikingMaxPool
+from spikecast.nn.neuron import IFNeuron
 from spikecast.convert.spiking import STATEFUL_MODULES
 from spikecast.graph import serialize
-from spikecast.graph.normalize import time_varying_nodes
-from spikecast.runtime.encoding import ENCODINGS, PoissonEncoder
+from spikecast.graph.normalize import time_varying_nodes, views_to_reshapes
+from spikecast.nn.encoding import PoissonEncoder
+from spikecast.nn.simulation import SimulationConfig
 
 MODULE_TYPES = {"IFNeuron": IFNeuron, "SpikingMaxPool": SpikingMaxPool, "RunningMean": RunningMean,
                 "ExpectationDifference": ExpectationDifference}
 CONFIG_FILE, WEIGHTS_FILE = "spikecast.json", "weights.safetensors"
-
-
-@dataclass
-class SimulationConfig:
-    """How the network is run. ``timesteps`` is the default budget of ``forward``."""
-
-    timesteps: int = 64
-    encoding: str = "analog"
-    input_scale: float = 1.0  # Poisson: largest |input| seen at calibration
-    encoding_seed: int = 0
-    channels_last: bool = True  # run 4-D feature maps in NHWC layout (faster convolutions on CPU)
-
-    def __post_init__(self):
-        if self.encoding not in ENCODINGS:
-            raise ValueError(f"unknown encoding {self.encoding!r}; choose one of {ENCODINGS}")
-        if int(self.timesteps) < 1:
-            raise ValueError("timesteps must be >= 1")
 
 
 StepCallback = Callable[[int, torch.Tensor], None]
@@ -58,11 +42,11 @@ StepCallback = Callable[[int, torch.Tensor], None]
 class SpikingNetwork(nn.Module):
     """A converted spiking network. ``simulate`` runs it; ``forward`` = mean output at the default T."""
 
-    def __init__(self, graph_module: fx.GraphModule, config: SimulationConfig = SimulationConfig(),
+    def __init__(self, graph_module: fx.GraphModule, config: Optional[SimulationConfig] = None,
                  metadata: Optional[dict] = None):
         super().__init__()
         self.graph_module = graph_module
-        self.config = config
+        self.config = config if config is not None else SimulationConfig()
         self.metadata = dict(metadata or {})
         self._build_split()
 
@@ -245,14 +229,6 @@ def _is_module_tensor(key: str, gm: fx.GraphModule) -> bool:
         return False
 
 
-def _views_to_reshapes(graph: fx.Graph) -> None:
-    # A view needs compatible strides; with NHWC feature maps it may not have them. reshape gives
-    # the same values for any layout (copying only when it must).
-    for node in graph.nodes:
-        if node.op == "call_function" and node.target in (torch.ops.aten.view.default, torch.ops.aten._unsafe_view.default):
-            node.target = torch.ops.aten.reshape.default
-
-
 def _split_static_prefix(gm: fx.GraphModule, input_varies: bool) -> tuple[fx.GraphModule, fx.GraphModule]:
     """Split ``gm`` into prefix(x) -> static values, and step(x_t, *static values) -> output."""
     varying = time_varying_nodes(gm, input_varies)
@@ -273,7 +249,7 @@ def _split_static_prefix(gm: fx.GraphModule, input_varies: bool) -> tuple[fx.Gra
             continue
         env[node] = prefix_graph.node_copy(node, lambda n: env[n])
     prefix_graph.output(tuple(env[b] for b in boundary))
-    _views_to_reshapes(prefix_graph)
+    views_to_reshapes(prefix_graph)
     prefix = fx.GraphModule(gm, prefix_graph, class_name="StaticPrefix")
     prefix.graph.eliminate_dead_code()
     prefix.recompile()
@@ -291,7 +267,7 @@ def _split_static_prefix(gm: fx.GraphModule, input_varies: bool) -> tuple[fx.Gra
         elif node in varying and node.op != "output":  # the step graph gets its own output below
             env[node] = step_graph.node_copy(node, lambda n: env[n])
     step_graph.output(env[out_value] if out_value in env else x_t)
-    _views_to_reshapes(step_graph)
+    views_to_reshapes(step_graph)
     step = fx.GraphModule(gm, step_graph, class_name="SimulationStep")
     step.graph.eliminate_dead_code()
     step.recompile()

@@ -8,7 +8,7 @@
   layers see spike trains, not constants; the post-conversion ``calibration`` with the QCFS ANN
   as teacher removes most of what is left).
 * ``method="surrogate"``: backpropagation through time in the SNN itself at ``timesteps`` steps
-  (surrogate gradient of the spike, see :class:`spikecast.convert.neuron.IFNeuron`), starting
+  (surrogate gradient of the spike, see :class:`spikecast.nn.neuron.IFNeuron`), starting
   from a converted SNN - the hybrid route with conversion as initialisation. ``bptt_window``
   truncates backpropagation to windows of that many steps so memory does not grow with ``T``.
 
@@ -29,13 +29,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from spikecast.calibrate.thresholds import CalibrationConfig, calibrate
-from spikecast.convert.api import DEFAULT_SIGNED, first_batch, prepare
+from spikecast.pipeline import DEFAULT_SIGNED, first_batch, prepare
 from spikecast.convert.spiking import NeuronConfig, to_spiking
 from spikecast.data import split_batch
 from spikecast.graph.ops import weighted_layers
 from spikecast.models import ModelLike, resolve_model
 from spikecast.quant.qcfs import qcfs_thresholds, to_qcfs
-from spikecast.runtime.network import SimulationConfig, SpikingNetwork, _views_to_reshapes
+from spikecast.graph.normalize import views_to_reshapes
+from spikecast.runtime.network import SimulationConfig, SpikingNetwork
 from spikecast.train.loop import TrainConfig, TrainHistory, config_dict, labelled_tensors, train
 
 METHODS = ("qcfs", "surrogate")
@@ -76,7 +77,7 @@ def trainable_copy(gm: fx.GraphModule) -> tuple[fx.GraphModule, list[nn.Paramete
     out = copy.deepcopy(gm)
     # training inputs come in any memory layout (augmented crops, channels-last): views need
     # compatible strides, reshapes do not
-    _views_to_reshapes(out.graph)
+    views_to_reshapes(out.graph)
     out.recompile()
     for _, weight, bias in weighted_layers(out):
         for target in (weight, bias):
@@ -242,7 +243,8 @@ def _finetune_qcfs(model, train_data, config, calib, val, checkpoint_dir, checkp
 def convert_calibrated(calibrated: fx.GraphModule, config: FinetuneConfig, calib, *, timesteps: int, source: str,
                        progress: bool, device) -> SpikingNetwork:
     """Calibrated (thresholds set) ANN graph -> SNN, with correction against that graph as teacher."""
-    from spikecast.calibrate.correction import CorrectionConfig, correct
+    from spikecast.convert.correction import CorrectionConfig
+    from spikecast.pipeline import correct
 
     snn_graph = to_spiking(calibrated, NeuronConfig(signed=config.signed))
     metadata = {"source": source,
@@ -263,7 +265,7 @@ def _finetune_surrogate(model, train_data, config, calib, val, checkpoint_dir, c
         start = model
         source = str(model.metadata.get("source", "SpikingNetwork"))
     else:
-        from spikecast.convert.api import convert
+        from spikecast.pipeline import convert
 
         start = convert(model, calib, timesteps=T, calibration=config.calibration, signed=config.signed,
                         checkpoint=checkpoint, pretrained=pretrained, progress=progress)

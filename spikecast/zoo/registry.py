@@ -11,6 +11,7 @@ mode, optionally with its pretrained weights.
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from typing import Any, Optional, TypeVar
 
 from torch import nn
 
+from ..errors import CheckpointNotFoundError, UnknownModelError
 from ..paths import SHARED_ENV_VAR, shared_dir
 from .checkpoint import load_checkpoint
 
@@ -111,11 +113,24 @@ def is_model(name: str) -> bool:
     return name in _REGISTRY
 
 
+def close_matches(name: str, candidates: list[str], n: int = 5) -> list[str]:
+    """Up to ``n`` of ``candidates`` that look like ``name`` (typos, substrings), best first."""
+    lowered = {candidate.lower(): candidate for candidate in candidates}
+    found = [lowered[m] for m in difflib.get_close_matches(str(name).lower(), list(lowered), n=n, cutoff=0.6)]
+    needle = str(name).lower()
+    if len(needle) >= 3:
+        found += [c for c in candidates if needle in c.lower() and c not in found]
+    return found[:n]
+
+
 def _entry(name: str) -> _RegistryEntry:
     try:
         return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; registered models: {list_models()}") from None
+    except (KeyError, TypeError):
+        close = close_matches(name, list_models()) if isinstance(name, str) else []
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise UnknownModelError(f"unknown zoo model {name!r}; {hint}registered models: {', '.join(list_models())}") \
+            from None
 
 
 def model_info(name: str) -> ModelInfo:
@@ -127,6 +142,8 @@ def create_model(
     name: str,
     pretrained: bool = False,
     checkpoint: Optional[str | Path] = None,
+    *,
+    trust_checkpoint: bool = False,
     **kwargs: Any,
 ) -> nn.Module:
     """Build registered model ``name`` and return it in eval mode.
@@ -136,11 +153,15 @@ def create_model(
         pretrained: load the model's default pretrained weights (from the shared
             folder, or its own pretrained loader).
         checkpoint: path of a weight file to load instead (strictly).
+        trust_checkpoint: allow ``checkpoint`` to be a torch file that pickles arbitrary Python
+            objects, which runs code from the file (see :func:`~spikecast.zoo.load_checkpoint`).
+            Only for files you trust.
         **kwargs: passed to the model's builder (e.g. ``num_classes``).
 
     Raises:
-        ValueError: unknown name, both ``pretrained`` and ``checkpoint`` given, no
-            pretrained weights for this model, or weights that do not fit.
+        ValueError: unknown name (:class:`~spikecast.errors.UnknownModelError`), both
+            ``pretrained`` and ``checkpoint`` given, no pretrained weights for this model, or
+            weights that do not fit / cannot be read (:class:`~spikecast.errors.CheckpointError`).
         FileNotFoundError: the weight file is missing (the message says how to
             point ``SPIKECAST_SHARED`` at the shared folder).
     """
@@ -149,7 +170,7 @@ def create_model(
         raise ValueError("give either pretrained=True or checkpoint=<path>, not both")
     model = entry.builder(**kwargs)
     if checkpoint is not None:
-        load_checkpoint(model, checkpoint, strict=True)
+        load_checkpoint(model, checkpoint, strict=True, trust_checkpoint=trust_checkpoint, model_name=name)
     elif pretrained:
         if entry.pretrained_loader is not None:
             model = entry.pretrained_loader(model)
@@ -158,10 +179,10 @@ def create_model(
             if weights_path is None:
                 raise ValueError(f"model {name!r} has no pretrained weights; pass checkpoint=<path>")
             if not weights_path.is_file():
-                raise FileNotFoundError(
+                raise CheckpointNotFoundError(
                     f"pretrained weights for {name!r} not found at {weights_path}. Set the "
                     f"{SHARED_ENV_VAR} environment variable to the shared folder holding "
                     f"{entry.info.default_checkpoint} (currently resolves to {shared_dir()})."
                 )
-            load_checkpoint(model, weights_path, strict=True)
+            load_checkpoint(model, weights_path, strict=True, model_name=name)
     return model.eval()

@@ -19,9 +19,12 @@ from typing import Callable, Optional
 import torch
 import torch.fx as fx
 
-from spikecast.convert.neuron import IFNeuron, run_fused
+from spikecast.calibrate.statistics import channel_sum
 from spikecast.convert.spiking import STATEFUL_MODULES
-from spikecast.runtime.encoding import PoissonEncoder
+from spikecast.graph.normalize import views_to_reshapes
+from spikecast.nn.encoding import PoissonEncoder
+from spikecast.nn.neuron import IFNeuron, run_fused
+from spikecast.nn.simulation import SimulationConfig
 
 StepHook = Callable[[slice, int, torch.Tensor, torch.Tensor], None]  # (images, t, current, output)
 
@@ -41,29 +44,28 @@ def _amplitude(neuron: IFNeuron) -> torch.Tensor:
 
 
 class LayerwiseSimulation:
-    """Simulate the neurons of ``snn`` one at a time, in graph order, on inputs ``x``.
+    """Simulate the neurons of the spiking graph ``gm`` one at a time, in graph order, on inputs ``x``.
 
     Usage: for each index ``k`` (in order) call :meth:`run` as often as needed (e.g. measure,
     correct, measure again), then :meth:`commit` once to record neuron ``k``'s final spike train.
     """
 
-    def __init__(self, snn, x: torch.Tensor, timesteps: int, batch_size: int = 256):
-        from spikecast.runtime.network import _views_to_reshapes
-
-        self.snn = snn
-        self.gm: fx.GraphModule = snn.graph_module
+    def __init__(self, gm: fx.GraphModule, x: torch.Tensor, timesteps: int, simulation: SimulationConfig,
+                 batch_size: int = 256):
+        self.gm = gm
         self.x = x
         self.timesteps = int(timesteps)
         self.batch_size = int(batch_size)
-        self.channels_last = bool(snn.config.channels_last)
-        self.encoding = snn.config.encoding
+        self.simulation = simulation
+        self.channels_last = bool(simulation.channels_last)
+        self.encoding = simulation.encoding
         self.nodes = [n for n in self.gm.graph.nodes
                       if n.op == "call_module" and isinstance(self.gm.get_submodule(n.target), IFNeuron)]
         neuron_set = set(self.nodes)
         self._parts: list[tuple[fx.GraphModule, list[fx.Node]]] = []
         for node in self.nodes:
             part, inputs = self._subgraph(node, neuron_set)
-            _views_to_reshapes(part.graph)
+            views_to_reshapes(part.graph)
             part.recompile()
             self._parts.append((part, inputs))
         # last neuron index whose subgraph reads each recorded train
@@ -116,8 +118,6 @@ class LayerwiseSimulation:
         ``on_step(images, t, current, output)`` sees every step (0-based ``t``); ``record`` keeps
         the spike train for the neurons above (see :meth:`commit`).
         """
-        from spikecast.calibrate.statistics import channel_sum
-
         part, inputs = self._parts[k]
         neuron = self.neuron(k)
         stateful = [m for m in part.modules() if isinstance(m, STATEFUL_MODULES)]
@@ -134,7 +134,7 @@ class LayerwiseSimulation:
                     x = x.contiguous(memory_format=torch.channels_last)
                 encoder = None
                 if self.encoding == "poisson":
-                    encoder = PoissonEncoder(self.snn.config.input_scale, self.snn.config.encoding_seed)
+                    encoder = PoissonEncoder(self.simulation.input_scale, self.simulation.encoding_seed)
                     encoder.start(x)
                 for m in stateful:
                     m.reset()

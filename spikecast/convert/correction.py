@@ -36,12 +36,12 @@ import torch
 import torch.fx as fx
 
 from spikecast.calibrate.statistics import broadcast_shape, channel_dim, channel_sum, iterate_inputs
-from spikecast.convert.neuron import IFNeuron
+from spikecast.nn.neuron import IFNeuron
 from spikecast.errors import CalibrationError
 from spikecast.graph.sites import site_nodes
 from spikecast.progress import progress_bar
-from spikecast.runtime.layerwise import LayerwiseSimulation
-from spikecast.runtime.network import SpikingNetwork
+from spikecast.convert.layerwise import LayerwiseSimulation
+from spikecast.nn.simulation import SimulationConfig
 
 LEVELS = ("none", "light", "advanced")
 MIN_SLOPE = 0.25
@@ -179,20 +179,23 @@ def _refine_threshold(neuron: IFNeuron, currents: list[torch.Tensor], target: to
     return best_theta
 
 
-def correct(snn: SpikingNetwork, ann_graph: fx.GraphModule, data, config: CorrectionConfig = CorrectionConfig(), *,
-            progress: bool = True, device=None) -> SpikingNetwork:
-    """Return a corrected copy of ``snn`` (``snn`` itself is untouched).
+def correct_graph(snn_graph: fx.GraphModule, ann_graph: fx.GraphModule, data, simulation: SimulationConfig,
+                  config: CorrectionConfig = CorrectionConfig(), *, progress: bool = True,
+                  device=None) -> tuple[fx.GraphModule, Optional[dict]]:
+    """Return a corrected copy of the spiking graph ``snn_graph`` (untouched) and what ran.
 
     ``ann_graph``: the normalised ANN graph the SNN was converted from (its activation sites give
     the teacher's activations). ``data``: unlabeled calibration inputs (labels are ignored).
-    The copy's ``metadata["correction"]`` records what ran, the time it took and, per neuron,
-    the mean absolute channel error of its rate before and after.
+    ``simulation``: how the network is run (encoding, layout). The returned record (``None`` when
+    ``config.level == "none"``) has what ran, the time it took and, per neuron, the mean absolute
+    channel error of its rate before and after.
     """
     started = time.perf_counter()
-    out = copy.deepcopy(snn)
+    out = copy.deepcopy(snn_graph)
     if config.level == "none":
-        return out
-    device = device or next((p.device for p in out.parameters()), torch.device("cpu"))
+        return out, None
+    device = device or next((p.device for p in out.parameters()), None) or next(
+        (b.device for b in out.buffers()), torch.device("cpu"))
     x = canonical_inputs(data, config.max_images).to(device)
     T = int(config.timesteps)
     targets, active, kept, ndims = ann_targets(ann_graph, x, config.batch_size, config.refine_images, device)
@@ -206,7 +209,7 @@ def correct(snn: SpikingNetwork, ann_graph: fx.GraphModule, data, config: Correc
                       f"{config.memory_budget / 2**30:.1f} GiB)", stacklevel=2)
         x = x[:affordable]
         targets, active, kept, ndims = ann_targets(ann_graph, x, config.batch_size, config.refine_images, device)
-    sim = LayerwiseSimulation(out, x, T, config.batch_size)
+    sim = LayerwiseSimulation(out, x, T, simulation, config.batch_size)
     report, silent = [], []
     passes = 1 + config.runs_bias + config.runs_potential + config.runs_refine
     with progress_bar(f"calibration: {config.level} correction (T={T})", len(sim.nodes) * passes, progress) as bar:
@@ -256,9 +259,6 @@ def correct(snn: SpikingNetwork, ann_graph: fx.GraphModule, data, config: Correc
     if silent:
         warnings.warn(f"{len(silent)} neuron(s) never fired during correction at T={T}: "
                       + ", ".join(silent[:10]) + (" ..." if len(silent) > 10 else ""), stacklevel=2)
-    out.metadata = dict(out.metadata)
-    out.metadata["correction"] = {"level": config.level, "timesteps": T, "bias": config.runs_bias,
-                                  "potential": config.runs_potential, "refine": config.runs_refine,
-                                  "images": len(x), "seconds": round(time.perf_counter() - started, 3),
-                                  "sites": report}
-    return out
+    return out, {"level": config.level, "timesteps": T, "bias": config.runs_bias,
+                 "potential": config.runs_potential, "refine": config.runs_refine,
+                 "images": len(x), "seconds": round(time.perf_counter() - started, 3), "sites": report}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 import warnings
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -10,7 +11,7 @@ from typing import Optional, Sequence, Union
 import torch
 import torch.fx as fx
 
-from spikecast.calibrate.correction import CorrectionConfig, correct
+from spikecast.convert.correction import CorrectionConfig, correct_graph
 from spikecast.calibrate.statistics import iterate_inputs
 from spikecast.calibrate.thresholds import DEFAULT_PERCENTILE, CalibrationConfig, calibrate
 from spikecast.convert.spiking import NeuronConfig, to_spiking
@@ -26,6 +27,18 @@ DEFAULT_METHOD = "mse"
 DEFAULT_CALIBRATION = "advanced"
 DEFAULT_SIGNED = True
 DEFAULT_TIMESTEPS = 32
+
+
+def correct(snn: SpikingNetwork, ann_graph: fx.GraphModule, data, config: CorrectionConfig = CorrectionConfig(), *,
+            progress: bool = True, device=None) -> SpikingNetwork:
+    """Return a copy of ``snn`` corrected layer by layer with the ANN as teacher (``snn`` is
+    untouched); see :mod:`spikecast.convert.correction`. ``metadata["correction"]`` records what ran."""
+    graph, record = correct_graph(snn.graph_module, ann_graph, data, snn.config, config, progress=progress,
+                                  device=device)
+    metadata = dict(snn.metadata)
+    if record is not None:
+        metadata["correction"] = record
+    return SpikingNetwork(graph, snn.config, metadata)
 
 
 def first_batch(data) -> torch.Tensor:
@@ -77,7 +90,7 @@ def convert(
         per_channel: one threshold per channel instead of one per activation site.
         calibration: post-conversion correction with the ANN as teacher, for ``timesteps``:
             ``"none"``, ``"light"`` (bias + potential correction) or ``"advanced"`` (+ per-channel
-            threshold refinement); see :mod:`spikecast.calibrate.correction`.
+            threshold refinement); see :mod:`spikecast.convert.correction`.
         checkpoint: local weights file (.pth/.pt/.th/.safetensors) to load into the model.
         pretrained: load the model's default weights (zoo: default True; timm: False, needs
             internet when True).
@@ -117,7 +130,7 @@ def convert(
     normalised = prepare(ann, example)
     calibrated, stats = calibrate(normalised, calib, calib_config, progress=progress, device=device)
     if encoding == "poisson":
-        sim_config.input_scale = max(float(x.abs().max()) for x in iterate_inputs(calib))
+        sim_config = replace(sim_config, input_scale=max(float(x.abs().max()) for x in iterate_inputs(calib)))
     snn_graph = to_spiking(calibrated, neuron_config, input_varies=encoding != "analog", compensate=compensate)
     if not stats:
         warnings.warn(f"{name} has no activation site: the converted network has no spiking neuron "

@@ -31,7 +31,7 @@ steps then resolve ``K*T`` levels; the price is ``log2(K+1)`` bits per step (``l
 when negative spikes exist), which :attr:`IFNeuron.bits_per_step` reports so latency comparisons
 stay honest.
 
-Calibration corrections (set by :mod:`spikecast.calibrate.correction`, absent by default):
+Calibration corrections (set by :mod:`spikecast.convert.correction`, absent by default):
 ``bias`` is a current added at every step (bias correction: it shifts the mean output by about
 ``bias``), ``v_offset`` is added to the initial membrane potential (potential correction: a charge
 given once at the start). Both broadcast against the input, usually one value per channel.

@@ -1,0 +1,24 @@
+"""How a spiking network is run: the simulation settings every runtime reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from spikecast.nn.encoding import ENCODINGS
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    """How the network is run. ``timesteps`` is the default budget of ``forward``."""
+
+    timesteps: int = 64
+    encoding: str = "analog"
+    input_scale: float = 1.0  # Poisson: largest |input| seen at calibration
+    encoding_seed: int = 0
+    channels_last: bool = True  # run 4-D feature maps in NHWC layout (faster convolutions on CPU)
+
+    def __post_init__(self):
+        if self.encoding not in ENCODINGS:
+            raise ValueError(f"unknown encoding {self.encoding!r}; choose one of {ENCODINGS}")
+        if int(self.timesteps) < 1:
+            raise ValueError("timesteps must be >= 1")
