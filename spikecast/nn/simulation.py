@@ -22,3 +22,9 @@ class SimulationConfig:
             raise ValueError(f"unknown encoding {self.encoding!r}; choose one of {ENCODINGS}")
         if int(self.timesteps) < 1:
             raise ValueError("timesteps must be >= 1")
+
+
+#: The timestep budget a network is calibrated for when nobody says otherwise (the default T of
+#: ``snn(x)``), and the budgets validation reads off one simulation. The only definitions.
+DEFAULT_BUDGET = 32
+DEFAULT_EVAL_TIMESTEPS = (1, 2, 4, 8, 16, 32, 64, 128)
