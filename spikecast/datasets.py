@@ -28,7 +28,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from spikecast.data import balanced_indices, cifar10_tensors
 from spikecast.errors import DataError, DataNotFoundError, one_line
+from spikecast.zoo.checkpoint import load_error_detail, refused_pickle_object
+from spikecast.zoo.digits import digits_tensors
+from spikecast.zoo.registry import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["DataSpec", "parse_data_spec", "resolve_data", "DATASETS", "SPLITS"]
 
@@ -79,13 +83,13 @@ def parse_data_spec(spec: Union[str, Path, DataSpec]) -> DataSpec:
         return DataSpec("folder", None, path)
     if path.suffix.lower() in (".pt", ".pth"):
         if not path.is_file():
-            raise DataNotFoundError(f"data file not found: {path}")
+            raise DataNotFoundError(f"data file not found: {text}")
         return DataSpec("tensor", None, path)
     if path.exists():
         raise DataError(f"cannot read data from {path}: expected {_SPEC_HELP}")
     looks_like_path = any(c in text for c in "/\\.") or text.startswith("~")
     if looks_like_path:
-        raise DataNotFoundError(f"data folder or file not found: {path} (expected {_SPEC_HELP})")
+        raise DataNotFoundError(f"data folder or file not found: {text} (expected {_SPEC_HELP})")
     raise DataError(f"unknown data spec {text!r}: expected {_SPEC_HELP}")
 
 
@@ -112,13 +116,9 @@ def resolve_data(spec: Union[str, Path, DataSpec], split: Optional[str] = None, 
     if limit is not None and limit < 1:
         raise DataError(f"the number of images must be at least 1, got {limit}")
     if parsed.kind == "cifar10":
-        from spikecast.data import cifar10_tensors
-
         x, y = cifar10_tensors(split, limit=limit)
         return x, y
     if parsed.kind == "digits":
-        from spikecast.zoo.digits import digits_tensors
-
         x, y = digits_tensors(split)
         return _limit(x, y, limit)
     if parsed.kind == "folder":
@@ -131,8 +131,6 @@ def _limit(x: Tensor, y: Optional[Tensor], limit: Optional[int]) -> tuple[Tensor
         return x, y
     if y is None:
         return x[:limit], None
-    from spikecast.data import balanced_indices
-
     index = torch.from_numpy(balanced_indices(y.numpy(), limit=limit))
     return x[index], y[index]
 
@@ -143,8 +141,13 @@ def _tensor_file(path: Path) -> tuple[Tensor, Optional[Tensor]]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)  # data files never run pickled code
     except Exception as exc:  # unpickling errors come in many types
-        raise DataError(f"cannot load {path} as tensors (it must be a torch.save of tensors only): "
-                        f"{type(exc).__name__}: {one_line(exc, 200)}") from None
+        refused = refused_pickle_object(exc)
+        if refused is not None:
+            raise DataError(f"cannot load {path} as tensors: it pickles Python objects ({refused}), which data "
+                            "files may not (reading them runs code from the file); save plain tensors, a tuple "
+                            "(x, y) or a dict of tensors") from None
+        raise DataError(f"cannot load {path} as tensors: truncated, corrupt or not a torch.save file "
+                        f"({load_error_detail(exc)})") from None
     if isinstance(obj, dict):
         x = next((obj[k] for k in ("x", "input", "inputs", "image", "images", "data") if k in obj), None)
         y = next((obj[k] for k in ("y", "label", "labels", "target", "targets") if k in obj), None)
@@ -171,8 +174,6 @@ def _image_folder(root: Path, split: str, limit: Optional[int], mean, std, size,
                   ) -> tuple[Tensor, Tensor]:
     from torchvision.datasets import ImageFolder
 
-    from spikecast.data import balanced_indices
-    from spikecast.zoo.registry import IMAGENET_MEAN, IMAGENET_STD
 
     folder = root / split if all((root / s).is_dir() for s in SPLITS) else root
     mean = tuple(float(m) for m in (mean if mean is not None else IMAGENET_MEAN))

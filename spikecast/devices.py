@@ -80,8 +80,11 @@ def resolve_device(device: DeviceLike, default: Optional[torch.device] = None) -
                           f"got {type(device).__name__} {device!r}")
 
     kind = resolved.type
-    if kind in ("cpu", "meta"):
+    if kind == "cpu":
         return resolved
+    if kind == "meta":
+        raise DeviceError(f"device {str(device)!r} holds no data (shapes only): models moved there lose their "
+                          f"weights; available here: {_available_text()}")
     if kind == "cuda":
         if not torch.cuda.is_available():
             raise DeviceError(f"device {str(device)!r} is not available: this machine has no usable CUDA GPU "

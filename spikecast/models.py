@@ -10,6 +10,10 @@ from typing import Optional, Union
 
 from torch import nn
 
+from spikecast import zoo
+from spikecast.errors import UnknownModelError
+from spikecast.zoo.registry import close_matches
+
 ModelLike = Union[nn.Module, str]
 
 
@@ -32,10 +36,6 @@ def resolve_model(model: ModelLike, checkpoint: Optional[Union[str, Path]] = Non
         CheckpointError (a ValueError) / CheckpointNotFoundError (a FileNotFoundError): the
             checkpoint cannot be read or does not fit (see :func:`spikecast.zoo.load_checkpoint`).
     """
-    from spikecast import zoo
-    from spikecast.errors import UnknownModelError
-    from spikecast.zoo.registry import close_matches
-
     if isinstance(model, nn.Module):
         name = type(model).__name__
         if checkpoint is not None:
@@ -73,8 +73,6 @@ def resolve_model(model: ModelLike, checkpoint: Optional[Union[str, Path]] = Non
 
 def default_input_shape(model: ModelLike, module: nn.Module) -> Optional[tuple[int, ...]]:
     """(C, H, W) the model expects, when known (zoo metadata or timm's pretrained_cfg)."""
-    from spikecast import zoo
-
     if isinstance(model, str) and model.startswith("zoo:"):
         return tuple(zoo.model_info(model[4:]).input_size)
     cfg = getattr(module, "pretrained_cfg", None) or getattr(module, "default_cfg", None)
@@ -85,8 +83,6 @@ def default_input_shape(model: ModelLike, module: nn.Module) -> Optional[tuple[i
 
 def parse_model_ref(text: str):
     """What the user typed as MODEL -> something :func:`spikecast.models.resolve_model` takes."""
-    from spikecast import zoo
-
     text = text.strip()
     if text.startswith("zoo:"):
         return text
@@ -100,8 +96,6 @@ def parse_model_ref(text: str):
 def import_model(text: str):
     """``file.py:Name`` or ``package.module:Name`` -> nn.Module (an instance, or a class / factory
     called without arguments)."""
-    from torch import nn
-
     where, _, attr = text.rpartition(":")
     if where.endswith(".py"):
         path = Path(where).expanduser()
@@ -128,8 +122,6 @@ def import_model(text: str):
 
 def data_defaults(ref, ann) -> dict:
     """mean / std / size / input shape of the model, from zoo metadata or timm's pretrained_cfg."""
-    from spikecast import zoo
-
     out = {}
     if isinstance(ref, str) and ref.startswith("zoo:"):
         info = zoo.model_info(ref[4:])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Optional, Sequence, Union
 
@@ -9,6 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spikecast import distributed
+from spikecast.data import as_loader, check_finite, input_channel_guard, split_batch
+from spikecast.devices import DeviceLike, resolve_device
+from spikecast.errors import InvalidArgumentError
 from spikecast.progress import progress_bar
 from spikecast.runtime.network import SpikingNetwork
 
@@ -83,7 +88,8 @@ class ValidationResult:
 
 def validate(ann: nn.Module, snn: SpikingNetwork, data, timesteps: Sequence[int] = DEFAULT_TIMESTEPS,
              tolerance: float = 0.01, progress: bool = True, max_batches: Optional[int] = None,
-             early_exit: Union[float, Sequence[float], None] = None) -> ValidationResult:
+             early_exit: Union[float, Sequence[float], None] = None,
+             device: DeviceLike = None) -> ValidationResult:
     """Compare ``snn`` with ``ann`` on ``data`` at every T of ``timesteps`` from ONE simulation of
     ``max(timesteps)`` steps per batch. ``data``: DataLoader / batches / tensor / (x, y).
 
@@ -92,59 +98,81 @@ def validate(ann: nn.Module, snn: SpikingNetwork, data, timesteps: Sequence[int]
     output so far reaches it (``result.early_exit``: a list of :class:`EarlyExitResult`). The
     batch is still simulated to the end; the steps counted are those a per-sample runtime would
     spend.
+
+    ``device``: where both networks run (``"cpu"``, ``"cuda:0"``...; checked with
+    :func:`spikecast.devices.resolve_device`); default: the SNN's device.
+
+    The caller's networks are left as they were found: the ANN runs in eval mode on the chosen
+    device during validation, and its train/eval mode (per submodule) and device are restored
+    afterwards, also when validation fails; likewise the SNN's device.
+
+    Raises:
+        InvalidArgumentError (a ValueError): empty ``timesteps`` or a T <= 0, bad ``early_exit``.
+        DeviceError (a ValueError): ``device`` is unknown or not available here.
+        DataError (a ValueError): a batch holds NaN / Inf, or has channels the ANN's first layer
+            does not take; ValueError: no data.
     """
-    import time
-
-    from spikecast.data import as_loader, split_batch
-
-    budgets = sorted({int(t) for t in timesteps})
-    device = next((p.device for p in snn.parameters()), torch.device("cpu"))
-    ann = ann.eval().to(device)
-    correct_ann, n, labelled = 0, 0, True
-    correct = {t: 0 for t in budgets}
-    agree = {t: 0 for t in budgets}
-    err = {t: 0.0 for t in budgets}
-    cos = {t: 0.0 for t in budgets}
+    budgets = _check_timesteps(timesteps)
     confidences = [] if early_exit is None else (
         [float(early_exit)] if isinstance(early_exit, (int, float)) else [float(c) for c in early_exit])
     if any(not 0.0 < c <= 1.0 for c in confidences):
-        raise ValueError(f"early_exit must be confidences in (0, 1], got {early_exit}")
-    exit_stats = [[0, 0, 0.0, 0] for _ in confidences]  # correct, agree, steps, exited early
-    started = time.perf_counter()
-    with progress_bar("validate", None, progress) as bar:
-        for i, batch in enumerate(as_loader(data)):
-            if max_batches is not None and i >= max_batches:
-                break
-            x, y = split_batch(batch)
-            x = x.to(device)
-            with torch.inference_mode():
-                ref = ann(x)
-            tracker = _ExitTracker(confidences, budgets[-1]) if confidences else None
-            outs = snn.simulate(x, budgets, callback=tracker)
-            ref_top = ref.argmax(-1)
-            for k in range(len(confidences)):
-                prediction, steps = tracker.prediction[k], tracker.steps[k]
-                exit_stats[k][1] += int((prediction == ref_top).sum())
-                exit_stats[k][2] += float(steps.sum())
-                exit_stats[k][3] += int((steps < budgets[-1]).sum())
-                if y is not None:
-                    exit_stats[k][0] += int((prediction == y.to(device)).sum())
-            if y is None:
-                labelled = False
-            else:
-                y = y.to(device)
-                correct_ann += int((ref_top == y).sum())
-            for t, out in outs.items():
-                top = out.argmax(-1)
-                agree[t] += int((top == ref_top).sum())
-                err[t] += float((out - ref).abs().flatten(1).mean(1).sum())
-                cos[t] += float(F.cosine_similarity(out.flatten(1).double(), ref.flatten(1).double(), dim=1).sum())
-                if y is not None:
-                    correct[t] += int((top == y).sum())
-            n += x.shape[0]
-            bar.advance()
-    from spikecast import distributed
-
+        raise InvalidArgumentError(f"early_exit must be confidences in (0, 1], got {early_exit}")
+    snn_device = _device_of(snn)
+    device = resolve_device(device, default=snn_device or torch.device("cpu"))
+    ann_state = _ModuleState(ann)
+    snn_state = _ModuleState(snn)
+    try:
+        if snn_device is not None and _device_of(snn) != device:
+            snn.to(device)
+        ann_state.use(device)
+        correct_ann, n, labelled = 0, 0, True
+        correct = {t: 0 for t in budgets}
+        agree = {t: 0 for t in budgets}
+        err = {t: 0.0 for t in budgets}
+        cos = {t: 0.0 for t in budgets}
+        exit_stats = [[0, 0, 0.0, 0] for _ in confidences]  # correct, agree, steps, exited early
+        started = time.perf_counter()
+        with progress_bar("validate", None, progress) as bar:
+            for i, batch in enumerate(as_loader(data)):
+                if max_batches is not None and i >= max_batches:
+                    break
+                x, y = split_batch(batch)
+                check_finite(x, f"validation data (batch {i})")
+                x = x.to(device)
+                with torch.inference_mode():
+                    if i == 0:
+                        with input_channel_guard(ann, "the validation data"):
+                            ref = ann(x)
+                    else:
+                        ref = ann(x)
+                tracker = _ExitTracker(confidences, budgets[-1]) if confidences else None
+                outs = snn.simulate(x, budgets, callback=tracker)
+                ref_top = ref.argmax(-1)
+                for k in range(len(confidences)):
+                    prediction, steps = tracker.prediction[k], tracker.steps[k]
+                    exit_stats[k][1] += int((prediction == ref_top).sum())
+                    exit_stats[k][2] += float(steps.sum())
+                    exit_stats[k][3] += int((steps < budgets[-1]).sum())
+                    if y is not None:
+                        exit_stats[k][0] += int((prediction == y.to(device)).sum())
+                if y is None:
+                    labelled = False
+                else:
+                    y = y.to(device)
+                    correct_ann += int((ref_top == y).sum())
+                for t, out in outs.items():
+                    top = out.argmax(-1)
+                    agree[t] += int((top == ref_top).sum())
+                    err[t] += float((out - ref).abs().flatten(1).mean(1).sum())
+                    cos[t] += float(F.cosine_similarity(out.flatten(1).double(), ref.flatten(1).double(),
+                                                        dim=1).sum())
+                    if y is not None:
+                        correct[t] += int((top == y).sum())
+                n += x.shape[0]
+                bar.advance()
+    finally:
+        ann_state.restore()
+        snn_state.restore()
     if distributed.active():
         # torchrun: every rank saw its shard; sum the counts so all ranks hold the full result
         flat = [float(n), float(correct_ann), float(not labelled)]
@@ -179,6 +207,57 @@ def validate(ann: nn.Module, snn: SpikingNetwork, data, timesteps: Sequence[int]
         logit_error={t: err[t] / n for t in budgets}, cosine={t: cos[t] / n for t in budgets},
         tolerance=tolerance, passed=passed, seconds=time.perf_counter() - started, early_exit=exit_result)
 
+
+def _check_timesteps(timesteps) -> list[int]:
+    """Sorted distinct budgets; a clear error for an empty list, T <= 0 or a non-integer T."""
+    values = [timesteps] if isinstance(timesteps, (int, float)) else list(timesteps or [])
+    if not values:
+        raise InvalidArgumentError("timesteps is empty: give at least one number of timesteps T >= 1")
+    budgets = set()
+    for t in values:
+        try:
+            ok = not isinstance(t, (bool, str, bytes)) and int(t) == t and int(t) >= 1
+        except (TypeError, ValueError, OverflowError):
+            ok = False
+        if not ok:
+            raise InvalidArgumentError(f"every number of timesteps T must be an integer >= 1, got {t!r} "
+                                       f"in timesteps={timesteps!r}")
+        budgets.add(int(t))
+    return sorted(budgets)
+
+
+def _device_of(module: nn.Module) -> Optional[torch.device]:
+    """The device of the module's first parameter or buffer (None when it has neither)."""
+    for tensor in module.parameters():
+        return tensor.device
+    for tensor in module.buffers():
+        return tensor.device
+    return None
+
+
+class _ModuleState:
+    """Train/eval mode of every submodule and the device of a module, to put back after use."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+        self.modes = [(m, m.training) for m in module.modules()]
+        devices = {t.device for t in module.parameters()} | {t.device for t in module.buffers()}
+        self.device = next(iter(devices)) if len(devices) == 1 else None  # None: none, or spread over several
+        self.moved = False
+
+    def use(self, device: torch.device) -> None:
+        """Eval mode, on ``device`` (a module spread over several devices stays where it is)."""
+        self.module.eval()
+        if self.device is not None and self.device != device:
+            self.module.to(device)
+            self.moved = True
+
+    def restore(self) -> None:
+        if self.moved or (self.device is not None and _device_of(self.module) != self.device):
+            self.module.to(self.device)
+        for m, training in self.modes:  # pre-order: a parent's train() first, then each child's own
+            if m.training != training:
+                m.train(training)
 
 class _ExitTracker:
     """Simulation callback: per confidence and sample, the prediction and the step at which the

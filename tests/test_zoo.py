@@ -179,11 +179,15 @@ def test_load_state_dict_reads_safetensors(tmp_path: Path) -> None:
     assert all(torch.equal(model.state_dict()[key], reference[key]) for key in reference)
 
 
-def test_untrusted_pickle_falls_back_with_warning(tmp_path: Path) -> None:
+def test_pickled_objects_need_trust_checkpoint(tmp_path: Path) -> None:
+    """A file that pickles non-tensor objects is refused unless the caller trusts it explicitly."""
+    from spikecast.errors import UntrustedCheckpointError
+
     reference = TinyNet().state_dict()
     torch.save({"state_dict": reference, "args": argparse.Namespace(lr=0.1)}, tmp_path / "with_args.pth")
-    with pytest.warns(UserWarning, match="weights_only=False"):
-        loaded = load_state_dict(tmp_path / "with_args.pth")
+    with pytest.raises(UntrustedCheckpointError, match=r"with_args\.pth.*argparse\.Namespace.*trust_checkpoint=True"):
+        load_state_dict(tmp_path / "with_args.pth")
+    loaded = load_state_dict(tmp_path / "with_args.pth", trust_checkpoint=True)
     assert loaded.keys() == reference.keys()
 
 

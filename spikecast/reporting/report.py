@@ -27,6 +27,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
+from spikecast.convert.compensation import compensated_nodes
 from spikecast.reporting.activity import ActivityReport, EnergyModel, measure_activity
 from spikecast.runtime.network import SpikingNetwork
 from spikecast.validate import DEFAULT_TIMESTEPS, ValidationResult, validate
@@ -215,8 +216,6 @@ def build_report(ann: torch.nn.Module, snn: SpikingNetwork, data, timesteps: Seq
 def neuron_summary(snn: SpikingNetwork) -> dict:
     """Neurons by kind with the bits each sends per step (so latency comparisons stay honest across
     binary, signed, bipolar and multi-level neurons), and the number of compensated ops."""
-    from spikecast.convert.compensation import compensated_nodes
-
     kinds: dict[str, dict] = {}
     for n in snn.neurons().values():
         kind = ("bipolar" if n.bipolar else "signed" if n.signed else "binary") + (
@@ -234,12 +233,18 @@ def describe_neurons(summary: dict) -> str:
 
 
 # ---------------------------------------------------------------------------------------- plots
+def _subplots(figsize: tuple[float, float]):
+    """A figure with one axes, drawn by the Agg canvas directly: no pyplot, so the caller's
+    matplotlib backend and pyplot state (e.g. in a notebook) are left alone."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots()
+
+
 def _figures(report: Report) -> dict[str, bytes]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     v, a = report.validation, report.activity
     pngs: dict[str, bytes] = {}
 
@@ -247,13 +252,12 @@ def _figures(report: Report) -> dict[str, bytes]:
         buf = io.BytesIO()
         fig.tight_layout()
         fig.savefig(buf, format="png", dpi=110)
-        plt.close(fig)
         pngs[name] = buf.getvalue()
 
     ts = v.timesteps
     labelled = v.ann_accuracy is not None
     ys = [100 * (v.snn_accuracy[t] if labelled else v.agreement[t]) for t in ts]
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig, ax = _subplots((6.4, 4.0))
     ax.plot(ts, ys, "o-", color="#1f77b4", label="SNN" if labelled else "SNN agreement with ANN")
     if labelled:
         ax.axhline(100 * v.ann_accuracy, color="#2ca02c", linestyle="-", label=f"ANN ({100 * v.ann_accuracy:.2f}%)")
@@ -270,7 +274,7 @@ def _figures(report: Report) -> dict[str, bytes]:
     save(fig, "accuracy_vs_timesteps.png")
 
     if a is not None:
-        fig, ax = plt.subplots(figsize=(6.4, 4.0))
+        fig, ax = _subplots((6.4, 4.0))
         e_total = [a.energy(t)["snn_total_uj"] for t in a.timesteps]
         e_compute = [a.energy(t)["snn_compute_uj"] for t in a.timesteps]
         acc = [100 * (v.snn_accuracy[t] if labelled else v.agreement[t]) for t in a.timesteps]
@@ -293,7 +297,7 @@ def _figures(report: Report) -> dict[str, bytes]:
         save(fig, "energy_vs_accuracy.png")
 
         names = [layer.name for layer in a.layers]
-        fig, ax = plt.subplots(figsize=(max(6.4, 0.32 * len(names) + 2), 4.2))
+        fig, ax = _subplots((max(6.4, 0.32 * len(names) + 2), 4.2))
         show = sorted({a.timesteps[0], a.timesteps[len(a.timesteps) // 2], a.timesteps[-1]})
         width = 0.8 / len(show)
         for k, t in enumerate(show):
@@ -307,7 +311,7 @@ def _figures(report: Report) -> dict[str, bytes]:
         ax.legend(fontsize=8)
         save(fig, "firing_rates.png")
 
-        fig, ax = plt.subplots(figsize=(max(6.4, 0.32 * len(names) + 2), 4.2))
+        fig, ax = _subplots((max(6.4, 0.32 * len(names) + 2), 4.2))
         for t in a.timesteps:
             errs = [layer.error[t] for layer in a.layers]
             if any(e is not None for e in errs):
@@ -388,20 +392,29 @@ def _html(report: Report, pngs: dict[str, bytes]) -> str:
 
 
 def write_report(report: Union[Report, ValidationResult], out_dir: Union[str, Path]) -> dict[str, Path]:
-    """Write report.json, report.md, report.html and the PNG plots into ``out_dir``; return their paths."""
+    """Write report.json, report.md, report.html and the PNG plots into ``out_dir``; return their paths.
+
+    Everything is rendered before the first file is written, and each file is written to a
+    temporary name then renamed: a failure leaves the previous report in ``out_dir`` whole.
+    """
     if isinstance(report, ValidationResult):
         report = Report(title="spikecast report", model="", data="", validation=report)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(out_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"report folder {out} is an existing file, not a folder")
     pngs = _figures(report)
+    files: dict[str, bytes] = dict(pngs)
+    files["report.json"] = (json.dumps(report.to_dict(), indent=1, default=str) + "\n").encode()
+    files["report.md"] = report.markdown().encode()
+    files["report.html"] = _html(report, pngs).encode()
+    out.mkdir(parents=True, exist_ok=True)
     paths = {}
-    for name, data in pngs.items():
-        (out / name).write_bytes(data)
-        paths[name] = out / name
-    for name, text in (("report.json", json.dumps(report.to_dict(), indent=1, default=str) + "\n"),
-                       ("report.md", report.markdown()), ("report.html", _html(report, pngs))):
+    for name, data in files.items():
         tmp = out / (name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(out / name)
+        try:
+            tmp.write_bytes(data)
+            tmp.replace(out / name)
+        finally:
+            tmp.unlink(missing_ok=True)
         paths[name] = out / name
     return paths

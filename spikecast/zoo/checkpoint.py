@@ -83,14 +83,24 @@ def _sniff(path: Path) -> str:
     return "unknown"
 
 
+def load_error_detail(error: BaseException) -> str:
+    """The useful part of a ``torch.load`` / safetensors error, on one line (torch's weights-only
+    errors open with a long generic preamble)."""
+    text = " ".join(str(error).split())
+    match = re.search(r"WeightsUnpickler error:\s*(.*?)\s*(?:Check the documentation|$)", text)
+    if match and match.group(1):
+        text = match.group(1)
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    return f"{type(error).__name__}: {one_line(text, 160)}"
+
+
 def _corrupt(path: Path, kind: str, error: BaseException) -> CorruptCheckpointError:
     return CorruptCheckpointError(
-        f"checkpoint {path} is truncated or corrupt (not a readable {kind} file: "
-        f"{type(error).__name__}: {one_line(error, 160)})"
+        f"checkpoint {path} is truncated or corrupt (not a readable {kind} file: {load_error_detail(error)})"
     )
 
 
-def _needs_code(error: BaseException) -> Optional[str]:
+def refused_pickle_object(error: BaseException) -> Optional[str]:
     """What pickled object torch's weights-only unpickler refused (e.g. ``"argparse.Namespace"``), or
     None when the error is not about a refused global (garbage bytes, a truncated file)."""
     text = str(error)
@@ -125,7 +135,7 @@ def _read_file(path: Path, trust_checkpoint: bool = False) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        refused = _needs_code(error)
+        refused = refused_pickle_object(error)
         if not trust_checkpoint:
             if refused is None:
                 raise _corrupt(path, "torch", error) from None

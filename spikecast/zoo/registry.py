@@ -129,7 +129,7 @@ def _entry(name: str) -> _RegistryEntry:
     except (KeyError, TypeError):
         close = close_matches(name, list_models()) if isinstance(name, str) else []
         hint = f"did you mean {', '.join(close)}? " if close else ""
-        raise UnknownModelError(f"unknown zoo model {name!r}; {hint}registered models: {', '.join(list_models())}") \
+        raise UnknownModelError(f"unknown model {name!r}; {hint}registered models: {', '.join(list_models())}") \
             from None
 
 
