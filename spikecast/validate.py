@@ -119,8 +119,8 @@ def validate(ann: nn.Module, snn: SpikingNetwork, data, timesteps: Sequence[int]
         raise InvalidArgumentError(f"early_exit must be confidences in (0, 1], got {early_exit}")
     snn_device = _device_of(snn)
     device = resolve_device(device, default=snn_device or torch.device("cpu"))
-    ann_state = _ModuleState(ann)
-    snn_state = _ModuleState(snn)
+    ann_state = ModuleState(ann)
+    snn_state = ModuleState(snn)
     try:
         if snn_device is not None and _device_of(snn) != device:
             snn.to(device)
@@ -235,8 +235,16 @@ def _device_of(module: nn.Module) -> Optional[torch.device]:
     return None
 
 
-class _ModuleState:
-    """Train/eval mode of every submodule and the device of a module, to put back after use."""
+class ModuleState:
+    """Train/eval mode of every submodule and the device of a module, to put back after use::
+
+        state = ModuleState(ann)
+        try:
+            state.use(device)  # eval mode, on device
+            ...
+        finally:
+            state.restore()  # modes and device as they were
+    """
 
     def __init__(self, module: nn.Module):
         self.module = module

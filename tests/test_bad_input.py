@@ -395,6 +395,19 @@ def test_validate_leaves_the_ann_as_found(ann_snn, data):
     ann.eval()
 
 
+def test_build_report_leaves_the_ann_as_found(ann_snn, data):
+    from spikecast.reporting.report import build_report
+
+    ann, snn = ann_snn
+    ann.train()
+    ann[1].eval()
+    modes = [m.training for m in ann.modules()]
+    report = build_report(ann, snn, data, timesteps=[1, 2], activity_images=4, early_exit=None, progress=False)
+    assert report.activity is not None
+    assert [m.training for m in ann.modules()] == modes
+    ann.eval()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device to move the ANN to")
 def test_validate_moves_the_ann_back(ann_snn, data):
     import copy
