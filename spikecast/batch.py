@@ -1,10 +1,12 @@
 """Batch conversion: ``spikecast batch jobs.toml`` - many models, one summary.
 
-A TOML file lists jobs; ``[defaults]`` applies to every job, each ``[[job]]`` overrides::
+A TOML file lists jobs; ``[defaults]`` applies to every job, each ``[[job]]`` overrides. The
+settings are the CLI's flags with ``_`` for ``-`` (and the library's names: the recipe fields of
+:class:`spikecast.recipe.Recipe`, and :class:`spikecast.jobs.JobSpec`)::
 
     [defaults]
     data = "cifar10"            # data spec (spikecast.datasets)
-    timesteps = [1, 2, 4, 8, 16, 32, 64]
+    eval_timesteps = [1, 2, 4, 8, 16, 32, 64]
     tolerance = 0.01
     eval_images = 1000
     calib_images = 512
@@ -12,15 +14,21 @@ A TOML file lists jobs; ``[defaults]`` applies to every job, each ``[[job]]`` ov
     [[job]]
     name = "resnet20-advanced"
     model = "zoo:cifar10-resnet20"   # zoo name, timm name or file.py:Name (+ checkpoint = "...")
-    calibration = "advanced"
-    budget = 32
+    correction = "advanced"
+    timesteps = 32                   # the budget T the SNN is calibrated for
 
-Every job writes ``OUT/<name>/``: ``snn/`` (the saved network), the report (``report.html``,
-``report.md``, ``report.json``, plots) and ``job.json`` (status, settings, error, timings). A job
-that fails records its error and the batch goes on. Running the batch again skips every job whose
-``job.json`` says it finished with the same settings (``force=True`` redoes them). ``OUT/summary.md``,
-``summary.html`` and ``summary.json`` put the jobs side by side: accuracy at each T, latency to
-parity, energy at the budget.
+The old names still work, with a deprecation note: ``budget`` (now ``timesteps``), ``method``
+(``thresholds``), ``calibration`` (``correction``) and ``timesteps`` given as a list (now
+``eval_timesteps``).
+
+Every job runs through :func:`spikecast.jobs.run_job` (the same job as ``spikecast convert``) into
+``OUT/<name>/``: ``snn/`` (the saved network, with absolute references to its model and data, so
+``spikecast validate OUT/<name>/snn`` works from anywhere), the report (``report.html``,
+``report.md``, ``report.json``, plots), ``validation.json`` / ``.md`` and ``job.json`` (status,
+settings, error, timings). A job that fails records its error and the batch goes on. Running the
+batch again skips every job whose ``job.json`` says it finished with the same settings
+(``force=True`` redoes them). ``OUT/summary.md``, ``summary.html`` and ``summary.json`` put the
+jobs side by side: accuracy at each T, latency to parity, energy at the budget.
 """
 
 from __future__ import annotations
@@ -30,20 +38,29 @@ import html
 import json
 import re
 import time
+import tomllib
 import traceback
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from spikecast.jobs import JobSpec, parse_timesteps, run_job
+from spikecast.progress import progress_bar
+from spikecast.recipe import Recipe
+
 JOB_FILE = "job.json"
+#: Settings of a job that are not recipe fields, with their defaults.
 DEFAULTS: dict[str, Any] = {
-    "data": None, "checkpoint": None, "pretrained": None, "method": None, "percentile": None,
-    "per_channel": False, "calibration": None, "budget": None, "signed": None, "mask_ratio": 0.0,
-    "levels": 1, "compensate": True,
-    "timesteps": [1, 2, 4, 8, 16, 32, 64], "tolerance": 0.01, "eval_images": None, "calib_images": 512,
-    "activity_images": 64, "batch_size": 256, "report": True,
+    "data": None, "checkpoint": None, "pretrained": None, "trust_checkpoint": False, "calib_data": None,
+    "eval_images": None, "eval_timesteps": [1, 2, 4, 8, 16, 32, 64], "tolerance": 0.01, "early_exit": [0.9, 0.99],
+    "batch_size": 256, "device": None, "mean": None, "std": None, "size": None, "report": True, "activity_images": 64,
 }
-KEYS = set(DEFAULTS) | {"name", "model"}
+#: Recipe fields (``None``: the recipe's default).
+RECIPE_KEYS = tuple(f.name for f in fields(Recipe))
+KEYS = set(DEFAULTS) | set(RECIPE_KEYS) | {"name", "model"}
+#: Old setting names -> new ones (``timesteps`` given as a list is also renamed ``eval_timesteps``).
+DEPRECATED = {"budget": "timesteps", "method": "thresholds", "calibration": "correction"}
 
 
 @dataclass
@@ -66,11 +83,31 @@ class BatchResult:
         """Every job finished and met its tolerance."""
         return all(j.status in ("done", "skipped") and j.passed for j in self.jobs)
 
+    @property
+    def failed(self) -> bool:
+        return any(j.status == "failed" for j in self.jobs)
+
+
+def _is_list(value) -> bool:
+    return isinstance(value, (list, tuple)) or (isinstance(value, str) and ("," in value or "..." in value))
+
+
+def _renamed(table: dict, where: str) -> dict:
+    """``table`` with deprecated setting names replaced by the new ones (one warning each)."""
+    out: dict = {}
+    for key, value in table.items():
+        new = "eval_timesteps" if key == "timesteps" and _is_list(value) else DEPRECATED.get(key, key)
+        if new != key:
+            what = f"{key!r} as a list" if key == "timesteps" else repr(key)
+            warnings.warn(f"{where}: {what} is deprecated, use {new!r}", FutureWarning, stacklevel=3)
+        if new in out:
+            raise ValueError(f"{where}: {new!r} is set twice (also under an old name)")
+        out[new] = value
+    return out
+
 
 def load_jobs(path: Union[str, Path]) -> list[dict]:
-    """Parse and check a jobs file; returns one settings dict per job (defaults applied)."""
-    import tomllib
-
+    """Parse and check a jobs file; returns one settings dict per job (defaults applied, new names)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"jobs file not found: {path}")
@@ -81,8 +118,8 @@ def load_jobs(path: Union[str, Path]) -> list[dict]:
     unknown_top = set(doc) - {"defaults", "job"}
     if unknown_top:
         raise ValueError(f"{path}: unknown section(s) {sorted(unknown_top)}; use [defaults] and [[job]]")
-    defaults = dict(DEFAULTS)
-    for key, value in doc.get("defaults", {}).items():
+    defaults = {**DEFAULTS, **{k: None for k in RECIPE_KEYS}}
+    for key, value in _renamed(doc.get("defaults", {}), f"{path} [defaults]").items():
         if key not in KEYS - {"name"}:
             raise ValueError(f"{path}: unknown setting {key!r} in [defaults]; known: {sorted(KEYS - {'name'})}")
         defaults[key] = value
@@ -91,6 +128,7 @@ def load_jobs(path: Union[str, Path]) -> list[dict]:
     if not raw_jobs:
         raise ValueError(f"{path} lists no [[job]]")
     for k, raw in enumerate(raw_jobs, start=1):
+        raw = _renamed(raw, f"{path} job {k}")
         unknown = set(raw) - KEYS
         if unknown:
             raise ValueError(f"{path}: job {k} has unknown setting(s) {sorted(unknown)}; known: {sorted(KEYS)}")
@@ -117,64 +155,27 @@ def _settings_hash(job: dict) -> str:
     return hashlib.sha256(json.dumps(job, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _timesteps(value) -> list[int]:
-    if isinstance(value, str):
-        from spikecast.cli import parse_timesteps
-
-        return parse_timesteps(value)
-    return sorted({int(t) for t in value})
+def _floats(value) -> Optional[tuple[float, ...]]:
+    if value is None:
+        return None
+    return tuple(float(v) for v in (value if isinstance(value, (list, tuple)) else [value]))
 
 
-def run_job(job: dict, out: Path, progress: bool = True) -> dict:
-    """Convert, validate and report one job into ``out``; returns its summary numbers."""
-    import spikecast
-    from spikecast import pipeline as api
-    from spikecast.data import TensorBatches
-    from spikecast.datasets import parse_data_spec, resolve_data
-    from spikecast.models import data_defaults, parse_model_ref, resolve_model
-
-    ref = parse_model_ref(str(job["model"]))
-    ann, name = resolve_model(ref, job["checkpoint"], job["pretrained"])
-    defaults = data_defaults(ref, ann)
-    spec = parse_data_spec(job["data"])
-    kw = dict(mean=defaults.get("mean"), std=defaults.get("std"), size=defaults.get("size"))
-    x, y = resolve_data(spec, None, job["eval_images"], **kw)
-    x_cal, _ = resolve_data(spec, "train" if spec.has_splits else None, job["calib_images"], **kw)
-    timesteps = _timesteps(job["timesteps"])
-    convert_kw = {k: job[k] for k in ("method", "percentile", "calibration", "signed") if job[k] is not None}
-    budget = int(job["budget"] or api.DEFAULT_TIMESTEPS)
-    started = time.perf_counter()
-    snn = spikecast.convert(ann, calib=TensorBatches(x_cal, batch_size=job["batch_size"]), timesteps=budget,
-                            per_channel=bool(job["per_channel"]), mask_ratio=float(job["mask_ratio"]),
-                            levels=int(job["levels"]), compensate=bool(job["compensate"]),
-                            progress=progress, **convert_kw)
-    convert_s = time.perf_counter() - started
-    snn.metadata["cli"] = {"model": str(job["model"]), "checkpoint": job["checkpoint"],
-                           "pretrained": job["pretrained"], "data": spec.name}
-    snn.save(out / "snn")
-    report = spikecast.build_report(ann, snn, TensorBatches(x, y, batch_size=job["batch_size"]), timesteps,
-                                    model=str(job["model"]), data_name=spec.name, tolerance=float(job["tolerance"]),
-                                    activity_images=int(job["activity_images"]) if job["report"] else 0,
-                                    progress=progress)
-    if job["report"]:
-        spikecast.report(report, out)
-    v = report.validation
-    energy = None
-    if report.activity is not None:
-        at = budget if budget in report.activity.timesteps else report.activity.timesteps[-1]
-        energy = {"timesteps": at, **report.activity.energy(at)}
-    return {"ann_top1": v.ann_accuracy, "snn_top1": {str(t): v.snn_accuracy[t] for t in v.timesteps},
-            "agreement": {str(t): v.agreement[t] for t in v.timesteps},
-            "latency_to_parity": {f"{p:g}": t for p, t in report.latency_to_parity().items()},
-            "passed": v.passed, "tolerance": v.tolerance, "energy": energy, "budget": budget,
-            "convert_seconds": round(convert_s, 2), "images": v.samples}
+def job_spec(job: dict) -> JobSpec:
+    """The :class:`JobSpec` of one job of :func:`load_jobs`."""
+    recipe = Recipe().replace(**{k: job[k] for k in RECIPE_KEYS if job.get(k) is not None})
+    return JobSpec(model=str(job["model"]), data=str(job["data"]), recipe=recipe, checkpoint=job["checkpoint"],
+                   pretrained=job["pretrained"], trust_checkpoint=bool(job["trust_checkpoint"]),
+                   calib_data=job["calib_data"], eval_images=job["eval_images"],
+                   eval_timesteps=tuple(parse_timesteps(job["eval_timesteps"])), tolerance=float(job["tolerance"]),
+                   early_exit=_floats(job["early_exit"]) or (), batch_size=int(job["batch_size"]), device=job["device"],
+                   mean=_floats(job["mean"]), std=_floats(job["std"]), size=job["size"], report=bool(job["report"]),
+                   activity_images=int(job["activity_images"]))
 
 
 def run_batch(path: Union[str, Path], out_dir: Union[str, Path], *, force: bool = False,
               progress: bool = True, log=print) -> BatchResult:
     """Run every job of the TOML file ``path`` into ``out_dir`` (see the module docstring)."""
-    from spikecast.progress import progress_bar
-
     jobs = load_jobs(path)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -200,7 +201,9 @@ def run_batch(path: Union[str, Path], out_dir: Union[str, Path], *, force: bool 
             started = time.perf_counter()
             job_dir.mkdir(parents=True, exist_ok=True)
             try:
-                summary = run_job(job, job_dir, progress)
+                done = run_job(job_spec(job), job_dir, log=lambda text: log("      " + text.strip()),
+                               progress=progress)
+                summary = done.summary()
                 outcome = JobOutcome(job["name"], "done", summary["passed"], None,
                                      round(time.perf_counter() - started, 2), summary)
                 verdict = "within tolerance" if summary["passed"] else "MISSED the tolerance"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -13,8 +15,12 @@ import torch
 from torch import nn
 
 import spikecast
-from spikecast.cli import main, parse_shape, parse_timesteps
+from spikecast.cli import COMMANDS, build_parser, main, parse_shape, parse_timesteps
+from spikecast.cli.args import RECIPE_FLAGS, eval_timesteps, recipe_from
 from spikecast.datasets import parse_data_spec, resolve_data
+from spikecast.recipe import Recipe
+
+CLI = Path(spikecast.cli.__file__).parent
 
 # A model whose time-varying part (after the first ReLU) calls torch.sigmoid inside `blocks.1`.
 SIGMOID_MODEL = textwrap.dedent("""
@@ -55,7 +61,7 @@ def converted(tmp_path_factory, one_thread):
     """`spikecast convert` on the digits data spec, end to end (shared by the tests below)."""
     out = tmp_path_factory.mktemp("convert")
     code = main(["convert", "digits-cnn", "--data", "digits", "--calib-images", "200", "--eval-images", "100",
-                 "--timesteps", "1,2,4,...,64", "--batch-size", "64", "--out", str(out)])
+                 "--eval-timesteps", "1,2,4,...,64", "--batch-size", "64", "--out", str(out)])
     return code, out
 
 
@@ -71,9 +77,12 @@ def test_demo_writes_results_and_snn_matches_ann(tmp_path, capsys):
     assert doc["samples"] == 450
     assert abs(doc["snn_accuracy"]["128"] - doc["ann_accuracy"]) <= 0.02
     assert doc["model"]["name"] == "zoo:digits-cnn" and doc["calibration"]["images"] == 1347
+    assert doc["recipe"] == Recipe(calib_images=1347).to_dict()
     assert "| 128 |" in (out / "validation.md").read_text()
     snn = spikecast.load(out / "snn")
     assert len(snn.neurons()) == 3
+    assert snn.metadata["origin"] == {"model": "zoo:digits-cnn", "checkpoint": None, "pretrained": None,
+                                      "trust_checkpoint": False, "data": "digits"}
 
 
 def test_inspect_cli_names_unsupported_sigmoid(tmp_path, capsys):
@@ -82,7 +91,7 @@ def test_inspect_cli_names_unsupported_sigmoid(tmp_path, capsys):
     assert main(["inspect", f"{model_file}:Net", "--input-shape", "4", "--no-compensate"]) == 1
     printed = capsys.readouterr().out
     assert "UNSUPPORTED" in printed and "blocks.1" in printed and "aten.sigmoid" in printed
-    assert "NOT convertible" in printed
+    assert "NOT convertible" in printed and "Net" in printed
     # by default the sigmoid is compensated and the head reads a bipolar neuron
     assert main(["inspect", f"{model_file}:Net", "--input-shape", "4"]) == 0
     printed = capsys.readouterr().out
@@ -123,7 +132,8 @@ def test_convert_digits_end_to_end(converted, capsys):
     doc = json.loads((out / "validation.json").read_text())
     assert doc["timesteps"] == [1, 2, 4, 8, 16, 32, 64] and doc["samples"] == 100
     assert doc["calibration"]["images"] == 200 and doc["calibration"]["spec"] == "digits:train"
-    assert doc["passed"] is True
+    assert doc["recipe"]["calib_images"] == 200 and doc["recipe"]["timesteps"] == 32
+    assert doc["passed"] is True and doc["snn_dir"] == str((out / "snn").resolve())
     assert (out / "validation.md").is_file() and (out / "snn" / "spikecast.json").is_file()
 
 
@@ -133,7 +143,10 @@ def test_validate_saved_snn(converted, capsys):
     assert main(args + ["--out", str(out / "again")]) == 0  # model and data recorded by convert
     assert "| 64 |" in capsys.readouterr().out
     assert json.loads((out / "again" / "validation.json").read_text())["samples"] == 50
-    assert main(args + ["--tolerance", "-1"]) == 2  # converted, but missed the (impossible) tolerance
+    assert main(args + ["--tolerance", "-1"]) == 1  # validated, but missed the (impossible) tolerance
+    # --eval-timesteps is the same list on every command that validates
+    assert main(["validate", str(out / "snn"), "--eval-images", "30", "--eval-timesteps", "4"]) == 0
+    assert "| 4 |" in capsys.readouterr().out
 
 
 def test_data_spec_errors_are_clear(tmp_path, capsys):
@@ -150,13 +163,18 @@ def test_data_spec_errors_are_clear(tmp_path, capsys):
     with pytest.raises(ValueError, match="at least 1"):
         resolve_data("digits", limit=0)
 
-    assert main(["convert", "digits-cnn", "--data", "imagenet", "--out", str(tmp_path / "x")]) == 1
+    # errors: one line `spikecast: error: ...`, exit code 2, no traceback
+    assert main(["convert", "digits-cnn", "--data", "imagenet", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: unknown data spec 'imagenet'") and "Traceback" not in err
-    assert main(["convert", "digits-cnn", "--data", "digits", "--timesteps", "1,x"]) == 1
-    assert "error: cannot read --timesteps" in capsys.readouterr().err
-    assert main(["convert", "digits-cnn"]) == 1  # --data missing: usage error is 1, never 2
+    assert err.startswith("spikecast: error: unknown data spec 'imagenet'") and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert main(["convert", "digits-cnn", "--data", "digits", "--eval-timesteps", "1,x"]) == 2
+    assert "spikecast: error: cannot read the timesteps '1,x'" in capsys.readouterr().err
+    assert main(["convert", "digits-cnn"]) == 2  # --data missing: a usage error
     assert "--data" in capsys.readouterr().err
+    assert main(["validate", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("spikecast: error: ") and "not a saved spikecast network" in err and len(err.splitlines()) == 1
 
 
 def test_data_specs_load_tensors(tmp_path):
@@ -189,28 +207,31 @@ def test_python_dash_m_runs():
     assert done.returncode == 0 and done.stdout.startswith("spikecast ")
 
 
-def test_convert_calibration_flags_and_early_exit(tmp_path, capsys):
+def test_convert_recipe_flags_early_exit_and_report(tmp_path, capsys):
     out = tmp_path / "flags"
     args = ["convert", "digits-cnn", "--data", "digits", "--calib-images", "100", "--eval-images", "60",
-            "--timesteps", "4,8", "--budget", "8", "--method", "percentile", "--per-channel",
-            "--calibration", "light", "--no-signed", "--early-exit", "0.99", "--out", str(out)]
+            "--eval-timesteps", "4,8", "--timesteps", "8", "--thresholds", "percentile", "--percentile", "99.9",
+            "--per-channel", "--correction", "light", "--no-signed", "--early-exit", "0.99", "--report",
+            "--activity-images", "16", "--out", str(out)]
     assert main(args + ["--tolerance", "1"]) == 0
     printed = capsys.readouterr().out
-    assert "percentile" in printed and "light for T=8" in printed and "binary neurons" in printed
+    assert "percentile 99.9 per channel" in printed and "light for T=8" in printed and "binary neurons" in printed
     assert "Early exit (softmax confidence >= 0.99" in printed
     doc = json.loads((out / "validation.json").read_text())
-    assert doc["calibration"]["per_channel"] is True and doc["calibration"]["correction"] == "light"
-    assert doc["calibration"]["budget"] == 8 and doc["calibration"]["signed"] is False
+    assert doc["recipe"] == Recipe(timesteps=8, thresholds="percentile", percentile=99.9, per_channel=True,
+                                   correction="light", signed=False, calib_images=100).to_dict()
     assert doc["early_exit"][0]["confidence"] == 0.99 and 1 <= doc["early_exit"][0]["mean_steps"] <= 8
     snn = json.loads((out / "snn" / "spikecast.json").read_text())
     assert snn["metadata"]["correction"]["level"] == "light" and snn["metadata"]["correction"]["timesteps"] == 8
-    assert main(["convert", "digits-cnn", "--data", "digits", "--calibration", "heavy"]) == 1
+    report = json.loads((out / "report.json").read_text())  # --report: the full report, activity included
+    assert report["activity"] is not None and set(report["snn"]["top1"]) == {"4", "8"}
+    assert main(["convert", "digits-cnn", "--data", "digits", "--correction", "heavy"]) == 2
 
 
 def test_finetune_resumes_and_quantize_and_export(tmp_path, capsys):
     out = tmp_path / "ft"
     args = ["finetune", "digits-cnn", "--data", "digits", "--levels", "4", "--epochs", "2", "--lr", "0.005",
-            "--train-images", "256", "--eval-images", "100", "--calib-images", "64", "--timesteps", "2,4,8",
+            "--train-images", "256", "--eval-images", "100", "--calib-images", "64", "--eval-timesteps", "2,4,8",
             "--tolerance", "1", "--out", str(out)]
     assert main(args) == 0
     text = capsys.readouterr().out
@@ -223,14 +244,15 @@ def test_finetune_resumes_and_quantize_and_export(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "resuming" in err and "epoch 1/2:" not in err
     # a different run refuses the checkpoint instead of mixing it in
-    assert main(args[:5] + ["8"] + args[6:]) == 1
+    assert main(args[:5] + ["8"] + args[6:]) == 2
     assert "different fine-tuning run" in capsys.readouterr().err
 
     qdir = tmp_path / "q4"
     assert main(["quantize", str(out / "snn"), "--bits", "4", "--eval-images", "100", "--timesteps", "4,8",
-                 "--tolerance", "1", "--out", str(qdir)]) == 0
+                 "--early-exit", "0.9", "--tolerance", "1", "--out", str(qdir)]) == 0
     text = capsys.readouterr().out
     assert "int4 SNN" in text and (qdir / "snn" / "spikecast.json").is_file()
+    assert "Early exit (confidence >= 0.9): int4 SNN top-1" in text
     assert spikecast.load(qdir / "snn").metadata["weight_quantization"]["bits"] == 4
 
     edir = tmp_path / "onnx"
@@ -250,7 +272,7 @@ def test_finetune_resumes_and_quantize_and_export(tmp_path, capsys):
     assert main(["export", "--snn", str(idir / "snn"), "--data", "digits", "--eval-images", "60",
                  "--out", str(edir / "int")]) == 0
     assert "max abs diff to torch 0.0e+00" in capsys.readouterr().out
-    assert main(["export", "--out", str(edir)]) == 1
+    assert main(["export", "--out", str(edir)]) == 2
     assert "nothing to export" in capsys.readouterr().err
 
 
@@ -258,7 +280,7 @@ def test_report_command_writes_every_file(converted, tmp_path, capsys):
     code, out = converted
     rdir = tmp_path / "report"
     assert main(["report", str(out / "snn"), "--eval-images", "120", "--timesteps", "1,4,16", "--activity-images", "32",
-                 "--tolerance", "1", "--out", str(rdir)]) == 0
+                 "--early-exit", "0.95", "--tolerance", "1", "--out", str(rdir)]) == 0
     text = capsys.readouterr().out
     assert "energy / image" in text
     for name in ("report.html", "report.md", "report.json", "accuracy_vs_timesteps.png", "energy_vs_accuracy.png",
@@ -267,6 +289,7 @@ def test_report_command_writes_every_file(converted, tmp_path, capsys):
     doc = json.loads((rdir / "report.json").read_text())
     assert doc["format"] == "spikecast-report" and doc["schema_version"] == 1
     assert set(doc["snn"]["top1"]) == {"1", "4", "16"} and "latency_to_parity" in doc
+    assert [e["confidence"] for e in doc["early_exit"]] == [0.95]
     page = (rdir / "report.html").read_text()
     assert "<script" not in page and "http://" not in page and "https://" not in page  # self-contained
     assert page.count("data:image/png;base64,") == 4
@@ -293,3 +316,104 @@ def test_torchrun_two_processes_give_the_single_process_table(converted, tmp_pat
             assert two[key][t] == pytest.approx(v, rel=1e-5), key  # batch composition: float32 rounding
     assert two["early_exit"][0]["accuracy"] == one["early_exit"][0]["accuracy"]
     assert two["early_exit"][0]["mean_steps"] == pytest.approx(one["early_exit"][0]["mean_steps"])
+
+
+# ------------------------------------------------------------------------------------------- flags
+def _subparsers() -> dict[str, argparse.ArgumentParser]:
+    action = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+def _flags(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    return {opt: a for a in parser._actions for opt in a.option_strings if opt not in ("-h", "--help")}
+
+
+def test_every_flag_of_every_command_is_read():
+    """No flag is a silent no-op: each option a command's parser accepts is read by the command's module
+    (or the shared helpers it calls), and the help lists every visible flag."""
+    shared = (CLI / "args.py").read_text() + (CLI / "common.py").read_text()
+    commands = {module.__name__.rsplit(".", 1)[1]: module for module in COMMANDS}
+    parsers = _subparsers()
+    assert set(parsers) == {"demo", "inspect", "convert", "validate", "finetune", "quantize", "export", "report",
+                            "batch"}
+    for name, parser in parsers.items():
+        source = Path(commands[name].__file__).read_text()
+        help_text = parser.format_help()
+        for flag, action in _flags(parser).items():
+            if flag == "--debug":
+                continue  # read by main()
+            dest = action.dest
+            if dest in RECIPE_FLAGS and "recipe_from(args" in source:
+                continue  # recipe_from reads every recipe flag (test_deprecated_aliases... checks the mapping)
+            read = re.search(rf"args\.{dest}\b|getattr\(args, \"{dest}\"", source + shared)
+            assert read, f"spikecast {name} {flag}: args.{dest} is never read"
+            if action.help != argparse.SUPPRESS:
+                assert flag in help_text, f"spikecast {name} --help does not list {flag}"
+
+
+def test_flag_names_follow_the_library():
+    flags = {name: set(_flags(p)) for name, p in _subparsers().items()}
+    recipe = {"--" + f.replace("_", "-") for f in Recipe().to_dict() if f != "mask_sites"}
+    assert recipe <= flags["convert"]  # every recipe field is a convert flag
+    for name in ("convert", "finetune", "validate", "quantize", "report"):
+        assert {"--eval-timesteps", "--tolerance", "--early-exit", "--batch-size", "--device"} <= flags[name], name
+    for name in ("inspect", "convert", "validate", "finetune", "quantize", "export", "report"):
+        assert "--trust-checkpoint" in flags[name], name  # every command that loads a checkpoint
+    assert {"--timesteps", "--correction", "--thresholds", "--calib-images", "--levels", "--no-signed"} <= flags["finetune"]
+    # what used to be accepted and ignored is gone
+    assert "--mask-ratio" not in flags["finetune"] and "--device" not in flags["export"]
+
+
+def test_deprecated_aliases_map_to_the_new_names(capsys):
+    parser = build_parser()
+    args = parser.parse_args(["convert", "m", "--data", "d", "--budget", "8", "--method", "max", "--calibration", "none",
+                              "--timesteps", "1,2,4,...,16"])
+    assert eval_timesteps(args) == [1, 2, 4, 8, 16]
+    assert recipe_from(args) == Recipe(timesteps=8, thresholds="max", correction="none")
+    notes = capsys.readouterr().err.strip().splitlines()
+    assert len(notes) == 4 and all(n.startswith("spikecast: note: ") for n in notes)
+    assert "--budget is deprecated, use --timesteps" in notes[0] and "--eval-timesteps" in notes[3]
+    args = parser.parse_args(["finetune", "m", "--data", "d", "--calibration", "advanced", "--timesteps", "2,4"])
+    assert args.correction == "advanced" and eval_timesteps(args) == [2, 4]
+    capsys.readouterr()
+    # the new names give the same recipe, and say nothing
+    args = parser.parse_args(["convert", "m", "--data", "d", "--timesteps", "8", "--thresholds", "max",
+                              "--correction", "none", "--eval-timesteps", "1,2,4,...,16"])
+    assert eval_timesteps(args) == [1, 2, 4, 8, 16]
+    assert recipe_from(args) == Recipe(timesteps=8, thresholds="max", correction="none")
+    assert capsys.readouterr().err == ""
+    # deprecated flags stay out of --help
+    help_text = _subparsers()["convert"].format_help()
+    assert "--budget" not in help_text and "--method" not in help_text and "--calibration " not in help_text
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["finetune", "digits-cnn", "--data", "digits", "--bptt-window", "2"], "--bptt-window belongs to --method surrogate"),
+    (["finetune", "digits-cnn", "--data", "digits", "--timesteps", "4"], "--timesteps belongs to --method surrogate"),
+    (["finetune", "digits-cnn", "--data", "digits", "--method", "surrogate", "--thresholds", "max"], "--thresholds"),
+    (["finetune", "digits-cnn", "--data", "digits", "--device", "no-such-device"], "unknown device 'no-such-device'"),
+    (["convert", "digits-cnn", "--data", "digits", "--percentile", "99"], "--percentile applies to --thresholds"),
+    (["convert", "digits-cnn", "--data", "digits", "--mask-seed", "3"], "--mask-seed seeds random spike masking"),
+    (["convert", "digits-cnn", "--data", "digits", "--activity-images", "8"], "add --report"),
+    (["convert", "digits-cnn", "--data", "digits", "--budget", "8", "--timesteps", "8"], "give --timesteps only"),
+    (["convert", "digits-cnn", "--data", "digits", "--early-exit", "2"], "--early-exit takes confidences"),
+    (["convert", "digits-cnn", "--data", "digits", "--device", "cuda:7"], "device 'cuda:7' is not available"),
+    (["quantize", "x", "--input-bits", "4"], "add --integer"),
+    (["report", "x", "--calib-images", "64"], "add --int8"),
+    (["export", "--model", "digits-cnn", "--int8"], "--int8 need(s) --data"),
+    (["export", "--model", "digits-cnn", "--check-timesteps", "4", "--data", "digits"], "add --snn"),
+])
+def test_flags_that_do_not_apply_are_rejected(argv, message, capsys):
+    if "cuda:7" in argv and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    assert main(argv) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("spikecast: note: ")]
+    assert len(err) == 1 and err[0].startswith("spikecast: error: ") and message in err[0], err
+
+
+def test_usage_errors_exit_2(capsys):
+    assert main(["convert", "digits-cnn", "--data", "digits", "--calib-images", "0"]) == 2
+    assert "must be at least 1" in capsys.readouterr().err
+    assert main(["validate", "x", "--levels", "4"]) == 2  # not a validate flag
+    assert "unrecognized arguments: --levels" in capsys.readouterr().err
+    assert main([]) == 2

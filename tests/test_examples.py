@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -46,7 +47,9 @@ def test_cifar_resnet20_report_example(tmp_path):
 
 
 def test_batch_example_is_valid_and_its_small_jobs_run(tmp_path):
-    jobs = load_jobs(EXAMPLES / "batch_jobs.toml")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the example uses the current setting names
+        jobs = load_jobs(EXAMPLES / "batch_jobs.toml")
     assert len(jobs) >= 4 and any(j["name"] == "broken-on-purpose" for j in jobs)
     # run the example's digits job and its broken job (the CIFAR jobs are the benchmark's size)
     small = tmp_path / "small.toml"
