@@ -417,3 +417,14 @@ def test_usage_errors_exit_2(capsys):
     assert main(["validate", "x", "--levels", "4"]) == 2  # not a validate flag
     assert "unrecognized arguments: --levels" in capsys.readouterr().err
     assert main([]) == 2
+
+
+def test_trust_checkpoint_flag_reaches_the_loader(tmp_path, capsys):
+    state = spikecast.zoo.create_model("digits-cnn", pretrained=True).state_dict()
+    path = tmp_path / "pickled.pth"
+    torch.save({"state_dict": state, "args": argparse.Namespace(lr=0.1)}, path)  # needs unpickling
+    assert main(["inspect", "digits-cnn", "--checkpoint", str(path), "--text"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("spikecast: error: checkpoint") and "--trust-checkpoint" in err
+    assert main(["inspect", "digits-cnn", "--checkpoint", str(path), "--trust-checkpoint", "--text"]) == 0
+    assert "zoo:digits-cnn: convertible" in capsys.readouterr().out
