@@ -40,12 +40,15 @@ from typing import Optional, Sequence, Union
 import torch
 import torch.fx as fx
 
+from spikecast.convert.spiking import to_spiking
 from spikecast.errors import UnsupportedSite
 from spikecast.graph import ops
-from spikecast.graph.normalize import find_unsupported, normalize, time_varying_nodes
+from spikecast.graph.normalize import find_unsupported, fresh_copy, normalize, time_varying_nodes
 from spikecast.graph.sites import SITES
 from spikecast.graph.trace import module_path, op_name, trace
 from spikecast.models import ModelLike, default_input_shape, resolve_model
+from spikecast.nn.encoding import ENCODINGS
+from spikecast.nn.maxpool import SpikingMaxPool
 
 # Row kinds (``InspectionRow.kind``), stable strings for programs reading ``to_dict()``.
 STATIC, WEIGHTED, AFFINE, NEURON = "static", "weighted", "affine", "neuron"
@@ -102,7 +105,7 @@ class InspectionReport:
                        f"step); {self.spike_driven_share:.1%} of the per-step operations are spike-driven")
         if self.spiking_maxpools:
             out.append("warning: max-pools marked 'spiking max-pool' pool a time-varying input; conversion "
-                       "replaces them with the stateful SpikingMaxPool (spikecast/convert/maxpool.py) and warns: "
+                       "replaces them with the stateful SpikingMaxPool (spikecast/nn/maxpool.py) and warns: "
                        "their per-step output is not the ANN's")
         return out
 
@@ -223,10 +226,6 @@ def _spiking_pools(gm: fx.GraphModule, input_varies: bool) -> Optional[set[str]]
     """Names of the max-pool nodes that :func:`to_spiking` replaces with a :class:`SpikingMaxPool`,
     found by running it on a copy with placeholder thresholds (so the report always agrees with
     conversion). None when it cannot run (e.g. the model has unsupported ops)."""
-    from spikecast.nn.maxpool import SpikingMaxPool
-    from spikecast.convert.spiking import to_spiking
-    from spikecast.graph.normalize import fresh_copy
-
     try:
         probe = fresh_copy(gm)
         for _, site in probe.get_submodule(SITES).named_children():
@@ -312,8 +311,6 @@ def inspect(model: ModelLike, input_shape: Optional[Sequence[int]] = None, examp
         ``report.unsupported`` names each with its module path. Raises :class:`TraceError` when
         the model cannot be traced at all.
     """
-    from spikecast.nn.encoding import ENCODINGS
-
     if encoding not in ENCODINGS:
         raise ValueError(f"unknown encoding {encoding!r}; choose one of {ENCODINGS}")
     ann, name = resolve_model(model, checkpoint, bool(pretrained))

@@ -191,6 +191,72 @@ def test_binary_network_without_calibration_matches_too(tmp_path):
         assert float((out[t] - ref[t]).abs().max()) <= 1e-4
 
 
+# ---------------------------------------------------------------------------- compensated (transformer) SNNs
+class SoftmaxViT(nn.Module):
+    """Patch embedding, class token, pre-norm blocks with explicit softmax attention (Q·Kᵀ,
+    softmax, A·V) and a GELU MLP, final LayerNorm, token head: a timm ViT's ops, written out."""
+
+    def __init__(self, dim: int = 16, heads: int = 2):
+        super().__init__()
+        torch.manual_seed(0)
+        self.heads = heads
+        self.patch = nn.Conv2d(3, dim, 4, stride=4)
+        self.cls = nn.Parameter(torch.randn(1, 1, dim) * 0.5)
+        self.pos = nn.Parameter(torch.randn(1, 5, dim) * 0.5)
+        self.norm1, self.qkv, self.proj = nn.LayerNorm(dim), nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.norm2, self.fc1, self.fc2 = nn.LayerNorm(dim), nn.Linear(dim, 2 * dim), nn.Linear(2 * dim, dim)
+        self.norm, self.head = nn.LayerNorm(dim), nn.Linear(dim, 5)
+
+    def forward(self, x):
+        x = self.patch(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], 1) + self.pos
+        b, n, c = x.shape
+        q, k, v = self.qkv(self.norm1(x)).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        attn = ((q * (c // self.heads) ** -0.5) @ k.transpose(-2, -1)).softmax(-1)
+        x = x + self.proj((attn @ v).transpose(1, 2).reshape(b, n, c))
+        x = x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
+        return self.head(self.norm(x)[:, 0])
+
+
+def _timm_vit():
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    return timm.models.vision_transformer.VisionTransformer(
+        img_size=8, patch_size=4, in_chans=3, num_classes=5, embed_dim=16, depth=2, num_heads=2, mlp_ratio=2.0)
+
+
+@pytest.mark.parametrize("model,levels", [("softmax", 1), ("timm", 1), ("timm", 2)])
+def test_compensated_vit_step_graph_matches_simulate(tmp_path, model, levels):
+    from spikecast.convert.compensation import compensated_nodes
+
+    ann = (SoftmaxViT() if model == "softmax" else _timm_vit()).eval()
+    snn = convert(ann, thresholds="max", correction="none", levels=levels, timesteps=8)
+    ops = {str(n.target) for n in compensated_nodes(snn._step)}
+    expected = {"aten.softmax.int", "aten.gelu.default"} if model == "softmax" else {"aten.gelu.default"}
+    assert expected <= ops and any("layer_norm" in o for o in ops), ops
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no size baked in, nothing refused
+        path = export_snn_step(snn, tmp_path / "vit.onnx", example=X[:2])
+    net = OnnxSpikingNetwork(path, threads=1)
+    # running sums / previous values per sample, step counts as int64 scalars shared by the batch
+    kinds = {(s.kind, s.batched, s.dtype) for s in net.state_specs}
+    assert {("v", True, "float32"), ("sum", True, "float32"), ("previous", True, "float32"),
+            ("t", False, "int64")} <= kinds
+    assert all(s.shape == [] for s in net.state_specs if not s.batched)
+    x = X[16:]  # batch 8, not the example's 2
+    ref, out = snn.simulate(x, [1, 8]), net.simulate(x, [1, 8])
+    for t in (1, 8):
+        assert float((out[t] - ref[t]).abs().max()) <= 1e-4, t
+        assert torch.equal(out[t].argmax(1), ref[t].argmax(1))
+    assert not torch.allclose(ref[1], ref[8], atol=1e-3)  # the outputs do change over the steps
+    # start re-initialises every state, the step counters included
+    zeros = net.states(3)
+    junk = [np.full_like(s, 7) for s in zeros]
+    (a, new_a), (b, new_b) = net.step(x[:3].numpy(), zeros, start=True), net.step(x[:3].numpy(), junk, start=True)
+    assert np.array_equal(a, b) and all(np.array_equal(p, q) for p, q in zip(new_a, new_b))
+    assert all(int(s) == 1 for s, spec in zip(new_a, net.state_specs) if spec.kind == "t")
+
+
 # ---------------------------------------------------------------------------- refusals
 def test_masked_neurons_and_poisson_input_are_refused(tmp_path):
     masked = convert(PoolNet().eval(), mask_ratio=0.2, calibration="none", method="max")

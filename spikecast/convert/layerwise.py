@@ -20,11 +20,11 @@ import torch
 import torch.fx as fx
 
 from spikecast.calibrate.statistics import channel_sum
-from spikecast.convert.spiking import STATEFUL_MODULES
 from spikecast.graph.normalize import views_to_reshapes
 from spikecast.nn.encoding import PoissonEncoder
 from spikecast.nn.neuron import IFNeuron, run_fused
 from spikecast.nn.simulation import SimulationConfig
+from spikecast.nn.stateful import StatefulModule
 
 StepHook = Callable[[slice, int, torch.Tensor, torch.Tensor], None]  # (images, t, current, output)
 
@@ -120,7 +120,7 @@ class LayerwiseSimulation:
         """
         part, inputs = self._parts[k]
         neuron = self.neuron(k)
-        stateful = [m for m in part.modules() if isinstance(m, STATEFUL_MODULES)]
+        stateful = [m for m in part.modules() if isinstance(m, StatefulModule)]
         total, count = None, 0
         signs_all = None
         T = self.timesteps

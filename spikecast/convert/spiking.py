@@ -20,7 +20,6 @@ import torch.fx as fx
 from torch import nn
 
 from spikecast.convert.compensation import compensate as compensate_ops
-from spikecast.nn.compensation import ExpectationDifference, RunningMean
 from spikecast.nn.maxpool import SpikingMaxPool
 from spikecast.nn.neuron import IFNeuron
 from spikecast.errors import UnsupportedOperationError, UnsupportedSite
@@ -30,8 +29,6 @@ from spikecast.graph.sites import attr_name, site_nodes
 from spikecast.graph.trace import module_path, op_name
 
 POOLS = "pools"
-#: Modules of a spiking graph that keep state across steps (reset before every simulation).
-STATEFUL_MODULES = (IFNeuron, SpikingMaxPool, RunningMean, ExpectationDifference)
 
 
 @dataclass(frozen=True)
@@ -126,7 +123,7 @@ def _replace_varying_maxpools(gm: fx.GraphModule, input_varies: bool) -> None:
         approximated.append(name)
     if approximated:
         gm.graph.eliminate_dead_code()
-        # The rate of a SpikingMaxPool is exact (see convert/maxpool.py); the warning stays because
+        # The rate of a SpikingMaxPool is exact (see nn/maxpool.py); the warning stays because
         # its per-step output is not the ANN's and it is stateful, which users may want to know.
         warnings.warn(
             "max-pool on time-varying input (spikes, or the current of a layer inside the spiking "

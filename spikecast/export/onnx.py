@@ -13,14 +13,19 @@ leave PyTorch. Three artefacts cover the comparisons a deployment needs:
       inputs : x [N, ...], start [1] (float: 1 on the first step, 0 after), state_0, state_1, ...
       outputs: out [N, ...], state_0_next, state_1_next, ...
 
-  ``start`` re-initialises every state inside the graph (membrane ``v0 = theta * v_init +
-  v_offset``, zeros for a signed neuron's emitted charge and a max-pool's accumulated input), so
-  the driver may pass zeros of the right shape on the first step. The arithmetic of each step is
-  the one of :meth:`IFNeuron.step` / :class:`SpikingMaxPool`, so the mean output after ``T``
-  steps equals :meth:`SpikingNetwork.simulate` (up to float differences between the runtimes'
-  convolutions). The graph recomputes the static prefix (e.g. the first conv) every step: one
-  graph, no second session. The states (name, per-sample shape, dtype, owning module) are
-  described in the model's ``metadata_props["spikecast"]`` as JSON.
+  Every stateful module of the network (:class:`~spikecast.nn.stateful.StatefulModule`: IF
+  neurons, spiking max-pools, the running means and expectation differences of compensated ops
+  such as GELU, LayerNorm or softmax attention) is traced as its pure ``step(x, state)``, so its
+  state buffers (membranes, emitted charges, accumulated inputs and pooled maxima, running sums,
+  previous values and step counts) are the graph's state inputs and outputs. ``start``
+  re-initialises every state inside the graph to the module's ``initial_state`` (membrane
+  ``v0 = theta * v_init + v_offset``, zeros and zero step counts otherwise), so the driver may
+  pass zeros of the right shape on the first step. The arithmetic is the one of the modules'
+  ``step``, so the mean output after ``T`` steps equals :meth:`SpikingNetwork.simulate` (up to
+  float differences between the runtimes' kernels). The graph recomputes the static prefix (e.g.
+  the first conv) every step: one graph, no second session. The states (name, per-sample shape,
+  dtype, owning module, whether batched) are described in the model's
+  ``metadata_props["spikecast"]`` as JSON.
 
 :class:`OnnxSpikingNetwork` drives such a graph with onnxruntime, with the ``simulate``
 semantics of :class:`SpikingNetwork`; :func:`run_ann` gives the logits of an ANN / int8 model.
@@ -32,7 +37,9 @@ stochastic and refused: their random streams are not part of the graph.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import operator
 import os
 import warnings
 from dataclasses import asdict, dataclass
@@ -44,10 +51,9 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from spikecast.nn.maxpool import SpikingMaxPool
-from spikecast.nn.neuron import IFNeuron
+from spikecast.calibrate.statistics import iterate_inputs
 from spikecast.errors import CalibrationError
-from spikecast.graph.trace import module_path
+from spikecast.nn.stateful import StatefulModule
 from spikecast.runtime.network import StepCallback, mean_outputs, parse_budgets
 
 PathLike = Union[str, os.PathLike]
@@ -56,7 +62,8 @@ PathLike = Union[str, os.PathLike]
 METADATA_KEY = "spikecast"
 #: ``format`` field of that description.
 STEP_FORMAT = "spikecast-snn-step"
-STEP_FORMAT_VERSION = 1
+#: 2: states may be unbatched scalars (``batched: false``: the step counters of compensated ops)
+STEP_FORMAT_VERSION = 2
 DEFAULT_OPSET = 17
 
 
@@ -98,8 +105,6 @@ class _CalibrationReader:
         self._batches: Optional[Iterator[torch.Tensor]] = None
 
     def _iterate(self) -> Iterator[torch.Tensor]:
-        from spikecast.calibrate.statistics import iterate_inputs
-
         for x in iterate_inputs(self.data):
             if self.seen >= self.images:
                 return
@@ -179,40 +184,19 @@ class StateSpec:
     """One state tensor of the step graph: its ONNX input name (output: ``name + "_next"``)."""
 
     name: str
-    shape: list[int]  # per sample, without the batch axis
+    shape: list[int]  # per sample, without the batch axis (the whole shape when not batched)
     dtype: str  # numpy dtype name, e.g. "float32"
     module: str  # submodule path in the spiking graph, e.g. "sites.relu_3"
-    site: str  # the neuron's / pool's readable name, e.g. "layer1.0.relu[0]"
-    kind: str  # "v", "emitted" (IFNeuron), "acc", "pooled" (SpikingMaxPool)
+    site: str  # the owning module's readable name, e.g. "layer1.0.relu[0]"
+    kind: str  # the module's state buffer: "v", "emitted" (IFNeuron), "acc", "pooled" (SpikingMaxPool),
+    #            "sum", "t" (RunningMean), "previous", "t" (ExpectationDifference)
+    batched: bool = True  # first axis is the batch; False: one value for the whole batch (a step count)
 
 
-_STATE_KINDS = {IFNeuron: ("v", "emitted"), SpikingMaxPool: ("acc", "pooled")}
-
-
-def _neuron_step(neuron: IFNeuron, current: torch.Tensor, state: Sequence[torch.Tensor],
-                 start: torch.Tensor) -> tuple[torch.Tensor, tuple]:
-    """:meth:`IFNeuron.step` after re-initialising the state where ``start`` is set."""
-    v = torch.where(start, neuron.initial_potential().expand_as(state[0]), state[0])
-    if neuron.signed:
-        state = (v, torch.where(start, torch.zeros_like(state[1]), state[1]))
-    else:
-        state = (v,)
-    return neuron.step(current, state)
-
-
-def _pool_step(pool: SpikingMaxPool, x: torch.Tensor, state: Sequence[torch.Tensor],
-               start: torch.Tensor) -> tuple[torch.Tensor, tuple]:
-    """:class:`SpikingMaxPool` as a pure function: state ``(acc, pooled)``, zeros before the first step."""
-    acc = torch.where(start, torch.zeros_like(state[0]), state[0]) + x
-    pooled = pool._pool(acc)
-    previous = torch.where(start, torch.zeros_like(state[1]), state[1])
-    return pooled - previous, (acc, pooled)
-
-
-def _initial_state(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    if isinstance(module, IFNeuron):
-        return module.initial_state(x)
-    return torch.zeros_like(x), torch.zeros_like(module._pool(x))
+def _restart(module: StatefulModule, x: torch.Tensor, state: Sequence[torch.Tensor],
+             start: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``state``, replaced by the module's initial state where ``start`` is set."""
+    return tuple(torch.where(start, init, given) for init, given in zip(module.initial_state(x), state))
 
 
 _aten = torch.ops.aten
@@ -238,45 +222,47 @@ class _Interpreter(fx.Interpreter):
             return args[0].size(args[1])
         if target in _SIZE_OPS:
             return _SIZE_OPS[target](args[0], args[1])
-        if torch.jit.is_tracing() and any(isinstance(a, (list, tuple)) and any(isinstance(i, torch.Tensor) for i in a)
-                                          for a in args):
+        # a traced size is a 0-dim tensor inside a list argument (lists of tensors, e.g. of cat, are fine)
+        if torch.jit.is_tracing() and target is not operator.getitem and any(
+                isinstance(a, (list, tuple)) and any(isinstance(i, torch.Tensor) and i.dim() == 0 for i in a)
+                for a in args):
             warnings.warn(f"ONNX export: {target} takes a tensor size; its batch axis may be fixed to the "
                           "example's", stacklevel=2)
         return super().call_function(target, args, kwargs)
 
 
 class _FunctionalStep(_Interpreter):
-    """Runs a step graph with every neuron / spiking max-pool as a pure function of explicit state.
+    """Runs a step graph with every stateful module as its pure :meth:`StatefulModule.step` on
+    explicit state.
 
     ``states`` is the flat list of state tensors in graph order (``None``: start from the initial
     states, which is how the state shapes are discovered). After ``run``, ``new_states`` holds the
-    updated states in the same order and ``owners`` (node target, module, state kind) for each.
+    updated states in the same order and ``owners`` (node target, module, state buffer) for each.
     """
 
     def __init__(self, gm: fx.GraphModule, states: Optional[Sequence[torch.Tensor]], start: torch.Tensor):
         super().__init__(gm)
         self.states_in, self.start = states, start
         self.new_states: list[torch.Tensor] = []
-        self.owners: list[tuple[str, nn.Module, str]] = []
+        self.owners: list[tuple[str, StatefulModule, str]] = []
 
     def call_module(self, target, args, kwargs):
         module = self.fetch_attr(target)
-        if not isinstance(module, (IFNeuron, SpikingMaxPool)):
+        if not isinstance(module, StatefulModule):
             return super().call_module(target, args, kwargs)
         (x,) = args
-        count = 2 if isinstance(module, SpikingMaxPool) or module.signed else 1
+        names = module.state_names()
         if self.states_in is None:
-            state, start = _initial_state(module, x), torch.ones((), dtype=torch.bool)
+            state = module.initial_state(x)
         else:
             first = len(self.new_states)
-            state, start = tuple(self.states_in[first:first + count]), self.start
-            if len(state) != count:
+            given = tuple(self.states_in[first:first + len(names)])
+            if len(given) != len(names):
                 raise ValueError(f"expected more state tensors than the {len(self.states_in)} given")
-        fn = _neuron_step if isinstance(module, IFNeuron) else _pool_step
-        out, new_state = fn(module, x, state, start)
+            state = _restart(module, x, given, self.start)
+        out, new_state = module.step(x, state)
         self.new_states.extend(new_state)
-        kinds = _STATE_KINDS[IFNeuron if isinstance(module, IFNeuron) else SpikingMaxPool][:count]
-        self.owners.extend((str(target), module, kind) for kind in kinds)
+        self.owners.extend((str(target), module, kind) for kind in names)
         return out
 
 
@@ -317,12 +303,13 @@ class SnnStepModule(nn.Module):
             runner.run(example, *self._prefix(example))
         specs = []
         for tensor, (target, module, kind) in zip(runner.new_states, runner.owners):
-            if tensor.dim() == 0 or tensor.shape[0] != example.shape[0]:
-                raise ValueError(f"state {kind} of {module.name or target!r} has shape {tuple(tensor.shape)}: "
-                                 f"its first axis is not the batch ({example.shape[0]})")
-            specs.append(StateSpec(name=f"{kind}_{len(specs)}", shape=list(tensor.shape[1:]),
+            batched = tensor.dim() > 0  # scalars (step counts) are shared by the whole batch
+            if batched and tensor.shape[0] != example.shape[0]:
+                raise ValueError(f"state {kind} of {getattr(module, 'name', '') or target!r} has shape "
+                                 f"{tuple(tensor.shape)}: its first axis is not the batch ({example.shape[0]})")
+            specs.append(StateSpec(name=f"{kind}_{len(specs)}", shape=list(tensor.shape[1:] if batched else tensor.shape),
                                    dtype=str(tensor.dtype).replace("torch.", ""), module=target,
-                                   site=getattr(module, "name", "") or target, kind=kind))
+                                   site=getattr(module, "name", "") or target, kind=kind, batched=batched))
         return specs
 
 
@@ -331,15 +318,6 @@ def check_exportable(snn) -> None:
     if snn.config.encoding != "analog":
         raise ValueError(f"cannot export a network with {snn.config.encoding!r} input encoding to ONNX: its random "
                          "input stream is not part of the graph; convert with encoding='analog'")
-    from spikecast.convert.compensation import compensated_nodes
-
-    compensated = compensated_nodes(snn._step)
-    if compensated:
-        names = ", ".join(sorted({module_path(n) or n.name for n in compensated})[:8])
-        raise ValueError(f"cannot export the step graph of a network with {len(compensated)} compensated op(s) "
-                         f"({names}{' ...' if len(compensated) > 8 else ''}) to ONNX: their running means need the "
-                         "step index, which the step graph does not carry yet; export the ANN, or use the "
-                         "PyTorch runtime (SpikingNetwork.save / load)")
     masked = [name for name, n in snn.neurons().items() if n.mask_ratio > 0]
     if masked:
         raise ValueError(f"cannot export neuron(s) with random spike masking (mask_ratio > 0) to ONNX: "
@@ -356,10 +334,13 @@ def export_snn_step(snn, path: PathLike, *, example: torch.Tensor, opset: int = 
     model's ``metadata_props["spikecast"]`` describes the format, the states and the default
     number of steps, which :class:`OnnxSpikingNetwork` reads.
 
+    Every stateful module (neurons, spiking max-pools, the running means and differences of
+    compensated ops) runs its pure :meth:`~spikecast.nn.stateful.StatefulModule.step`; its state
+    buffers become graph inputs / outputs (a compensated op's step count is an int64 scalar
+    shared by the batch: ``batched`` false in the metadata).
+
     Raises ``ValueError`` for Poisson input encoding or neurons with random spike masking.
     """
-    import spikecast
-
     check_exportable(snn)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -369,14 +350,16 @@ def export_snn_step(snn, path: PathLike, *, example: torch.Tensor, opset: int = 
     wrapper = SnnStepModule(snn)  # the exporter traces in eval mode (and restores the mode)
     specs = wrapper.discover_states(example)
     batch = example.shape[0]
-    zeros = [torch.zeros(batch, *s.shape, dtype=getattr(torch, s.dtype), device=device) for s in specs]
+    zeros = [torch.zeros(((batch,) if s.batched else ()) + tuple(s.shape), dtype=getattr(torch, s.dtype),
+                         device=device) for s in specs]
     start = torch.ones(1, dtype=torch.float32, device=device)
     names = [s.name for s in specs]
-    dynamic = {n: {0: "batch"} for n in ["x", "out", *names, *(f"{n}_next" for n in names)]}
+    batched = [s.name for s in specs if s.batched]
+    dynamic = {n: {0: "batch"} for n in ["x", "out", *batched, *(f"{n}_next" for n in batched)]}
     _onnx_export(wrapper, (example, start, *zeros), path, input_names=["x", "start", *names],
                  output_names=["out", *(f"{n}_next" for n in names)], dynamic_axes=dynamic, opset=opset)
     description = {
-        "format": STEP_FORMAT, "format_version": STEP_FORMAT_VERSION, "spikecast_version": spikecast.__version__,
+        "format": STEP_FORMAT, "format_version": STEP_FORMAT_VERSION, "spikecast_version": _version(),
         "timesteps": int(snn.config.timesteps), "encoding": snn.config.encoding,
         "input": {"name": "x", "shape": list(example.shape[1:]), "dtype": str(example.dtype).replace("torch.", "")},
         "start": {"name": "start", "shape": [1], "dtype": "float32"},
@@ -388,8 +371,6 @@ def export_snn_step(snn, path: PathLike, *, example: torch.Tensor, opset: int = 
     _set_metadata(path, {METADATA_KEY: json.dumps(description)})
     _check(path)
     return path
-
-
 
 
 class OnnxSpikingNetwork:
@@ -422,7 +403,7 @@ class OnnxSpikingNetwork:
 
     def states(self, batch: int) -> list[np.ndarray]:
         """Zero state tensors for a batch of ``batch`` (valid on a step with ``start`` set)."""
-        return [np.zeros((batch, *s.shape), dtype=s.dtype) for s in self.state_specs]
+        return [np.zeros((batch, *s.shape) if s.batched else tuple(s.shape), dtype=s.dtype) for s in self.state_specs]
 
     def step(self, x: np.ndarray, states: Sequence[np.ndarray], start: bool) -> tuple[np.ndarray, list[np.ndarray]]:
         """One step: ``(output, new states)``; ``start`` re-initialises the states first."""
@@ -454,6 +435,15 @@ class OnnxSpikingNetwork:
 
 
 # ---------------------------------------------------------------------------------------- helpers
+def _version() -> str:
+    """spikecast's version (from the installed distribution: the top-level package, which defines
+    ``__version__`` too, sits above this layer)."""
+    try:
+        return importlib.metadata.version("spikecast")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def _numpy(x: Union[torch.Tensor, np.ndarray], dtype: str = "float32") -> np.ndarray:
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().contiguous().numpy()

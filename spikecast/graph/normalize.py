@@ -37,14 +37,26 @@ SITES_PREFIX = SITES + "."
 
 
 def fresh_copy(gm: fx.GraphModule) -> fx.GraphModule:
-    """A new GraphModule with a copied graph that shares the (never mutated) tensors of ``gm``."""
+    """A new GraphModule with a copied graph that shares the (never mutated) tensors of ``gm``.
+
+    Called submodules (activation sites, neurons, spiking max-pools, compensation modules) are
+    deep-copied: fx would copy ``call_module`` targets by reference, and then a pass editing a
+    site, or two networks simulated side by side, would share their configuration and state.
+    Weights and other ``get_attr`` tensors stay shared (passes register new tensors instead).
+    """
     graph = fx.Graph()
     out = graph.graph_copy(gm.graph, {})
     graph.output(out)
     new = fx.GraphModule(gm, graph, class_name=gm.__class__.__name__)
+    memo: dict = {}
     if hasattr(gm, "sites"):
-        # Site modules are configuration objects: copy them so a pass never edits its input's.
-        new.sites = copy.deepcopy(gm.sites)
+        # the whole container, so that sites no node calls (any more) are copied too
+        new.sites = copy.deepcopy(gm.sites, memo)
+    targets = {str(n.target) for n in new.graph.nodes if n.op == "call_module"}
+    for target in sorted(targets, key=lambda t: t.count(".")):  # a parent before its children
+        *parents, leaf = target.split(".")
+        owner = new.get_submodule(".".join(parents)) if parents else new
+        setattr(owner, leaf, copy.deepcopy(gm.get_submodule(target), memo))
     return new
 
 

@@ -120,7 +120,8 @@ def graph_from_json(nodes: list[dict]) -> fx.Graph:
 
 
 def module_specs(gm: fx.GraphModule, registry: dict[str, type]) -> list[dict]:
-    """Config of every called submodule (neurons, pools), whose types must be in ``registry``."""
+    """Config of every called submodule (neurons, pools...), whose types must be in ``registry``
+    (the runtime passes ``spikecast.nn.stateful.STATEFUL_TYPES``: this layer knows no module type)."""
     specs = []
     for node in gm.graph.nodes:
         if node.op != "call_module":
@@ -136,7 +137,10 @@ def module_specs(gm: fx.GraphModule, registry: dict[str, type]) -> list[dict]:
 def build_modules(root: nn.Module, specs: list[dict], registry: dict[str, type],
                   tensors: dict[str, torch.Tensor]) -> None:
     for spec in specs:
-        cls = registry[spec["type"]]
+        cls = registry.get(spec["type"])
+        if cls is None:
+            raise ValueError(f"module {spec['target']} has the unknown type {spec['type']!r} "
+                             f"(known: {', '.join(sorted(registry))})")
         prefix = spec["target"] + "."
         own = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
         module = cls.from_config(spec["config"], own)

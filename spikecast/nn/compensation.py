@@ -4,64 +4,92 @@
 * :class:`RunningMean`: the mean of its inputs over the steps since the last reset;
 * :class:`ExpectationDifference`: ``out_t = t*y_t - (t-1)*y_{t-1}``, per-step increments whose
   running mean is ``y_t``.
+
+Both need the step index: it is part of their state (an int64 scalar, see
+:func:`spikecast.nn.stateful.step_counter`), so their pure steps are
+
+    RunningMean:           (x, (sum, t))     -> ((sum + x) / (t + 1), (sum + x, t + 1))
+    ExpectationDifference: (y, (y_prev, t))  -> ((t + 1) * y - t * y_prev, (y, t + 1))
+
+and an exported step graph carries the counters as explicit inputs / outputs like any membrane.
 """
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
-from torch import nn
+
+from spikecast.nn.stateful import State, StatefulModule, step_counter
 
 
-class _CompensationState(nn.Module):
-    """Common part of the two compensation modules: a readable name, one state tensor and the
-    step count since the last reset (no weights: config is the name)."""
+class _Compensation(StatefulModule, register=False):
+    """Common part of the two compensation modules: a readable name (their whole config), a
+    dense state tensor and the step count since the last reset."""
 
     def __init__(self, name: str = ""):
         super().__init__()
         self.name = name
-        self.reset()
-
-    def reset(self) -> None:
-        self.state: Optional[torch.Tensor] = None
-        self.t = 0
-
-    def detach_state(self) -> None:
-        if self.state is not None:
-            self.state = self.state.detach()
 
     def config(self) -> dict:
         return {"name": self.name}
-
-    @classmethod
-    def from_config(cls, config: dict, tensors: dict) -> "_CompensationState":
-        return cls(**config)
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}"
 
 
-class RunningMean(_CompensationState):
-    """Mean of its inputs over the steps since the last reset (state: their running sum)."""
+def _mean(total: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return total / t.to(total.dtype)
+
+
+def _difference(y: torch.Tensor, previous: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``t*y - (t-1)*previous`` for the step count ``t`` after this step."""
+    return t.to(y.dtype) * y - (t - 1).to(y.dtype) * previous
+
+
+class RunningMean(_Compensation):
+    """Mean of its inputs over the steps since the last reset (state: their running sum, the step count)."""
+
+    state_buffers = ("sum", "t")
+
+    def initial_state(self, x: torch.Tensor) -> State:
+        return torch.zeros_like(x), step_counter(x)
+
+    def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        total, t = state
+        total, t = total + x, t + 1
+        return _mean(total, t), (total, t)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.t += 1
-        if self.state is None:
-            self.state = x.clone()
+        # the values of `step`, with the sum updated in place (0 + x is exact)
+        if self.sum is None:
+            total, t = x.clone(), step_counter(x) + 1
         elif x.requires_grad and torch.is_grad_enabled():
-            self.state = self.state + x
+            total, t = self.sum + x, self.t + 1
         else:
-            self.state.add_(x)
-        return self.state / self.t
+            total, t = self.sum.add_(x), self.t + 1
+        self.sum, self.t = total, t
+        return _mean(total, t)
 
 
-class ExpectationDifference(_CompensationState):
+class ExpectationDifference(_Compensation):
     """``out_t = t·y_t − (t−1)·y_{t−1}``: turns a running value into per-step increments whose
-    running mean is ``y_t`` (state: the previous ``y``)."""
+    running mean is ``y_t`` (state: the previous ``y``, the step count)."""
+
+    state_buffers = ("previous", "t")
+
+    def initial_state(self, y: torch.Tensor) -> State:
+        return torch.zeros_like(y), step_counter(y)
+
+    def step(self, y: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        previous, t = state
+        t = t + 1
+        return _difference(y, previous, t), (y, t)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        self.t += 1
-        out = y if self.state is None else self.t * y - (self.t - 1) * self.state
-        self.state = y
+        # first step: 1*y - 0*0 is y exactly, so no arithmetic
+        if self.previous is None:
+            out, t = y, step_counter(y) + 1
+        else:
+            t = self.t + 1
+            out = _difference(y, self.previous, t)
+        self.previous, self.t = y, t
         return out

@@ -16,11 +16,10 @@ which varies from step to step unless that layer is in the static prefix (VGG, R
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
-from torch import nn
+
+from spikecast.nn.stateful import State, StatefulModule
 
 _POOLS = {
     "max_pool1d": F.max_pool1d, "max_pool2d": F.max_pool2d, "max_pool3d": F.max_pool3d,
@@ -28,19 +27,21 @@ _POOLS = {
 }
 
 
-class SpikingMaxPool(nn.Module):
-    """Per step, the increase of each window's maximum of the accumulated input."""
+class SpikingMaxPool(StatefulModule):
+    """Per step, the increase of each window's maximum of the accumulated input.
+
+    State: ``acc`` (the accumulated input) and ``pooled`` (the window maxima of ``acc`` after the
+    previous step); both start at zero.
+    """
+
+    state_buffers = ("acc", "pooled")
+    emits_spikes = True
 
     def __init__(self, kind: str, pool_args: list, name: str = ""):
         super().__init__()
         if kind not in _POOLS:
             raise ValueError(f"unsupported max-pool kind {kind!r}")
         self.kind, self.pool_args, self.name = kind, list(pool_args), name
-        self.reset()
-
-    def reset(self) -> None:
-        self.acc: Optional[torch.Tensor] = None
-        self.pooled: Optional[torch.Tensor] = None  # window max of ``acc`` after the previous step
 
     def _pool(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "adaptive_max_pool2d":
@@ -52,26 +53,31 @@ class SpikingMaxPool(nn.Module):
         kernel, stride, padding, dilation, ceil_mode = args[:5]
         return _POOLS[self.kind](x, kernel, stride or None, padding, dilation, ceil_mode)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.acc is None:
-            self.acc = x.clone()
-        elif x.requires_grad and torch.is_grad_enabled():
-            self.acc = self.acc + x  # training: out of place, autograd keeps the old sum
-        else:
-            self.acc = self.acc.add_(x)
-        pooled = self._pool(self.acc)
-        out = pooled if self.pooled is None else pooled - self.pooled
-        self.pooled = pooled
-        return out
+    def initial_state(self, x: torch.Tensor) -> State:
+        acc = torch.zeros_like(x)
+        return acc, self._pool(acc)  # every window holds at least one element: zeros
 
-    def detach_state(self) -> None:
-        """Cut the autograd history of the accumulated input (truncated BPTT)."""
-        if self.acc is not None:
-            self.acc, self.pooled = self.acc.detach(), self.pooled.detach()
+    def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        acc, previous = state
+        acc = acc + x
+        pooled = self._pool(acc)
+        return pooled - previous, (acc, pooled)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # the values of `step`, with the accumulator updated in place (0 + x and p - 0 are exact)
+        if self.acc is None:
+            acc = x.clone()
+        elif x.requires_grad and torch.is_grad_enabled():
+            acc = self.acc + x  # training: out of place, autograd keeps the old sum
+        else:
+            acc = self.acc.add_(x)
+        pooled = self._pool(acc)
+        out = pooled if self.pooled is None else pooled - self.pooled
+        self.acc, self.pooled = acc, pooled
+        return out
 
     def config(self) -> dict:
         return {"kind": self.kind, "pool_args": self.pool_args, "name": self.name}
 
-    @classmethod
-    def from_config(cls, config: dict, tensors: dict[str, torch.Tensor]) -> "SpikingMaxPool":
-        return cls(**config)
+    def extra_repr(self) -> str:
+        return f"kind={self.kind!r}, pool_args={self.pool_args!r}, name={self.name!r}"

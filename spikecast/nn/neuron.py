@@ -47,10 +47,12 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from typing import Callable, Optional
+from contextlib import contextmanager
+from typing import Callable, Iterator, Optional
 
 import torch
-from torch import nn
+
+from spikecast.nn.stateful import State, StatefulModule
 
 # Large layers run the step as one fused kernel (torch.compile): the neuron is a handful of
 # elementwise passes over the whole layer, which in eager mode cost more than the convolutions.
@@ -145,25 +147,78 @@ def _fused(fn: Callable) -> Optional[Callable]:
 
 
 def run_fused(fn: Callable, *args):
-    """``fn(*args)`` through its compiled kernel when the first tensor is large enough, else eager."""
+    """``fn(*args)`` through its compiled kernel when the first tensor is large enough, else eager.
+
+    ``fn`` must be pure. When the kernel raises, ``fn`` runs eagerly: an error of the step itself
+    (a shape mismatch, a wrong dtype...) then propagates exactly as without compilation, and
+    compilation stays on. Only a genuine compiler failure (a Dynamo / Inductor backend error, no
+    working C++ compiler) with a step that runs fine eagerly turns compilation off, once, with a
+    warning; any other failure of the kernel is raised as is.
+    """
     if args[0].numel() >= COMPILE_MIN_ELEMENTS:
         kernel = _fused(fn)
         if kernel is not None:
             try:
                 return kernel(*args)
-            except Exception as exc:  # noqa: BLE001 - any compiler failure: fall back, once, loudly
-                _disable_compile(exc)
+            except Exception as exc:  # noqa: BLE001 - classified below, never swallowed blindly
+                failure = exc
+            result = fn(*args)  # outside the handler: the step's own error propagates unchanged
+            if not _is_compiler_failure(failure):
+                raise failure
+            _disable_compile(failure)
+            return result
     return fn(*args)
 
 
-def _disable_compile(exc: Exception) -> None:
+def _compiler_failure_types() -> tuple[type, ...]:
+    import torch._dynamo.exc as dynamo_exc  # torch's own modules, loaded only when compiling
+    import torch._inductor.exc as inductor_exc
+
+    names = ((dynamo_exc, ("BackendCompilerFailed", "InternalTorchDynamoError", "InvalidBackend")),
+             (inductor_exc, ("InductorError", "CppCompileError", "InvalidCxxCompiler", "LoweringException",
+                             "TritonMissing", "CUDACompileError", "BackendCompilerFailed")))
+    return tuple(getattr(module, name) for module, group in names for name in group if hasattr(module, name))
+
+
+def _is_compiler_failure(exc: BaseException) -> bool:
+    """True for an error of the compiler stack (anywhere in the exception's cause chain)."""
+    kinds = _compiler_failure_types()
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, kinds):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _disable_compile(exc: BaseException) -> None:
     _compile_state["enabled"] = False
     warnings.warn(f"spikecast: fused neuron kernels unavailable ({type(exc).__name__}: {exc}); using eager "
                   "PyTorch (slower). Set SPIKECAST_COMPILE=0 to skip the attempt.", RuntimeWarning, stacklevel=3)
 
 
-class IFNeuron(nn.Module):
-    """Integrate-and-fire neuron with soft reset; one call = one time step."""
+@contextmanager
+def eager_steps() -> Iterator[None]:
+    """Run every neuron step eagerly inside the block (e.g. under a ``TorchDispatchMode``, which
+    compiled kernels do not go through); the previous setting is restored after."""
+    before = _compile_state["enabled"]
+    _compile_state["enabled"] = False
+    try:
+        yield
+    finally:
+        _compile_state["enabled"] = before
+
+
+class IFNeuron(StatefulModule):
+    """Integrate-and-fire neuron with soft reset; one call = one time step.
+
+    State (:class:`StatefulModule`): the membrane ``v`` and, for signed neurons, the net charge
+    ``emitted`` so far.
+    """
+
+    state_buffers = ("v", "emitted")
+    emits_spikes = True
 
     def __init__(self, threshold, name: str = "", *, v_init: float = 0.5, upper: Optional[float] = None,
                  mask_ratio: float = 0.0, mask_seed: int = 0, mask_rescale: bool = True, signed: bool = False,
@@ -202,11 +257,13 @@ class IFNeuron(nn.Module):
 
     def reset(self) -> None:
         """Forget the membrane state and restart the mask stream (call before each simulation)."""
-        self.v: Optional[torch.Tensor] = None
+        super().reset()
         self.spike_count = 0.0
         self.neuron_steps = 0.0  # number of (neuron, step) pairs seen, for the firing rate
         self._generator: Optional[torch.Generator] = None
-        self.emitted: Optional[torch.Tensor] = None  # signed: net charge sent so far
+
+    def state_names(self) -> tuple[str, ...]:
+        return ("v", "emitted") if self.signed else ("v",)
 
     @property
     def bits_per_step(self) -> float:
@@ -231,16 +288,17 @@ class IFNeuron(nn.Module):
         return v0 + self.v_offset if self.v_offset is not None else v0
 
     # ------------------------------------------------------------------ functional form
-    def initial_state(self, current: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def initial_state(self, current: torch.Tensor) -> State:
         """The state before the first step for inputs shaped like ``current``: ``(v,)`` or ``(v, emitted)``."""
-        v = torch.empty_like(current).copy_(self.initial_potential().expand_as(current))
-        return (v, torch.zeros_like(current)) if self.signed else (v,)
+        zeros = torch.zeros_like(current)
+        v = zeros + self.initial_potential().to(current.dtype).expand_as(current)
+        return (v, zeros) if self.signed else (v,)
 
-    def step(self, current: torch.Tensor, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, tuple]:
+    def step(self, current: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """One step as a pure function ``(current, state) -> (output, new state)``.
 
         What ONNX export traces (the membrane becomes an explicit graph input/output); random spike
-        masking is not part of it (export refuses masked neurons).
+        masking and spike counting are not part of it (export refuses masked neurons).
         """
         bias = self.bias if self.bias is not None else self._zero(current)
         if self.levels > 1:
@@ -256,70 +314,52 @@ class IFNeuron(nn.Module):
         out, v = _binary_step(state[0], current, bias, self.threshold)
         return out, (v,)
 
-    def detach_state(self) -> None:
-        """Cut the autograd history of the membrane (truncated backpropagation through time)."""
-        if self.v is not None:
-            self.v = self.v.detach()
-        if self.emitted is not None:
-            self.emitted = self.emitted.detach()
-
     def forward(self, current: torch.Tensor) -> torch.Tensor:
+        """One step on the buffered state: the values of :meth:`step`, computed in place (eager),
+        as one fused kernel (large layers) or with surrogate gradients (input requires grad)."""
         theta = self.threshold
         if self.v is None:
-            self.v = torch.empty_like(current).copy_(self.initial_potential().expand_as(current))
+            self.set_state(self.initial_state(current))
         training = current.requires_grad and torch.is_grad_enabled()
         if training and self.levels > 1:
             raise NotImplementedError(f"neuron {self.name!r}: surrogate-gradient training of multi-level "
                                       "neurons is not supported (convert with levels=1 to fine-tune)")
-        if not training and (self.levels > 1 or self.bipolar):
-            return self._forward_functional(current)
+        bias = self.bias if self.bias is not None else self._zero(current)
         if training:
             # training (surrogate-gradient BPTT): out-of-place, differentiable step
-            if self.signed and self.emitted is None:
-                self.emitted = torch.zeros_like(current)
-            bias = self.bias if self.bias is not None else self._zero(current)
             out, self.v, emitted = _surrogate_step(self.v, self.emitted if self.signed else None, current, bias, theta,
                                                    self.bipolar)
-            self.emitted = emitted if self.signed else None
+            if self.signed:
+                self.emitted = emitted
+            return self._finish(out)
+        if self.levels > 1:
+            out, self.v, emitted = run_fused(_multilevel_step, self.v, self.emitted if self.signed else None, current,
+                                             bias, theta, self.levels, self.bipolar)
+            if self.signed:
+                self.emitted = emitted
+            return self._finish(out)
+        if self.bipolar:
+            out, self.v = run_fused(_bipolar_step, self.v, current, bias, theta)
             return self._finish(out)
         if _compile_state["enabled"] and current.numel() >= COMPILE_MIN_ELEMENTS:
-            bias = self.bias if self.bias is not None else self._zero(current)
             if self.signed:
-                if self.emitted is None:
-                    self.emitted = torch.zeros_like(current)
                 out, self.v, self.emitted = run_fused(_signed_step, self.v, self.emitted, current, bias, theta)
             else:
                 out, self.v = run_fused(_binary_step, self.v, current, bias, theta)
             return self._finish(out)
         # Eager: the same step in place (allocating fresh layer-sized tensors every step is much
-        # slower on CPU); tests/test_neuron.py checks both paths give identical outputs.
+        # slower on CPU); tests/test_neuron.py and tests/test_stateful.py check it equals `step`.
         v = self.v
         v.add_(current)
         if self.bias is not None:
             v.add_(self.bias)
         if self.signed:
-            if self.emitted is None:
-                self.emitted = torch.zeros_like(current)
             retract = (v < 0) & (self.emitted > 0)
             out = torch.where(v >= theta, theta, torch.where(retract, -theta, 0.0))
             self.emitted.add_(out)
         else:
             out = torch.where(v >= theta, theta, 0.0)
         v.sub_(out)
-        return self._finish(out)
-
-    def _forward_functional(self, current: torch.Tensor) -> torch.Tensor:
-        # bipolar and multi-level neurons: the pure step (fused for large layers)
-        if self.signed and self.emitted is None:
-            self.emitted = torch.zeros_like(current)
-        bias = self.bias if self.bias is not None else self._zero(current)
-        if self.levels > 1:
-            out, self.v, emitted = run_fused(_multilevel_step, self.v, self.emitted, current, bias, self.threshold,
-                                             self.levels, self.bipolar)
-            if self.signed:
-                self.emitted = emitted
-        else:
-            out, self.v = run_fused(_bipolar_step, self.v, current, bias, self.threshold)
         return self._finish(out)
 
     def _finish(self, out: torch.Tensor) -> torch.Tensor:

@@ -29,7 +29,6 @@ accelerator, not measurements, and the report says so.
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Optional, Sequence
 
@@ -38,12 +37,14 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from spikecast.nn import neuron as neuron_module
-from spikecast.nn.maxpool import SpikingMaxPool
-from spikecast.nn.neuron import IFNeuron
+from spikecast.calibrate.statistics import iterate_inputs
+from spikecast.convert.compensation import compensated_nodes
 from spikecast.graph import ops
 from spikecast.graph.sites import site_nodes
 from spikecast.graph.trace import module_path
+from spikecast.nn.neuron import eager_steps
+from spikecast.nn.stateful import StatefulModule
+from spikecast.pipeline import prepare
 from spikecast.runtime.network import SpikingNetwork
 
 aten = torch.ops.aten
@@ -175,23 +176,28 @@ def _weighted_nodes(gm: fx.GraphModule) -> list[fx.Node]:
     return [n for n in gm.graph.nodes if n.op == "call_function" and n.target in _CONVS | _LINEARS]
 
 
+def _stateful(gm: fx.GraphModule, node: fx.Node) -> Optional[StatefulModule]:
+    if node.op != "call_module":
+        return None
+    module = gm.get_submodule(node.target)
+    return module if isinstance(module, StatefulModule) else None
+
+
 def _spike_fed(gm: fx.GraphModule, node: fx.Node) -> bool:
-    """True when the layer's input is made only of spikes (neuron / spiking max-pool outputs moved
-    around by shape ops and zero padding), so each input event is a weight accumulate."""
-    return ops.spike_driven(node, lambda n: n.op == "call_module"
-                            and isinstance(gm.get_submodule(n.target), (IFNeuron, SpikingMaxPool)))
+    """True when the layer's input is made only of spikes (outputs of stateful modules that emit
+    spikes - neurons, spiking max-pools - moved around by shape ops and zero padding), so each
+    input event is a weight accumulate."""
+    return ops.spike_driven(node, lambda n: getattr(_stateful(gm, n), "emits_spikes", False))
 
 
 def compensated_costs(snn: SpikingNetwork, x: torch.Tensor) -> list[tuple[str, float]]:
     """``(name, MACs per image and step)`` of every compensated op of the step graph, with its
     running means and differences (one operation per element each): dense work done at every
     step, whatever the spikes."""
-    from spikecast.convert.compensation import ExpectationDifference, RunningMean, compensated_nodes
-
     step = snn._step
     nodes = compensated_nodes(step)
-    helpers = [n for n in step.graph.nodes if n.op == "call_module"
-               and isinstance(step.get_submodule(n.target), (RunningMean, ExpectationDifference))]
+    # the dense stateful helpers of compensation (running means, differences): no spikes out
+    helpers = [n for n in step.graph.nodes if (m := _stateful(step, n)) is not None and not m.emits_spikes]
     if not nodes:
         return []
     snn.reset()
@@ -207,25 +213,10 @@ def compensated_costs(snn: SpikingNetwork, x: torch.Tensor) -> list[tuple[str, f
     return out
 
 
-@contextmanager
-def _eager_neurons():
-    # the fused torch.compile kernels do not run under a dispatch mode; the eager step is the same
-    state = neuron_module._compile_state
-    before = state["enabled"]
-    state["enabled"] = False
-    try:
-        yield
-    finally:
-        state["enabled"] = before
-
-
 def measure_activity(ann: torch.nn.Module, snn: SpikingNetwork, data, timesteps: Sequence[int], *,
                      max_images: int = 256, energy_model: EnergyModel = EnergyModel()) -> ActivityReport:
     """Simulate ``snn`` on up to ``max_images`` inputs of ``data`` for ``max(timesteps)`` steps and
     measure per-layer firing rates, errors against ``ann`` and operation counts at every budget."""
-    from spikecast.calibrate.statistics import iterate_inputs
-    from spikecast.pipeline import prepare
-
     budgets = sorted({int(t) for t in timesteps})
     if not budgets or budgets[0] < 1:
         raise ValueError(f"timesteps must be positive integers, got {timesteps!r}")
@@ -279,7 +270,7 @@ def measure_activity(ann: torch.nn.Module, snn: SpikingNetwork, data, timesteps:
                             for name in neurons}
 
     try:
-        with _eager_neurons(), counter:
+        with eager_steps(), counter:  # fused kernels do not run under a dispatch mode
             snn.simulate(x, budgets, callback=on_step)
     finally:
         for h in handles:

@@ -22,17 +22,17 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from spikecast.nn.compensation import ExpectationDifference, RunningMean
-from spikecast.nn.maxpool import SpikingMaxPool
-from spikecast.nn.neuron import IFNeuron
-from spikecast.convert.spiking import STATEFUL_MODULES
 from spikecast.graph import serialize
 from spikecast.graph.normalize import time_varying_nodes, views_to_reshapes
+from spikecast.graph.trace import _set_attr
+# every built-in stateful type, so that STATEFUL_TYPES (filled by subclassing) can load them all
+from spikecast.nn import compensation as _compensation  # noqa: F401
+from spikecast.nn import maxpool as _maxpool  # noqa: F401
 from spikecast.nn.encoding import PoissonEncoder
+from spikecast.nn.neuron import IFNeuron
 from spikecast.nn.simulation import SimulationConfig
+from spikecast.nn.stateful import STATEFUL_TYPES, StatefulModule
 
-MODULE_TYPES = {"IFNeuron": IFNeuron, "SpikingMaxPool": SpikingMaxPool, "RunningMean": RunningMean,
-                "ExpectationDifference": ExpectationDifference}
 CONFIG_FILE, WEIGHTS_FILE = "spikecast.json", "weights.safetensors"
 
 
@@ -72,8 +72,9 @@ class SpikingNetwork(nn.Module):
                     out[mod.name] = mod
         return out
 
-    def stateful_modules(self) -> list[nn.Module]:
-        return [m for m in self.graph_module.modules() if isinstance(m, STATEFUL_MODULES)]
+    def stateful_modules(self) -> list[StatefulModule]:
+        """Every module that keeps state across steps (neurons, spiking max-pools, compensation)."""
+        return [m for m in self.graph_module.modules() if isinstance(m, StatefulModule)]
 
     def reset(self) -> None:
         for m in self.stateful_modules():
@@ -145,7 +146,7 @@ class SpikingNetwork(nn.Module):
             "format": "spikecast-snn", "format_version": serialize.FORMAT_VERSION,
             "simulation": asdict(self.config), "metadata": self.metadata,
             "attributes": sorted(k for k in tensors if not _is_module_tensor(k, gm)),
-            "modules": serialize.module_specs(gm, MODULE_TYPES),
+            "modules": serialize.module_specs(gm, STATEFUL_TYPES),
             "graph": serialize.graph_to_json(gm),
         }
         # write to temporary names first so an interrupted save never leaves a half-written model
@@ -177,12 +178,10 @@ class SpikingNetwork(nn.Module):
         except Exception as exc:  # safetensors raises its own SafetensorError type
             raise ValueError(f"{w_file} is corrupt (cannot read it as safetensors): {exc}") from exc
         root = nn.Module()
-        from spikecast.graph.trace import _set_attr
-
         try:
             for name in doc["attributes"]:
                 _set_attr(root, name, tensors[name])
-            serialize.build_modules(root, doc["modules"], MODULE_TYPES, tensors)
+            serialize.build_modules(root, doc["modules"], STATEFUL_TYPES, tensors)
         except KeyError as exc:
             raise ValueError(f"{w_file} does not match {cfg_file}: missing entry {exc}") from exc
         gm = fx.GraphModule(root, serialize.graph_from_json(doc["graph"]), class_name="SpikingGraph")
@@ -224,7 +223,7 @@ def _device_of(module: nn.Module) -> Optional[torch.device]:
 def _is_module_tensor(key: str, gm: fx.GraphModule) -> bool:
     owner = key.rsplit(".", 1)[0]
     try:
-        return isinstance(gm.get_submodule(owner), tuple(MODULE_TYPES.values()))
+        return isinstance(gm.get_submodule(owner), StatefulModule)
     except AttributeError:
         return False
 
