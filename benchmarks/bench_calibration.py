@@ -20,8 +20,12 @@ import time
 import torch
 
 import spikecast
-from spikecast.convert import api
+from spikecast.calibrate.sample import calibration_set
+from spikecast.calibrate.thresholds import calibrate
+from spikecast.convert.correction import CorrectionConfig
 from spikecast.data import TensorBatches, cifar10_tensors
+from spikecast.pipeline import correct, prepare
+from spikecast.recipe import Recipe
 from spikecast.zoo import create_model
 
 from results_file import machine_line, update_section
@@ -35,35 +39,31 @@ EARLY_EXIT = (0.9, 0.99, 0.999)
 
 # name -> convert() arguments; rows after "per-channel" build on "mse" (site thresholds)
 ROWS = {
-    "max": dict(method="max", calibration="none"),
-    "percentile 99.95": dict(method="percentile", calibration="none"),
-    "mse": dict(method="mse", calibration="none"),
-    "mse per-channel": dict(method="mse", per_channel=True, calibration="none"),
-    "mse + bias": dict(method="mse", calibration="light", potential=False),
-    "mse + bias + potential (light)": dict(method="mse", calibration="light"),
-    "mse + advanced": dict(method="mse", calibration="advanced"),
+    "max": dict(thresholds="max", correction="none"),
+    "percentile 99.95": dict(thresholds="percentile", correction="none"),
+    "mse": dict(thresholds="mse", correction="none"),
+    "mse per-channel": dict(thresholds="mse", per_channel=True, correction="none"),
+    "mse + bias": dict(thresholds="mse", correction="light", potential=False),
+    "mse + bias + potential (light)": dict(thresholds="mse", correction="light"),
+    "mse + advanced": dict(thresholds="mse", correction="advanced"),
 }
 T_FREE = {"max", "percentile 99.95"}
-DEFAULT_ROW = "mse + advanced"  # the recipe convert() uses by default  # rows whose calibration does not depend on T
+DEFAULT_ROW = "mse + advanced"  # the recipe convert() uses by default
+DEFAULT = Recipe()
 
 
 def _convert(ann, x_cal, T, row: dict, signed: bool):
     row = dict(row)
     potential = row.pop("potential", True)
+    recipe = Recipe(timesteps=T, signed=signed, calib_images=len(x_cal), **row)
     start = time.perf_counter()
     if potential:
-        snn = spikecast.convert(ann, calib=(x_cal,), timesteps=T, signed=signed, progress=False, **row)
+        snn = spikecast.convert(ann, x_cal, recipe, progress=False)
     else:  # the "+bias" step alone: correction without the potential pass
-        from spikecast.convert.correction import CorrectionConfig
-        from spikecast.pipeline import correct
-        from spikecast.calibrate.thresholds import CalibrationConfig, calibrate
-        from spikecast.convert.spiking import NeuronConfig, to_spiking
-        from spikecast.runtime.network import SimulationConfig, SpikingNetwork
-
-        gm = api.prepare(ann, x_cal[:2])
-        calibrated, _ = calibrate(gm, (x_cal,), CalibrationConfig(method=row["method"], timesteps=T), progress=False)
-        snn = SpikingNetwork(to_spiking(calibrated, NeuronConfig(signed=signed)), SimulationConfig(timesteps=T))
-        snn = correct(snn, calibrated, (x_cal,), CorrectionConfig(level="light", timesteps=T, potential=False),
+        images = calibration_set(x_cal, max_images=recipe.calib_images)
+        snn = spikecast.convert(ann, images, recipe.replace(correction="none"), progress=False)
+        calibrated, _ = calibrate(prepare(ann, x_cal[:2]), images, recipe.calibration_config(), progress=False)
+        snn = correct(snn, calibrated, images, CorrectionConfig(level="light", timesteps=T, potential=False),
                       progress=False)
     return snn, time.perf_counter() - start
 
@@ -79,7 +79,7 @@ def headline(args) -> None:
         ann = create_model(name, pretrained=True)
         for budget in (16, 32):
             start = time.perf_counter()
-            snn = spikecast.convert(ann, calib=(x_cal,), timesteps=budget, progress=False)
+            snn = spikecast.convert(ann, x_cal, timesteps=budget, calib_images=len(x_cal), progress=False)
             calib_s = time.perf_counter() - start
             ts = [t for t in (1, 2, 4, 8, 16, 32) if t <= budget]
             res = spikecast.validate(ann, snn, TensorBatches(x_test, y_test, batch_size=250), timesteps=ts,
@@ -97,8 +97,8 @@ def headline(args) -> None:
             print("\n".join(lines[-1:] + checks[-1:]), flush=True)
             body = "\n".join([
                 f"`spikecast.convert(model, calib=images, timesteps=T)` with nothing else set: "
-                f"{api.DEFAULT_METHOD} thresholds, {api.DEFAULT_CALIBRATION} correction, "
-                f"{'signed' if api.DEFAULT_SIGNED else 'binary'} neurons; {args.calib_images} class-balanced train "
+                f"{DEFAULT.thresholds} thresholds, {DEFAULT.correction} correction, "
+                f"{'signed' if DEFAULT.signed else 'binary'} neurons; {args.calib_images} class-balanced train "
                 f"images (labels unused); SNN top-1 on {res.samples} test images. A network calibrated for T "
                 f"runs exactly T steps (no warm-up or extra steps anywhere); the smaller T columns are read from "
                 f"the same run. Early exit (Dynamic Confidence): a sample stops at the first step where the "
@@ -117,15 +117,15 @@ def ablation(args) -> None:
         ann = create_model(name, pretrained=True)
         rows = dict(ROWS)
         if name in args.binary.split(","):
-            rows["mse + advanced, binary spikes"] = dict(method="mse", calibration="advanced", signed=False)
-        lines = [f"**{name}** ({'signed' if api.DEFAULT_SIGNED else 'binary'} neurons unless stated)", "",
+            rows["mse + advanced, binary spikes"] = dict(thresholds="mse", correction="advanced", signed=False)
+        lines = [f"**{name}** ({'signed' if DEFAULT.signed else 'binary'} neurons unless stated)", "",
                  "| recipe | " + " | ".join(f"T={t}" for t in columns) + " | calib. time (T=32) |",
                  "|---|" + "---:|" * len(columns) + "---:|"]
         ann_acc = None
         exit_lines: list[str] = []
         for row_name, row in rows.items():
             row = dict(row)
-            signed = row.pop("signed", api.DEFAULT_SIGNED)
+            signed = row.pop("signed", DEFAULT.signed)
             accs, calib_32 = {}, None
             if row_name in T_FREE:
                 snn, calib_32 = _convert(ann, x_cal, max(columns), row, signed)
@@ -136,7 +136,7 @@ def ablation(args) -> None:
             else:
                 for T in columns:
                     snn, secs = _convert(ann, x_cal, T, row, signed)
-                    exits = row_name == DEFAULT_ROW and signed == api.DEFAULT_SIGNED and T == max(columns)
+                    exits = row_name == DEFAULT_ROW and signed == DEFAULT.signed and T == max(columns)
                     if T == 32:
                         calib_32 = secs
                     res = spikecast.validate(ann, snn, TensorBatches(x_test, y_test, batch_size=250), timesteps=[T],

@@ -17,6 +17,7 @@ import torch
 
 import spikecast
 from spikecast.data import cifar10_tensors
+from spikecast.recipe import calibration_set_of, recipe_of
 from spikecast.zoo import create_model
 
 from results_file import machine_line, update_section
@@ -45,7 +46,7 @@ def main() -> None:
     rows = []
     for name in args.models.split(","):
         ann = create_model(name, pretrained=True)
-        kwargs = {"method": args.method}
+        kwargs = {"thresholds": args.method, "calib_images": len(x_cal)}
         if args.percentile is not None:
             kwargs["percentile"] = args.percentile
         start = time.perf_counter()
@@ -55,7 +56,10 @@ def main() -> None:
         image_steps = res.samples * max(timesteps) / res.seconds
         print(f"\n{name}: calibration {calib_s:.1f}s, validation {res.seconds:.0f}s")
         print(res.table())
-        rows.append((name, snn.metadata["calibration"], calib_s, res, image_steps))
+        recipe = recipe_of(snn)
+        cal = {"method": recipe.thresholds, "percentile": recipe.percentile if recipe.thresholds == "percentile" else None,
+               "images": calibration_set_of(snn)["images"]}
+        rows.append((name, cal, calib_s, res, image_steps))
         write_section(rows, timesteps, args)  # after each model, so a partial run keeps its results
 
 

@@ -98,7 +98,7 @@ def measure(name: str, size: int, kwargs: dict, *, levels: int = 1, per_channel:
         started = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            snn = spikecast.convert(model, calib, method="max", per_channel=per_channel, calibration="none",
+            snn = spikecast.convert(model, calib, thresholds="max", per_channel=per_channel, correction="none",
                                     levels=levels, timesteps=max(TIMESTEPS), progress=False)
         row["convert_s"] = time.perf_counter() - started
         row["converts"] = True

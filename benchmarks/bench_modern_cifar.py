@@ -62,7 +62,8 @@ def main() -> None:
     x_test, y_test = cifar10_tensors("test", limit=args.images if args.images < 10000 else None)
     batches = [(x_test[i:i + args.batch_size], y_test[i:i + args.batch_size])
                for i in range(0, len(x_test), args.batch_size)]
-    kwargs = {k: v for k, v in (("method", args.method), ("calibration", args.calibration)) if v is not None}
+    kwargs = {k: v for k, v in (("thresholds", args.method), ("correction", args.calibration)) if v is not None}
+    kwargs["calib_images"] = len(x_cal)
     rows = []
     for name in args.models.split(","):
         ann = create_model(name, pretrained=True)
@@ -81,7 +82,7 @@ def main() -> None:
                          "snn": {t: res.snn_accuracy[t] for t in ts}, "calib_s": calib_s, "sim_s": res.seconds,
                          "samples": res.samples, "neurons": describe_neurons(neuron_summary(snn)),
                          "params": sum(p.numel() for p in ann.parameters()), "train": info,
-                         "recipe": snn.metadata["calibration"]})
+                         "recipe": snn.metadata["recipe"]})
             if not args.no_write:
                 write_section(rows, timesteps, args)  # after each run, so a partial run keeps its results
     print(json.dumps(rows, indent=1, default=str))
@@ -122,11 +123,13 @@ def write_section(rows: list[dict], timesteps: list[int], args) -> None:
                      f"{r['neurons'].split(';')[0]} | "
                      + " | ".join(cells) + f" | {target} | {r['calib_s']:.0f} | {r['sim_s']:.0f} |")
     recipe = rows[0]["recipe"]
+    # rows stored before the Recipe (metadata["calibration"]) name the same settings "method" / "level"
+    thresholds, correction = recipe.get("thresholds", recipe.get("method")), recipe.get("correction", recipe.get("level"))
     body = (f"`python benchmarks/bench_modern_cifar.py` — post-training conversion of the zoo's CIFAR-10 ViT "
             f"(timm `VisionTransformer`, patch 4) and ConvNeXt (timm `ConvNeXt`), trained from scratch on the "
             f"shared train split by `benchmarks/train_cifar_zoo.py` (2 CPU cores; training time in the table). "
-            f"Calibration: {args.calib_images} class-balanced training images, thresholds `{recipe['method']}`"
-            f"{' per channel' if recipe['per_channel'] else ''}, correction `{recipe['level']}` for the budget T it "
+            f"Calibration: {args.calib_images} class-balanced training images, thresholds `{thresholds}`"
+            f"{' per channel' if recipe['per_channel'] else ''}, correction `{correction}` for the budget T it "
             f"is calibrated for; bipolar neurons on analog inputs, GELU / LayerNorm / attention compensated; "
             f"neurons and the bits they send per step in the table. Evaluated on "
             f"{rows[0]['samples']} test images (Δ vs the ANN in points).\n\n"

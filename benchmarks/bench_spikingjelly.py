@@ -245,7 +245,8 @@ def main(argv=None) -> int:
     # ---- conversion (same calibration images, same batches)
     cal_batches = [x_cal[i:i + args.batch_size] for i in range(0, len(x_cal), args.batch_size)]
     t0 = time.perf_counter()
-    sc_net = spikecast.convert(zoo, calib=(x_cal,), method="percentile", percentile=PERCENTILE, progress=False)
+    sc_net = spikecast.convert(zoo, calib=(x_cal,), thresholds="percentile", percentile=PERCENTILE,
+                               calib_images=len(x_cal), progress=False)
     sc_convert_s = time.perf_counter() - t0
     sj_recipe = ann2snn.RateCodingRecipe(dataloader=cal_batches, mode=f"{PERCENTILE}%")
     t0 = time.perf_counter()

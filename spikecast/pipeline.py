@@ -1,38 +1,51 @@
-"""``spikecast.convert``: ANN -> traced -> normalised -> calibrated -> spiking network, one call."""
+"""``spikecast.convert``: ANN -> traced -> normalised -> calibrated -> spiking network, one call.
+
+One recipe (:class:`spikecast.recipe.Recipe`), one calibration set (the data read once,
+:mod:`spikecast.calibrate.sample`), one building function (:func:`build_snn`, also used by
+fine-tuning) and one metadata schema (described in :mod:`spikecast.recipe`).
+"""
 
 from __future__ import annotations
 
+import copy
 import time
-from dataclasses import replace
 import warnings
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Union
 
 import torch
 import torch.fx as fx
 
+from spikecast.calibrate.sample import CalibrationSet, calibration_set
+from spikecast.calibrate.statistics import SiteStatistics
+from spikecast.calibrate.thresholds import calibrate
 from spikecast.convert.correction import CorrectionConfig, correct_graph
-from spikecast.calibrate.statistics import iterate_inputs
-from spikecast.calibrate.thresholds import DEFAULT_PERCENTILE, CalibrationConfig, calibrate
-from spikecast.convert.spiking import NeuronConfig, to_spiking
+from spikecast.convert.spiking import to_spiking
+from spikecast.devices import DeviceLike, resolve_device
 from spikecast.errors import CalibrationError
 from spikecast.graph.normalize import normalize
+from spikecast.graph.sites import site_nodes
 from spikecast.graph.trace import trace
 from spikecast.models import ModelLike, resolve_model
-from spikecast.runtime.network import SimulationConfig, SpikingNetwork
+from spikecast.recipe import Recipe, build_recipe
+from spikecast.runtime.network import SpikingNetwork
 
+__all__ = ["convert", "build_snn", "correct", "prepare", "read_calibration_set", "Recipe"]
 
-# The default recipe: the winner of the calibration ablation in benchmarks/RESULTS.md.
-DEFAULT_METHOD = "mse"
-DEFAULT_CALIBRATION = "advanced"
-DEFAULT_SIGNED = True
-DEFAULT_TIMESTEPS = 32
+# The default recipe (the winner of the calibration ablation in benchmarks/RESULTS.md) is
+# ``Recipe()``; these names are kept for callers that read them (use ``Recipe()`` instead).
+DEFAULT_METHOD = Recipe().thresholds
+DEFAULT_CALIBRATION = Recipe().correction
+DEFAULT_SIGNED = Recipe().signed
+DEFAULT_TIMESTEPS = Recipe().timesteps
 
 
 def correct(snn: SpikingNetwork, ann_graph: fx.GraphModule, data, config: CorrectionConfig = CorrectionConfig(), *,
             progress: bool = True, device=None) -> SpikingNetwork:
     """Return a copy of ``snn`` corrected layer by layer with the ANN as teacher (``snn`` is
-    untouched); see :mod:`spikecast.convert.correction`. ``metadata["correction"]`` records what ran."""
+    untouched); see :mod:`spikecast.convert.correction`. ``data``: the calibration set (or a tensor
+    of images; any other source is read once into a set of the default size).
+    ``metadata["correction"]`` records what ran."""
     graph, record = correct_graph(snn.graph_module, ann_graph, data, snn.config, config, progress=progress,
                                   device=device)
     metadata = dict(snn.metadata)
@@ -41,38 +54,62 @@ def correct(snn: SpikingNetwork, ann_graph: fx.GraphModule, data, config: Correc
     return SpikingNetwork(graph, snn.config, metadata)
 
 
-def first_batch(data) -> torch.Tensor:
-    for x in iterate_inputs(data):
-        return x
-    raise CalibrationError("the calibration data is empty: it yielded no batch")
-
-
 def prepare(model: torch.nn.Module, example: torch.Tensor) -> fx.GraphModule:
     """Trace and normalise ``model`` (stages 1-2), returning the normalised ANN graph."""
     return normalize(trace(model, example[:2]))
 
 
+def build_snn(graph: fx.GraphModule, images: CalibrationSet, recipe: Recipe, *, source: str,
+              calibrated: bool = False, stats: Optional[dict[str, SiteStatistics]] = None,
+              device: Optional[torch.device] = None, progress: bool = True,
+              started: Optional[float] = None) -> SpikingNetwork:
+    """Normalised ANN graph + calibration set + recipe -> SNN with the one metadata schema.
+
+    Stages: thresholds on every site (``recipe.calibration_config()``) unless ``calibrated`` (the
+    graph's sites already have thresholds, e.g. fine-tuned QCFS clips; ``stats`` then are the
+    statistics to record, if any), neurons (``recipe.neuron_config()``), simulation settings
+    (Poisson input scale from the calibration set), then the layer-wise correction
+    (``recipe.correction_config()``) with ``graph`` (calibrated) as teacher. ``started``: a
+    ``time.perf_counter()`` value to count ``metadata["seconds"]`` from (default: now).
+    """
+    started = time.perf_counter() if started is None else started
+    if calibrated:
+        thresholds = graph
+        stats = stats or {}
+    else:
+        thresholds, stats = calibrate(graph, images, recipe.calibration_config(), progress=progress, device=device)
+    input_scale = images.input_scale() if recipe.encoding == "poisson" else 1.0
+    snn_graph = to_spiking(thresholds, recipe.neuron_config(), input_varies=recipe.encoding != "analog",
+                           compensate=recipe.compensate)
+    if not any(True for _ in site_nodes(thresholds)):
+        warnings.warn(f"{source} has no activation site: the converted network has no spiking neuron "
+                      "and computes the ANN exactly. Run `spikecast inspect` to see its ops.", stacklevel=3)
+    metadata = {
+        "source": source,
+        "recipe": recipe.to_dict(),
+        "calibration_set": images.to_dict(),
+        "sites": [stats[k].to_dict() for k in stats],
+    }
+    snn = SpikingNetwork(snn_graph, recipe.simulation_config(input_scale), metadata)
+    if device is not None:
+        snn = snn.to(device)
+    if recipe.correction != "none" and snn.neurons():
+        snn = correct(snn, thresholds, images, recipe.correction_config(), progress=progress, device=device)
+    snn.metadata["seconds"] = round(time.perf_counter() - started, 3)
+    return snn
+
+
 def convert(
     model: ModelLike,
     calib=None,
+    recipe: Optional[Recipe] = None,
     *,
-    method: str = DEFAULT_METHOD,
-    percentile: float = DEFAULT_PERCENTILE,
-    per_channel: bool = False,
-    calibration: str = DEFAULT_CALIBRATION,
     checkpoint: Optional[Union[str, Path]] = None,
     pretrained: Optional[bool] = None,
-    timesteps: int = DEFAULT_TIMESTEPS,
-    v_init: float = 0.5,
-    mask_ratio: float = 0.0,
-    mask_sites: Optional[Sequence[str]] = None,
-    mask_seed: int = 0,
-    signed: bool = DEFAULT_SIGNED,
-    levels: int = 1,
-    compensate: bool = True,
-    encoding: str = "analog",
-    device: Union[str, torch.device, None] = None,
+    trust_checkpoint: bool = False,
+    device: DeviceLike = None,
     progress: bool = True,
+    **recipe_overrides,
 ) -> SpikingNetwork:
     """Convert a network into a spiking network of integrate-and-fire neurons.
 
@@ -82,71 +119,47 @@ def convert(
 
     Args:
         model: an ``nn.Module``, ``"zoo:<name>"`` (e.g. ``"zoo:cifar10-resnet20"``) or a timm name.
-        calib: unlabeled calibration data - a DataLoader yielding ``x`` or ``(x, y)``, an iterable
-            of batches, or a tensor. Labels are ignored.
-        method: threshold selection: ``"max"``, ``"percentile"`` or ``"mse"`` (minimum expected
-            error for ``timesteps`` steps); see :mod:`spikecast.calibrate.thresholds`.
-        percentile: percentile (0-100] of the positive activations used by ``"percentile"``.
-        per_channel: one threshold per channel instead of one per activation site.
-        calibration: post-conversion correction with the ANN as teacher, for ``timesteps``:
-            ``"none"``, ``"light"`` (bias + potential correction) or ``"advanced"`` (+ per-channel
-            threshold refinement); see :mod:`spikecast.convert.correction`.
+        calib: unlabeled calibration data - a tensor, batches, ``(x, y)`` batches, a DataLoader
+            (shuffling, augmenting, with workers), a generator, a Dataset, or a
+            :class:`~spikecast.calibrate.sample.CalibrationSet`. It is read exactly once into a
+            sample of at most ``recipe.calib_images`` images chosen by content, so the result does
+            not depend on its order or batching. Labels are ignored.
+        recipe: a :class:`~spikecast.recipe.Recipe` (default: ``Recipe()``, spikecast's default
+            recipe: mse thresholds, advanced correction, signed neurons, T=32, 512 images).
         checkpoint: local weights file (.pth/.pt/.th/.safetensors) to load into the model.
         pretrained: load the model's default weights (zoo: default True; timm: False, needs
             internet when True).
-        timesteps: the timestep budget the network is calibrated for, and the default number of
-            steps of ``snn(x)``; ``simulate`` runs any budget.
-        v_init: initial membrane potential as a fraction of the threshold (0.5 = half threshold).
-        mask_ratio, mask_sites, mask_seed: random spike masking (see :class:`IFNeuron`).
-        signed: neurons may send a negative spike to take back an earlier positive one (see
-            :class:`IFNeuron`); fixes over-firing on transients at the cost of ternary spikes.
-        levels: spikes a neuron may send per step (multi-threshold neurons): ``T`` steps resolve
-            ``levels * T`` values, at ``log2(levels + 1)`` bits per step (reported).
-        compensate: run non-linear ops inside the spiking part with expectation compensation;
-            ``False`` raises :class:`UnsupportedOperationError` naming them instead.
-        encoding: ``"analog"`` (direct input, default) or ``"poisson"`` (rate-coded input).
-        device: where calibration runs and the SNN lives (default: CPU, or the model's device).
+        trust_checkpoint: allow a checkpoint that pickles Python objects (runs code from the file).
+        device: where calibration runs and the SNN lives (default: the model's device, else CPU);
+            the model is not moved (a copy is, when it lives elsewhere).
         progress: show progress bars.
+        **recipe_overrides: any :class:`~spikecast.recipe.Recipe` field, applied to ``recipe``:
+            ``timesteps``, ``thresholds`` (``"max"`` / ``"percentile"`` / ``"mse"``),
+            ``percentile``, ``per_channel``, ``correction`` (``"none"`` / ``"light"`` /
+            ``"advanced"``), ``signed``, ``levels``, ``v_init``, ``mask_ratio``, ``mask_sites``,
+            ``mask_seed``, ``compensate``, ``encoding``, ``calib_images``. The old names
+            ``method=`` and ``calibration=`` still work (DeprecationWarning).
 
     Returns:
-        A :class:`SpikingNetwork`. Raises :class:`UnsupportedOperationError` naming each module
-        path whose op cannot be converted; nothing is skipped silently.
+        A :class:`SpikingNetwork`; ``metadata`` follows the schema of :mod:`spikecast.recipe`.
+        Raises :class:`UnsupportedOperationError` naming each module path whose op cannot be
+        converted (with ``compensate=False``); nothing is skipped silently.
     """
+    recipe = build_recipe(recipe, **recipe_overrides)
     if calib is None:
         raise CalibrationError("convert() needs calibration data (`calib=`): a DataLoader, batches or a tensor")
     started = time.perf_counter()
-    ann, name = resolve_model(model, checkpoint, pretrained)
-    # a neuron with `levels` spike sizes resolves levels*T values in T steps: choose its range for that
-    calib_config = CalibrationConfig(method=method, percentile=percentile, per_channel=per_channel,
-                                     timesteps=timesteps * int(levels), v_init=v_init)
-    correction_config = CorrectionConfig(level=calibration, timesteps=timesteps)
-    neuron_config = NeuronConfig(v_init=v_init, mask_ratio=mask_ratio,
-                                 mask_sites=tuple(mask_sites) if mask_sites else None, mask_seed=mask_seed,
-                                 signed=signed, levels=levels)
-    sim_config = SimulationConfig(timesteps=timesteps, encoding=encoding)
-    if device is None:
-        device = next((p.device for p in ann.parameters()), torch.device("cpu"))
-    example = first_batch(calib).to(device)
-    normalised = prepare(ann, example)
-    calibrated, stats = calibrate(normalised, calib, calib_config, progress=progress, device=device)
-    if encoding == "poisson":
-        sim_config = replace(sim_config, input_scale=max(float(x.abs().max()) for x in iterate_inputs(calib)))
-    snn_graph = to_spiking(calibrated, neuron_config, input_varies=encoding != "analog", compensate=compensate)
-    if not stats:
-        warnings.warn(f"{name} has no activation site: the converted network has no spiking neuron "
-                      "and computes the ANN exactly. Run `spikecast inspect` to see its ops.", stacklevel=2)
-    n_images = sum(int(x.shape[0]) for x in iterate_inputs(calib))
-    metadata = {
-        "source": name,
-        "calibration": {"method": method, "percentile": percentile if method == "percentile" else None,
-                        "per_channel": per_channel, "level": calibration, "timesteps": timesteps,
-                        "images": n_images},
-        "neuron": {"v_init": v_init, "mask_ratio": mask_ratio, "mask_sites": list(mask_sites or []),
-                   "mask_seed": mask_seed, "signed": signed, "levels": int(levels), "compensate": compensate},
-        "sites": [stats[k].to_dict() for k in stats],
-    }
-    snn = SpikingNetwork(snn_graph, sim_config, metadata).to(device)
-    if calibration != "none" and stats:
-        snn = correct(snn, calibrated, calib, correction_config, progress=progress, device=device)
-    snn.metadata["calibration"]["seconds"] = round(time.perf_counter() - started, 3)
-    return snn
+    ann, name = resolve_model(model, checkpoint, pretrained, trust_checkpoint=trust_checkpoint)
+    home = next((p.device for p in ann.parameters()), None) or next((b.device for b in ann.buffers()), None)
+    device = resolve_device(device, default=home or torch.device("cpu"))
+    if home is not None and home != device:
+        ann = copy.deepcopy(ann).to(device)  # the caller's model stays where it is
+    images = read_calibration_set(calib, recipe, progress=progress)
+    normalised = prepare(ann, images.images[:2].to(device))
+    return build_snn(normalised, images, recipe, source=name, device=device, progress=progress, started=started)
+
+
+def read_calibration_set(calib, recipe: Optional[Recipe] = None, *, progress: bool = False) -> CalibrationSet:
+    """The calibration set ``convert(model, calib, recipe)`` uses: ``calib`` read once, at most
+    ``recipe.calib_images`` images chosen by content."""
+    return calibration_set(calib, max_images=(recipe or Recipe()).calib_images, progress=progress)

@@ -4,21 +4,38 @@ A :class:`Recipe` is frozen and serialisable (:meth:`Recipe.to_dict` / :meth:`Re
 ``spikecast.convert``, fine-tuning's conversion, the CLI, the demo and batch jobs all build one and
 record it, the same way, in the SNN's metadata (``metadata["recipe"]``). The field names are the
 library's keyword arguments and, with ``-`` for ``_``, the CLI's flags.
+
+The metadata of a converted network (one schema, written by :func:`spikecast.pipeline.build_snn`)::
+
+    {"source": "zoo:cifar10-resnet20",
+     "recipe": Recipe.to_dict(),
+     "calibration_set": {"images": 512, "images_read": 50000, "batches_read": 782, ...},
+     "sites": [per activation site: name, max, numel, firing_fraction, mean_positive],
+     "correction": {what the layer-wise correction did; only when it ran},
+     "seconds": 61.8}
+
+Read it with :func:`recipe_of` and :func:`calibration_set_of`, which also understand the metadata
+of networks saved before this schema (``metadata["calibration"]`` / ``metadata["neuron"]``).
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Optional
 
+from spikecast.calibrate.sample import DEFAULT_MAX_IMAGES
 from spikecast.calibrate.thresholds import DEFAULT_PERCENTILE, METHODS, CalibrationConfig
 from spikecast.convert.correction import LEVELS, CorrectionConfig
 from spikecast.convert.spiking import NeuronConfig
 from spikecast.nn.encoding import ENCODINGS
 from spikecast.nn.simulation import DEFAULT_BUDGET, SimulationConfig
 
-#: Calibration images read when the caller does not say (the calibration set is bounded).
-DEFAULT_CALIB_IMAGES = 512
+#: Calibration images kept when the caller does not say (the calibration set is bounded).
+DEFAULT_CALIB_IMAGES = DEFAULT_MAX_IMAGES
+
+#: Old keyword names still accepted (with a DeprecationWarning): they named the wrong stage.
+DEPRECATED_NAMES = {"method": "thresholds", "calibration": "correction"}
 
 
 @dataclass(frozen=True)
@@ -34,7 +51,8 @@ class Recipe:
     Correction: ``correction`` is the layer-wise post-conversion correction with the ANN as teacher
     (``"none"``, ``"light"``, ``"advanced"``).
     Simulation: ``timesteps`` is the budget T calibrated for (and the default T of ``snn(x)``),
-    ``encoding`` the input code. Data: ``calib_images`` bounds the calibration set.
+    ``encoding`` the input code. Data: ``calib_images`` bounds the calibration set (the images
+    kept, chosen by content, from however many the calibration data holds).
     """
 
     timesteps: int = DEFAULT_BUDGET
@@ -102,3 +120,83 @@ class Recipe:
     def from_dict(cls, data: dict) -> "Recipe":
         """The recipe recorded by :meth:`to_dict` (unknown keys are an error, missing ones default)."""
         return cls().replace(**dict(data))
+
+
+def build_recipe(recipe: Optional[Recipe] = None, **settings: Any) -> Recipe:
+    """``recipe`` (default: :class:`Recipe`'s defaults) with ``settings`` (field names) applied.
+
+    The old names ``method=`` (now ``thresholds=``) and ``calibration=`` (now ``correction=``)
+    are still accepted, with a DeprecationWarning; unknown names are a TypeError.
+    """
+    if recipe is not None and not isinstance(recipe, Recipe):
+        raise TypeError(f"recipe must be a spikecast Recipe, got {type(recipe).__name__}")
+    changes = {}
+    for key, value in settings.items():
+        if key in DEPRECATED_NAMES:
+            new = DEPRECATED_NAMES[key]
+            warnings.warn(f"{key}= is deprecated: use {new}= (same values)", DeprecationWarning, stacklevel=3)
+            if new in settings:
+                raise TypeError(f"both {key}= and {new}= given: use {new}= only")
+            key = new
+        changes[key] = value
+    return (recipe or Recipe()).replace(**changes)
+
+
+def _metadata(source) -> tuple[dict, Any]:
+    """(metadata dict, simulation config or None) of a SpikingNetwork or a metadata dict."""
+    if isinstance(source, dict):
+        return source, None
+    metadata = getattr(source, "metadata", None)
+    if not isinstance(metadata, dict):
+        raise TypeError(f"expected a SpikingNetwork or its metadata dict, got {type(source).__name__}")
+    return metadata, getattr(source, "config", None)
+
+
+def recipe_of(source) -> Recipe:
+    """The :class:`Recipe` a network was converted with, from a ``SpikingNetwork`` or its metadata.
+
+    Reads ``metadata["recipe"]``; for networks saved before it existed, rebuilds the recipe from the
+    old ``metadata["calibration"]`` (``method``, ``percentile``, ``per_channel``, ``level``,
+    ``timesteps``, ``images``) and ``metadata["neuron"]`` entries (a fine-tuned QCFS network's
+    ``"qcfs(L=...)"`` method becomes the fine-tuning's initial threshold method). The encoding of an
+    old network comes from its simulation settings when a ``SpikingNetwork`` is given.
+    """
+    metadata, simulation = _metadata(source)
+    if "recipe" in metadata:
+        return Recipe.from_dict(metadata["recipe"])
+    old, neuron = metadata.get("calibration") or {}, metadata.get("neuron") or {}
+    if not old and not neuron:
+        raise ValueError("no recipe in this metadata (neither 'recipe' nor the old 'calibration' / 'neuron' entries)")
+    fields_ = {}
+    method = old.get("method")
+    if method in METHODS:
+        fields_["thresholds"] = method
+    elif isinstance(method, str) and method.startswith("qcfs"):
+        config = (metadata.get("finetune") or {}).get("config") or {}
+        fields_["thresholds"] = config.get("threshold_method", "mse")
+    if old.get("percentile") is not None:
+        fields_["percentile"] = float(old["percentile"])
+    for key, name in (("per_channel", "per_channel"), ("level", "correction"), ("timesteps", "timesteps")):
+        if old.get(key) is not None:
+            fields_[name] = old[key]
+    if old.get("images"):
+        fields_["calib_images"] = int(old["images"])
+    for key in ("v_init", "mask_ratio", "mask_seed", "signed", "levels", "compensate"):
+        if neuron.get(key) is not None:
+            fields_[key] = neuron[key]
+    if neuron.get("mask_sites"):
+        fields_["mask_sites"] = tuple(neuron["mask_sites"])
+    if simulation is not None:
+        fields_["encoding"] = simulation.encoding
+        fields_.setdefault("timesteps", simulation.timesteps)
+    return Recipe().replace(**fields_)
+
+
+def calibration_set_of(source) -> dict:
+    """``{"images", "images_read", "batches_read"}`` of the calibration set a network was converted
+    with (old metadata: ``images`` and ``images_read`` are the images used, ``batches_read`` None)."""
+    metadata, _ = _metadata(source)
+    if "calibration_set" in metadata:
+        return dict(metadata["calibration_set"])
+    images = (metadata.get("calibration") or {}).get("images")
+    return {"images": images, "images_read": images, "batches_read": None}

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import spikecast
+from spikecast.calibrate.sample import calibration_set
 from spikecast.calibrate.statistics import collect_statistics
 from spikecast.pipeline import prepare
 
@@ -29,7 +30,10 @@ def _graph_and_data(seed=0):
 
 def test_percentile_matches_exact_quantile_of_positive_activations():
     model, gm, data = _graph_and_data()
-    stats = collect_statistics(gm, [data[i:i + 100] for i in range(0, 600, 100)], progress=False)
+    # all 600 rows: a calibration set read from batches with no bound
+    images = calibration_set([data[i:i + 100] for i in range(0, 600, 100)], max_images=None)
+    assert len(images) == 600 and images.batches_read == 6
+    stats = collect_statistics(gm, images, progress=False)
     with torch.no_grad():
         h = model.fc1(data)
     pos = h[h > 0]

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import spikecast
-from spikecast.convert.correction import CorrectionConfig, canonical_inputs
+from spikecast.calibrate.sample import calibration_set
+from spikecast.convert.correction import CorrectionConfig, teacher_order
 from spikecast.pipeline import correct
 from spikecast.calibrate.rescale import unit_thresholds
 from spikecast.calibrate.thresholds import CalibrationConfig, calibrate
@@ -55,7 +56,7 @@ def _model_and_data(seed=0):
 
 
 def _snn(model, calib, T, level="none", signed=False, method="percentile", per_channel=False):
-    return spikecast.convert(model, calib=calib, timesteps=T, calibration=level, signed=signed, method=method,
+    return spikecast.convert(model, calib=calib, timesteps=T, correction=level, signed=signed, thresholds=method,
                              per_channel=per_channel, progress=False)
 
 
@@ -146,15 +147,16 @@ def test_correction_is_deterministic_and_independent_of_batch_order():
         assert torch.equal(na.bias, nb.bias) and torch.equal(na.v_offset, nb.v_offset), name
 
 
-def test_canonical_order_and_bad_calibration_data():
+def test_teacher_order_and_bad_calibration_data():
     x = torch.randn(10, 3, 4, 4)
-    assert torch.equal(canonical_inputs(x), canonical_inputs(x.flip(0)))
+    assert torch.equal(teacher_order(x), teacher_order(x.flip(0)))
+    assert torch.equal(teacher_order(calibration_set(x).images), teacher_order(x))
     bad = x.clone()
     bad[3, 0, 0, 0] = float("inf")
-    with pytest.raises(CalibrationError, match="NaN or Inf"):
-        canonical_inputs(bad)
+    with pytest.raises(CalibrationError, match="1 Inf"):
+        calibration_set(bad)
     with pytest.raises(CalibrationError, match="empty"):
-        canonical_inputs([])
+        calibration_set([])
     with pytest.raises(ValueError, match="calibration level"):
         CorrectionConfig(level="heavy")
 

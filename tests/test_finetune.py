@@ -17,6 +17,8 @@ from spikecast.graph.sites import site_nodes
 from spikecast.quant import QCFSSite, integer_form, qcfs_thresholds, quantize_tensor, quantize_weights, to_qcfs
 from spikecast.runtime.network import SimulationConfig, SpikingNetwork
 from spikecast.train import FinetuneConfig, TrainConfig, finetune
+from spikecast.errors import DeviceError
+from spikecast.recipe import Recipe, recipe_of
 from spikecast.train.loop import CHECKPOINT_FILE
 
 
@@ -150,7 +152,7 @@ def test_surrogate_gradient_is_triangular_around_the_threshold():
 
 def test_surrogate_bptt_trains_and_truncation_bounds_the_graph(tiny):
     x, y = toy_data(64)
-    snn = spikecast.convert(tiny, calib=x, timesteps=4, calibration="none", progress=False)
+    snn = spikecast.convert(tiny, calib=x, timesteps=4, correction="none", progress=False)
     before = [p.clone() for p in snn.graph_module.parameters()]
     cfg = FinetuneConfig(method="surrogate", timesteps=4, bptt_window=2,
                          train=TrainConfig(epochs=1, lr=0.05, batch_size=32))
@@ -191,7 +193,7 @@ def test_interrupted_finetune_resumes_to_the_same_weights(tiny, tmp_path, method
 def test_qcfs_finetune_improves_the_snn_at_T_equals_L(tiny):
     x, y = toy_data(256, seed=3)
     xv, yv = toy_data(256, seed=4)
-    ptq = spikecast.convert(tiny, calib=x, timesteps=2, calibration="none", progress=False)
+    ptq = spikecast.convert(tiny, calib=x, timesteps=2, correction="none", progress=False)
     tuned = finetune(tiny, (x, y), levels=2, calibration="none", epochs=4, lr=0.05, batch_size=32, val=(xv, yv),
                      progress=False)
     acc = lambda net: float((net.simulate(xv, 2).argmax(-1) == yv).float().mean())  # noqa: E731
@@ -209,7 +211,19 @@ def test_finetune_rejects_bad_settings(tiny):
         TrainConfig(augment="rotate")
     with pytest.raises(TypeError, match="SpikingNetwork"):
         x, y = toy_data(16)
-        finetune(spikecast.convert(tiny, calib=x, calibration="none", progress=False), (x, y), FinetuneConfig())
+        finetune(spikecast.convert(tiny, calib=x, correction="none", progress=False), (x, y), FinetuneConfig())
+
+
+def test_finetune_honours_its_device_and_records_the_convert_schema(tiny):
+    x, y = toy_data(32)
+    with pytest.raises(DeviceError, match="cuda:99"):
+        finetune(tiny, (x, y), device="cuda:99", epochs=1, progress=False)
+    tuned = finetune(tiny, (x, y), device="cpu", levels=2, calibration="light", epochs=1, batch_size=16,
+                     val=(x, y), val_batch_size=5, progress=False, calib=(b for b in [x[:20], x[20:]]))
+    assert recipe_of(tuned) == Recipe(timesteps=2, correction="light", signed=FinetuneConfig().signed)
+    assert {"source", "recipe", "calibration_set", "sites", "correction", "seconds", "finetune"} <= set(tuned.metadata)
+    assert tuned.metadata["calibration_set"]["images_read"] == 32
+    assert "val_accuracy" in tuned.metadata["finetune"]["history"][-1]
 
 
 # ------------------------------------------------------------------------------------ weights
@@ -228,7 +242,7 @@ def test_symmetric_per_channel_weight_quantisation(bits):
 
 def test_quantised_snn_stays_close_and_integer_form_gives_the_same_spikes(tiny):
     x = toy_data(64)[0]
-    snn = spikecast.convert(tiny, calib=x, timesteps=8, calibration="none", progress=False)
+    snn = spikecast.convert(tiny, calib=x, timesteps=8, correction="none", progress=False)
     q8 = quantize_weights(snn, 8)
     assert q8.metadata["weight_quantization"]["bits"] == 8
     ref, out = snn.simulate(x, 8), q8.simulate(x, 8)

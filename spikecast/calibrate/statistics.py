@@ -1,26 +1,35 @@
-"""Streaming activation statistics per site: fixed memory, independent of batch order.
+"""Activation statistics per site, from the calibration set: fixed memory, independent of order.
 
-Two passes over the calibration data. Pass 1 records per site the maximum (and checks that the
-data is finite). Pass 2 fills a fixed-size histogram of the positive activations on [0, max]; a
-percentile is read from the histogram with linear interpolation inside a bin, so its error is at
-most max / bins. Sums and maxima commute, so the result does not depend on the batch order, and
-no activation is stored.
+The passes run over the in-memory :class:`~spikecast.calibrate.sample.CalibrationSet` (the user's
+data was read once, into it), in its canonical order and fixed batches. Pass 1 records per site
+the maximum (and checks that the activations are finite). Pass 2 fills a fixed-size histogram of
+the positive activations on [0, max]; a percentile is read from the histogram with linear
+interpolation inside a bin, so its error is at most max / bins. Because pass 2 sees the very
+images of pass 1, its values lie in pass 1's range; a value above it (a network that is not
+deterministic) is never dropped: within rounding it is counted in the top bin, beyond that it is
+an error. No activation is stored.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Optional
+from typing import Callable, Optional
 
 import torch
 import torch.fx as fx
 
+from spikecast.calibrate.sample import PASS_BATCH_SIZE, CalibrationSet, as_calibration_set, iterate_inputs
 from spikecast.errors import CalibrationError
 from spikecast.graph.sites import site_nodes
 from spikecast.progress import progress_bar
 
+__all__ = ["SiteStatistics", "collect_statistics", "percentile_from_histogram", "channel_dim", "broadcast_shape",
+           "channel_sum", "channel_view", "iterate_inputs"]
+
 DEFAULT_BINS = 8192
 DEFAULT_CHANNEL_BINS = 1024  # per-channel histograms: channels x bins float64 each
+# pass 2 may see a value above pass 1's maximum only by float rounding (nondeterministic kernels)
+RANGE_TOLERANCE = 1e-4
 
 
 def channel_dim(x: torch.Tensor) -> int:
@@ -101,17 +110,9 @@ def percentile_from_histogram(counts: torch.Tensor, top: torch.Tensor, p: float)
     return torch.where(total.squeeze(-1) > 0, value, torch.zeros_like(value))
 
 
-def iterate_inputs(data) -> Iterable[torch.Tensor]:
-    """Input tensors from a DataLoader / iterable of batches / tensor / (x, y) tuple."""
-    from spikecast.data import as_loader, split_batch
-
-    for batch in as_loader(data):
-        x, _ = split_batch(batch)
-        yield x
-
-
-def _run_with_hooks(gm: fx.GraphModule, data, hook: Callable[[str, torch.Tensor], None],
-                    description: str, progress: bool, device) -> int:
+def _run_with_hooks(gm: fx.GraphModule, images: CalibrationSet, hook: Callable[[str, torch.Tensor], None],
+                    description: str, progress: bool, device) -> None:
+    """One pass of the calibration set through ``gm`` with ``hook(site target, site input)``."""
     handles = []
     for node, site in site_nodes(gm):
         # a bipolar site's neuron covers [-theta, theta]: its statistics are those of |x|
@@ -120,29 +121,32 @@ def _run_with_hooks(gm: fx.GraphModule, data, hook: Callable[[str, torch.Tensor]
         else:
             fn = lambda mod, args, key=node.target: hook(key, args[0])  # noqa: E731
         handles.append(site.register_forward_pre_hook(fn))
-    batches = 0
     try:
-        with torch.inference_mode(), progress_bar(description, None, progress) as bar:
-            for x in iterate_inputs(data):
-                if not torch.isfinite(x).all():
-                    raise CalibrationError(f"calibration batch {batches} contains NaN or Inf values")
+        with torch.inference_mode(), progress_bar(description, images.num_batches(), progress) as bar:
+            for x in images.batches(PASS_BATCH_SIZE):
                 gm(x.to(device) if device is not None else x)
-                batches += 1
                 bar.advance()
     finally:
         for h in handles:
             h.remove()
-    if batches == 0:
-        raise CalibrationError("the calibration data is empty: it yielded no batch")
-    return batches
+
+
+def _out_of_range(name: str, seen: float, top: float) -> CalibrationError:
+    return CalibrationError(f"site {name}: the second calibration pass saw {seen:.6g}, above the first pass's "
+                            f"maximum {top:.6g} on the same images: the network is not deterministic (dropout or "
+                            "noise left on?); call model.eval() or remove the random op")
 
 
 def collect_statistics(gm: fx.GraphModule, data, *, histogram: bool = True, bins: int = DEFAULT_BINS,
                        per_channel: bool = False, channel_bins: int = DEFAULT_CHANNEL_BINS,
                        progress: bool = True, device=None) -> dict[str, SiteStatistics]:
-    """Run ``data`` through the normalised graph ``gm`` and return statistics per site target.
+    """Run the calibration set through the normalised graph ``gm``; statistics per site target.
 
-    ``per_channel`` also collects each channel's maximum and histogram (``channel_bins`` bins)."""
+    ``data``: a :class:`~spikecast.calibrate.sample.CalibrationSet`, or a tensor of images (all
+    used), or any other source (read once into a set of the default size, see
+    :func:`~spikecast.calibrate.sample.as_calibration_set`). ``per_channel`` also collects each
+    channel's maximum and histogram (``channel_bins`` bins)."""
+    images = as_calibration_set(data)
     stats = {node.target: SiteStatistics(site.name) for node, site in site_nodes(gm)}
 
     def first_pass(key: str, x: torch.Tensor) -> None:
@@ -160,7 +164,7 @@ def collect_statistics(gm: fx.GraphModule, data, *, histogram: bool = True, bins
         s.positive += int((x > 0).sum())
         s.sum_positive += float(x.clamp_min(0).sum(dtype=torch.float64))
 
-    _run_with_hooks(gm, data, first_pass, "calibration: ranges", progress, device)
+    _run_with_hooks(gm, images, first_pass, "calibration: ranges", progress, device)
     if histogram:
         for s in stats.values():
             s.histogram = torch.zeros(bins, dtype=torch.float64)
@@ -169,11 +173,21 @@ def collect_statistics(gm: fx.GraphModule, data, *, histogram: bool = True, bins
             s = stats[key]
             if s.max <= 0:
                 return
-            counts = torch.histc(x.clamp_min(0).float(), bins=bins, min=0.0, max=s.max).double()
-            counts[0] -= x.numel() - int((x > 0).sum())  # the clamped non-positives all landed in bin 0
+            seen = float(x.max())
+            if seen > s.max * (1 + RANGE_TOLERANCE):
+                raise _out_of_range(s.name, seen, s.max)
+            # torch.histc ignores values outside [min, max]: clamp so that every value is counted
+            # (a value at most a rounding error above the maximum belongs to the top bin anyway)
+            counts = torch.histc(x.clamp(0, s.max).float(), bins=bins, min=0.0, max=s.max).double()
+            positive = int((x > 0).sum())
+            counts[0] -= x.numel() - positive  # the clamped non-positives all landed in bin 0
+            # guard: every positive value was counted (histc counts in float32: exact below 2**24)
+            if x.numel() < 2 ** 24 and int(counts.sum()) != positive:
+                raise CalibrationError(f"site {s.name}: the histogram holds {int(counts.sum())} of the {positive} "
+                                       "positive activations of a batch")
             s.histogram += counts
 
-        _run_with_hooks(gm, data, second_pass, "calibration: histograms", progress, device)
+        _run_with_hooks(gm, images, second_pass, "calibration: histograms", progress, device)
     if per_channel:
         for s in stats.values():
             s.channel_histogram = torch.zeros(len(s.channel_max), channel_bins, dtype=torch.float64)
@@ -182,12 +196,15 @@ def collect_statistics(gm: fx.GraphModule, data, *, histogram: bool = True, bins
             s = stats[key]
             xs = channel_view(x)
             cmax = s.channel_max.to(device=x.device, dtype=torch.float32)
+            if bool((xs.amax(0) > cmax * (1 + RANGE_TOLERANCE)).any()):
+                raise _out_of_range(s.name, float((xs.amax(0) - cmax).max() + cmax.max()), float(cmax.max()))
             positive = xs > 0
             # bin index of every positive element in its channel's histogram, flattened over channels
+            # (clamped to the last bin: a value at the channel's maximum is counted there)
             scaled = (xs / cmax.clamp_min(torch.finfo(torch.float32).tiny) * channel_bins).floor()
             idx = scaled.clamp(0, channel_bins - 1).long() + torch.arange(xs.shape[1], device=x.device) * channel_bins
             counts = torch.bincount(idx[positive], minlength=xs.shape[1] * channel_bins)
             s.channel_histogram += counts.view(xs.shape[1], channel_bins).double().cpu()
 
-        _run_with_hooks(gm, data, channel_pass, "calibration: channel histograms", progress, device)
+        _run_with_hooks(gm, images, channel_pass, "calibration: channel histograms", progress, device)
     return stats

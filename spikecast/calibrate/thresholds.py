@@ -120,7 +120,8 @@ def calibrate(gm: fx.GraphModule, data, config: CalibrationConfig = CalibrationC
               progress: bool = True, device=None) -> tuple[fx.GraphModule, dict[str, SiteStatistics]]:
     """Return a copy of the normalised graph with ``threshold`` set on every site, and the stats.
 
-    The threshold of a clipped site (ReLU6) is at most its clip value. A site that never fired on
+    ``data``: the :class:`~spikecast.calibrate.sample.CalibrationSet` (or a tensor of images, all
+    used; any other source is read once into a set of the default size). The threshold of a clipped site (ReLU6) is at most its clip value. A site that never fired on
     the calibration data gets a warning naming it and threshold 1.0 (it stays silent either way).
     """
     stats = collect_statistics(gm, data, histogram=config.method != "max" or config.per_channel,

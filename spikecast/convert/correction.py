@@ -19,9 +19,11 @@ output rate compared with the ANN activation at the same site:
   corrected rate and the ANN activation, replaying only this neuron.
 
 No method spends extra steps: a network corrected for ``T`` runs exactly ``T`` steps, which is
-the latency reported. Results depend only on the set of calibration images, not on their order:
-images are put in a canonical order (sorted by a fixed random projection of their content) before
-anything is computed, and sums are accumulated in float64.
+the latency reported. The images are those of the calibration set
+(:mod:`spikecast.calibrate.sample`: the user's data read once, chosen by content), so results do
+not depend on the order or batching of the data; the correction takes them sorted by a fixed random
+projection of their content (:func:`teacher_order`, the order it has always used, which keeps its
+results unchanged), and sums are accumulated in float64.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ from typing import Optional, Sequence
 import torch
 import torch.fx as fx
 
-from spikecast.calibrate.statistics import broadcast_shape, channel_dim, channel_sum, iterate_inputs
+from spikecast.calibrate.sample import CalibrationSet, as_calibration_set
+from spikecast.calibrate.statistics import broadcast_shape, channel_dim, channel_sum
 from spikecast.nn.neuron import IFNeuron
 from spikecast.errors import CalibrationError
 from spikecast.graph.sites import site_nodes
@@ -62,7 +65,7 @@ class CorrectionConfig:
     refine_images: int = 64  # images whose currents are recorded for the threshold refinement
     refine_scales: tuple[float, ...] = (0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.25)
     batch_size: int = 256
-    max_images: int = 4096  # calibration images used (the first in canonical order)
+    max_images: Optional[int] = None  # at most this many images of the calibration set (None: all of them)
     memory_budget: int = 2 << 30  # bytes for the recorded spike trains; fewer images if needed
 
     def __post_init__(self):
@@ -84,19 +87,13 @@ class CorrectionConfig:
         return self.level == "advanced"
 
 
-def canonical_inputs(data, max_images: Optional[int] = None) -> torch.Tensor:
-    """All calibration inputs as one tensor in an order that depends only on their content."""
-    xs = [x.detach() for x in iterate_inputs(data)]
-    if not xs:
-        raise CalibrationError("the calibration data is empty: it yielded no batch")
-    x = torch.cat([t.cpu() for t in xs])
-    if not torch.isfinite(x).all():
-        raise CalibrationError("calibration data contains NaN or Inf values")
+def teacher_order(x: torch.Tensor) -> torch.Tensor:
+    """The images ``x`` sorted by a fixed random projection of their content: an order that
+    depends only on the images (the correction's order since its first version)."""
     g = torch.Generator().manual_seed(0)
     projection = torch.randn(x[0].numel(), generator=g, dtype=torch.float64)
     order = torch.argsort(x.flatten(1).double() @ projection, stable=True)
-    x = x[order]
-    return x[:max_images] if max_images is not None else x
+    return x[order]
 
 
 def _per_channel(values: torch.Tensor, like_ndim: int) -> torch.Tensor:
@@ -179,14 +176,15 @@ def _refine_threshold(neuron: IFNeuron, currents: list[torch.Tensor], target: to
     return best_theta
 
 
-def correct_graph(snn_graph: fx.GraphModule, ann_graph: fx.GraphModule, data, simulation: SimulationConfig,
-                  config: CorrectionConfig = CorrectionConfig(), *, progress: bool = True,
-                  device=None) -> tuple[fx.GraphModule, Optional[dict]]:
+def correct_graph(snn_graph: fx.GraphModule, ann_graph: fx.GraphModule, images: "CalibrationSet | torch.Tensor",
+                  simulation: SimulationConfig, config: CorrectionConfig = CorrectionConfig(), *,
+                  progress: bool = True, device=None) -> tuple[fx.GraphModule, Optional[dict]]:
     """Return a corrected copy of the spiking graph ``snn_graph`` (untouched) and what ran.
 
     ``ann_graph``: the normalised ANN graph the SNN was converted from (its activation sites give
-    the teacher's activations). ``data``: unlabeled calibration inputs (labels are ignored).
-    ``simulation``: how the network is run (encoding, layout). The returned record (``None`` when
+    the teacher's activations). ``images``: the :class:`~spikecast.calibrate.sample.CalibrationSet`
+    the thresholds came from (or a tensor of images, all used; any other source is read once
+    into a set of the default size). ``simulation``: how the network is run (encoding, layout). The returned record (``None`` when
     ``config.level == "none"``) has what ran, the time it took and, per neuron, the mean absolute
     channel error of its rate before and after.
     """
@@ -196,7 +194,10 @@ def correct_graph(snn_graph: fx.GraphModule, ann_graph: fx.GraphModule, data, si
         return out, None
     device = device or next((p.device for p in out.parameters()), None) or next(
         (b.device for b in out.buffers()), torch.device("cpu"))
-    x = canonical_inputs(data, config.max_images).to(device)
+    x = teacher_order(as_calibration_set(images).images)
+    if config.max_images is not None:
+        x = x[:config.max_images]
+    x = x.to(device)
     T = int(config.timesteps)
     targets, active, kept, ndims = ann_targets(ann_graph, x, config.batch_size, config.refine_images, device)
     # int8 spike trains of the neurons still needed above: about two live layers at a time (a

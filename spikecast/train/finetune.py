@@ -28,15 +28,17 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from spikecast.calibrate.thresholds import CalibrationConfig, calibrate
-from spikecast.pipeline import DEFAULT_SIGNED, first_batch, prepare
-from spikecast.convert.spiking import NeuronConfig, to_spiking
-from spikecast.data import split_batch
+from spikecast.calibrate.sample import CalibrationSet
+from spikecast.calibrate.thresholds import calibrate
+from spikecast.data import as_loader, split_batch
+from spikecast.devices import DeviceLike, resolve_device
+from spikecast.graph.normalize import views_to_reshapes
 from spikecast.graph.ops import weighted_layers
 from spikecast.models import ModelLike, resolve_model
+from spikecast.pipeline import build_snn, convert, prepare, read_calibration_set
 from spikecast.quant.qcfs import qcfs_thresholds, to_qcfs
-from spikecast.graph.normalize import views_to_reshapes
-from spikecast.runtime.network import SimulationConfig, SpikingNetwork
+from spikecast.recipe import Recipe
+from spikecast.runtime.network import SpikingNetwork
 from spikecast.train.loop import TrainConfig, TrainHistory, config_dict, labelled_tensors, train
 
 METHODS = ("qcfs", "surrogate")
@@ -58,7 +60,7 @@ class FinetuneConfig:
     bptt_window: Optional[int] = None
     calibration: str = "light"
     threshold_method: str = "mse"
-    signed: bool = DEFAULT_SIGNED
+    signed: bool = Recipe().signed
     calib_images: int = 512
     train: TrainConfig = TrainConfig()
 
@@ -69,6 +71,15 @@ class FinetuneConfig:
             raise ValueError("levels and timesteps must be >= 1")
         if self.bptt_window is not None and int(self.bptt_window) < 1:
             raise ValueError("bptt_window must be >= 1 (or None for full BPTT)")
+        self.recipe()  # validates the conversion settings
+
+    def recipe(self) -> Recipe:
+        """The conversion recipe of this fine-tuning (the same :class:`Recipe` ``convert`` takes):
+        budget ``T = levels`` (QCFS) or ``timesteps`` (surrogate), ``threshold_method`` for the
+        thresholds (QCFS: the clips' initial values), ``calibration`` as the correction."""
+        return Recipe(timesteps=int(self.levels if self.method == "qcfs" else self.timesteps),
+                      thresholds=self.threshold_method, correction=self.calibration, signed=self.signed,
+                      calib_images=int(self.calib_images))
 
 
 def trainable_copy(gm: fx.GraphModule) -> tuple[fx.GraphModule, list[nn.Parameter]]:
@@ -120,16 +131,18 @@ def _calibration_subset(train_data, n: int):
     return torch.cat(xs)[:n]
 
 
-def _accuracy(fn, val, batch_size: int = 500) -> float:
+def _accuracy(fn, val, batch_size: int, device: torch.device) -> float:
     correct = seen = 0
-    from spikecast.data import as_loader
-
     with torch.inference_mode():
         for batch in as_loader(val, batch_size=batch_size):
             x, y = split_batch(batch)
-            correct += int((fn(x).argmax(-1) == y).sum())
+            correct += int((fn(x.to(device)).argmax(-1).cpu() == y.cpu()).sum())
             seen += len(y)
     return correct / max(seen, 1)
+
+
+def _model_device(module: nn.Module) -> Optional[torch.device]:
+    return next((p.device for p in module.parameters()), None) or next((b.device for b in module.buffers()), None)
 
 
 def finetune(
@@ -142,6 +155,9 @@ def finetune(
     checkpoint_dir: Optional[Union[str, Path]] = None,
     checkpoint: Optional[Union[str, Path]] = None,
     pretrained: Optional[bool] = None,
+    trust_checkpoint: bool = False,
+    device: DeviceLike = None,
+    val_batch_size: Optional[int] = None,
     progress: bool = True,
     stop_after_epoch: Optional[int] = None,
     **settings,
@@ -157,28 +173,40 @@ def finetune(
         train_data: labelled data: ``(x, y)`` tensors (shuffled and augmented here,
             deterministically) or a DataLoader of ``(x, y)`` batches (used as it comes).
         config: :class:`FinetuneConfig`.
-        calib: unlabeled calibration images (default: ``config.calib_images`` from ``train_data``).
-        val: optional labelled data evaluated after every epoch (QCFS ANN / SNN accuracy).
+        calib: unlabeled calibration data, read once into the calibration set of
+            ``config.calib_images`` images (default: that many images of ``train_data``: a
+            seeded random subset of in-memory tensors, the first ones of a DataLoader).
+        val: optional labelled data evaluated after every epoch (QCFS ANN / SNN accuracy), in
+            batches of ``val_batch_size`` (default: the training batch size).
+        device: where the network trains, calibrates and lives (``"cpu"``, ``"cuda"``, ...;
+            default: the model's device). Batches are moved there; an unavailable device raises
+            :class:`~spikecast.errors.DeviceError`. The caller's model is not moved.
         checkpoint_dir: folder for the per-epoch checkpoint; an interrupted run called again with
             the same arguments resumes after the last finished epoch.
         stop_after_epoch: end after that epoch as an interruption would (for tests).
 
     Returns:
-        A :class:`SpikingNetwork` whose ``metadata["finetune"]`` records the method, settings,
-        per-epoch history and wall time.
+        A :class:`SpikingNetwork` with the metadata of ``convert`` (its recipe is
+        ``config.recipe()``) plus ``metadata["finetune"]``: the method, settings, per-epoch
+        history and wall time.
     """
     started = time.perf_counter()
     config = with_settings(config or FinetuneConfig(), settings)
-    if calib is None:
-        calib = _calibration_subset(train_data, config.calib_images)
+    if config.method == "qcfs" and isinstance(model, SpikingNetwork):
+        raise TypeError("method='qcfs' fine-tunes the ANN: pass the source model, not a SpikingNetwork")
+    if device is not None:
+        resolve_device(device)  # an unavailable device fails here, before any work
+    recipe = config.recipe()
+    images = read_calibration_set(calib if calib is not None else _calibration_subset(train_data, config.calib_images),
+                                  recipe, progress=progress)
+    run = _Run(config, recipe, images, val, int(val_batch_size or config.train.batch_size), checkpoint_dir,
+               progress, stop_after_epoch, started)
     if config.method == "qcfs":
-        if isinstance(model, SpikingNetwork):
-            raise TypeError("method='qcfs' fine-tunes the ANN: pass the source model, not a SpikingNetwork")
-        snn, history, source = _finetune_qcfs(model, train_data, config, calib, val, checkpoint_dir, checkpoint,
-                                              pretrained, progress, stop_after_epoch)
+        ann, source = resolve_model(model, checkpoint, pretrained, trust_checkpoint=trust_checkpoint)
+        snn, history = _finetune_qcfs(ann, source, train_data, run, _place(ann, device))
     else:
-        snn, history, source = _finetune_surrogate(model, train_data, config, calib, val, checkpoint_dir,
-                                                   checkpoint, pretrained, progress, stop_after_epoch)
+        snn, history, source = _finetune_surrogate(model, train_data, run, device, checkpoint, pretrained,
+                                                   trust_checkpoint)
     snn.metadata = dict(snn.metadata)
     snn.metadata["finetune"] = {"method": config.method, "source": source, "config": config_dict(config),
                                 "history": history.epochs, "train_seconds": round(history.seconds, 1),
@@ -207,14 +235,36 @@ def _data_size(train_data) -> str:
     return str(tuple(tensors[0].shape)) if tensors is not None else str(len(train_data))
 
 
-def _finetune_qcfs(model, train_data, config, calib, val, checkpoint_dir, checkpoint, pretrained, progress,
-                   stop_after_epoch):
-    ann, name = resolve_model(model, checkpoint, pretrained)
-    device = next((p.device for p in ann.parameters()), torch.device("cpu"))
-    normalised = prepare(ann, first_batch(calib).to(device))
-    calibrated, stats = calibrate(normalised, calib, CalibrationConfig(method=config.threshold_method,
-                                                                       timesteps=config.levels),
-                                  progress=progress, device=device)
+@dataclass(frozen=True)
+class _Run:
+    """What both routes share."""
+
+    config: FinetuneConfig
+    recipe: Recipe
+    images: CalibrationSet
+    val: object
+    val_batch_size: int
+    checkpoint_dir: Optional[Union[str, Path]]
+    progress: bool
+    stop_after_epoch: Optional[int]
+    started: float
+
+
+def _place(module: nn.Module, device: DeviceLike) -> tuple[nn.Module, torch.device]:
+    """``module`` on ``device`` (a copy when it lives elsewhere: the caller's module is not moved)."""
+    home = _model_device(module)
+    target = resolve_device(device, default=home or torch.device("cpu"))
+    if home is not None and home != target:
+        module = copy.deepcopy(module).to(target)
+    return module, target
+
+
+def _finetune_qcfs(ann: nn.Module, name: str, train_data, run: _Run, placed: tuple[nn.Module, torch.device]):
+    config, recipe, images = run.config, run.recipe, run.images
+    ann, device = placed
+    normalised = prepare(ann, images.images[:2].to(device))
+    calibrated, stats = calibrate(normalised, images, recipe.calibration_config(), progress=run.progress,
+                                  device=device)
     if not stats:
         raise ValueError(f"{name} has no ReLU-like activation site: nothing for QCFS to quantise")
     qgraph, params = trainable_copy(to_qcfs(calibrated, config.levels))
@@ -228,51 +278,33 @@ def _finetune_qcfs(model, train_data, config, calib, val, checkpoint_dir, checkp
         loss.backward()
         return loss.item(), logits.detach().cpu()
 
-    evaluate = (lambda: _accuracy(qgraph, val)) if val is not None else None
+    evaluate = (lambda: _accuracy(qgraph, run.val, run.val_batch_size, device)) if run.val is not None else None
     history = train(qgraph, params, batch_step, train_data, config.train,
                     fingerprint=_fingerprint(config, name, _data_size(train_data)),
-                    checkpoint_dir=checkpoint_dir, evaluate=evaluate, description=f"QCFS L={config.levels}",
-                    progress=progress, stop_after_epoch=stop_after_epoch)
+                    checkpoint_dir=run.checkpoint_dir, evaluate=evaluate, description=f"QCFS L={config.levels}",
+                    progress=run.progress, stop_after_epoch=run.stop_after_epoch)
     freeze(qgraph)
-    teacher = qcfs_thresholds(qgraph)
-    snn = convert_calibrated(teacher, config, calib, timesteps=config.levels, source=name, progress=progress,
-                             device=device)
-    return snn, history, name
+    # thresholds = the fine-tuned clips; the QCFS graph is the correction's teacher
+    snn = build_snn(qcfs_thresholds(qgraph), images, recipe, source=name, calibrated=True, stats=stats,
+                    device=device, progress=run.progress, started=run.started)
+    return snn, history
 
 
-def convert_calibrated(calibrated: fx.GraphModule, config: FinetuneConfig, calib, *, timesteps: int, source: str,
-                       progress: bool, device) -> SpikingNetwork:
-    """Calibrated (thresholds set) ANN graph -> SNN, with correction against that graph as teacher."""
-    from spikecast.convert.correction import CorrectionConfig
-    from spikecast.pipeline import correct
-
-    snn_graph = to_spiking(calibrated, NeuronConfig(signed=config.signed))
-    metadata = {"source": source,
-                "calibration": {"method": f"qcfs(L={config.levels})", "level": config.calibration,
-                                "timesteps": timesteps, "per_channel": False},
-                "neuron": {"v_init": 0.5, "signed": config.signed, "mask_ratio": 0.0}}
-    snn = SpikingNetwork(snn_graph, SimulationConfig(timesteps=timesteps), metadata).to(device)
-    if config.calibration != "none":
-        snn = correct(snn, calibrated, calib, CorrectionConfig(level=config.calibration, timesteps=timesteps),
-                      progress=progress, device=device)
-    return snn
-
-
-def _finetune_surrogate(model, train_data, config, calib, val, checkpoint_dir, checkpoint, pretrained, progress,
-                        stop_after_epoch):
+def _finetune_surrogate(model, train_data, run: _Run, device: DeviceLike, checkpoint, pretrained, trust_checkpoint):
+    config = run.config
     T = int(config.timesteps)
     if isinstance(model, SpikingNetwork):
         start = model
         source = str(model.metadata.get("source", "SpikingNetwork"))
+        device = resolve_device(device, default=_model_device(model.graph_module) or torch.device("cpu"))
     else:
-        from spikecast.pipeline import convert
-
-        start = convert(model, calib, timesteps=T, calibration=config.calibration, signed=config.signed,
-                        checkpoint=checkpoint, pretrained=pretrained, progress=progress)
+        start = convert(model, run.images, run.recipe, checkpoint=checkpoint, pretrained=pretrained,
+                        trust_checkpoint=trust_checkpoint, device=device, progress=run.progress)
         source = str(start.metadata.get("source"))
+        device = _model_device(start.graph_module) or torch.device("cpu")  # where convert put it
     graph, params = trainable_copy(start.graph_module)
-    snn = SpikingNetwork(graph, SimulationConfig(**{**start.config.__dict__, "timesteps": T}), start.metadata)
-    device = next((p.device for p in graph.parameters()), torch.device("cpu"))
+    graph.to(device)  # in place: the parameters in `params` move with it
+    snn = SpikingNetwork(graph, replace(start.config, timesteps=T), start.metadata)
     window = int(config.bptt_window) if config.bptt_window else T
 
     def batch_step(x, y):
@@ -288,11 +320,12 @@ def _finetune_surrogate(model, train_data, config, calib, val, checkpoint_dir, c
                 total = total.detach()
         return loss.item(), (total / T).detach().cpu()
 
-    evaluate = (lambda: _accuracy(lambda x: snn.simulate(x, T), val)) if val is not None else None
+    evaluate = ((lambda: _accuracy(lambda x: snn.simulate(x, T), run.val, run.val_batch_size, device))
+                if run.val is not None else None)
     history = train(snn.graph_module, params, batch_step, train_data, config.train,
                     fingerprint=_fingerprint(config, source, _data_size(train_data)),
-                    checkpoint_dir=checkpoint_dir, evaluate=evaluate, description=f"surrogate T={T}",
-                    progress=progress, stop_after_epoch=stop_after_epoch)
+                    checkpoint_dir=run.checkpoint_dir, evaluate=evaluate, description=f"surrogate T={T}",
+                    progress=run.progress, stop_after_epoch=run.stop_after_epoch)
     freeze(snn.graph_module)
     snn.reset()
     return snn, history, source
