@@ -8,7 +8,8 @@ directory - nothing is copied into the repository), then in two fresh subprocess
    keep it quick) from ``DataLoader(ImageFolder(folder), shuffle=True, num_workers=2,
    batch_size=64)`` with ``calib_images=512``, counting the images read (must be 20,000: read
    once) and keeping the 512-image sample it chose;
-2. converts from that 512-image tensor.
+2. converts from the 512-image tensor of that sample (the folder re-read in file order, unshuffled, by
+   the parent: the same bottom-k by content hash).
 
 It compares the peak resident memory of the two (``getrusage``: the process itself, and the
 largest DataLoader worker) and whether every threshold is identical, prints a table and writes it
@@ -154,7 +155,7 @@ def main() -> int:
         f"| `DataLoader(ImageFolder, shuffle=True, num_workers={args.workers}, batch_size={args.batch_size})`, "
         f"{files} JPEGs | {cs['images_read']} | {cs['batches_read']} | {cs['images']} | "
         f"{loader['peak_rss_mib']:.0f} MiB | {loader['peak_worker_rss_mib']:.0f} MiB | {loader['seconds']:.1f} s |",
-        f"| the {tensor['calibration_set']['images']}-image tensor of that sample | "
+        f"| the {tensor['calibration_set']['images']}-image tensor of the same sample | "
         f"{tensor['calibration_set']['images_read']} | {tensor['calibration_set']['batches_read']} | "
         f"{tensor['calibration_set']['images']} | {tensor['peak_rss_mib']:.0f} MiB | - | {tensor['seconds']:.1f} s |",
     ]
@@ -170,8 +171,9 @@ def main() -> int:
         f"correction=\"none\", calib_images={args.max_images})` (default mse thresholds for T=32) in a fresh process "
         f"per row; the source of the first row is a shuffling DataLoader with worker processes over an image folder "
         f"of {files} CIFAR-10 training JPEGs (the first {args.per_class} per class, symlinked into a temporary "
-        f"folder), that of the second the tensor of the {cs['images']} images the first run kept (bottom-k by "
-        f"content hash). Peak RSS from `getrusage` (`ru_maxrss`: the process; RUSAGE_CHILDREN: the largest worker).",
+        f"folder), that of the second the tensor of the {cs['images']} images a calibration set keeps from that "
+        f"folder (bottom-k by content hash, re-read in file order without shuffling in the parent process: "
+        f"the same images whatever the order). Peak RSS from `getrusage` (`ru_maxrss`: the process; RUSAGE_CHILDREN: the largest worker).",
         "", *lines, "", *checks, "",
         f"Git commit {_git_commit()}, {datetime.date.today().isoformat()}. " + machine_line()])
     if not args.no_write:
