@@ -291,7 +291,7 @@ def _describe(gm: fx.GraphModule, node: fx.Node, varying: set[fx.Node], bad: dic
 
 def inspect(model: ModelLike, input_shape: Optional[Sequence[int]] = None, example: Optional[torch.Tensor] = None,
             checkpoint: Optional[Union[str, Path]] = None, pretrained: Optional[bool] = None,
-            encoding: str = "analog", compensate: bool = True) -> InspectionReport:
+            encoding: str = "analog", compensate: bool = True, trust_checkpoint: bool = False) -> InspectionReport:
     """Trace and normalise ``model`` and report what conversion will do with every operation.
 
     Args:
@@ -305,6 +305,8 @@ def inspect(model: ModelLike, input_shape: Optional[Sequence[int]] = None, examp
             computed once) or ``"poisson"`` (the input is spike-encoded and varies per step).
         compensate: non-linear ops inside the spiking part are compensated (as conversion does by
             default); ``False`` lists them as unsupported (``convert(..., compensate=False)``).
+        trust_checkpoint: allow a checkpoint that holds pickled Python objects to run its code
+            when loaded (only for files you trust; default: refused with a clear error).
 
     Returns:
         An :class:`InspectionReport`; ``report.ok`` is False when any op cannot be converted, and
@@ -313,7 +315,7 @@ def inspect(model: ModelLike, input_shape: Optional[Sequence[int]] = None, examp
     """
     if encoding not in ENCODINGS:
         raise ValueError(f"unknown encoding {encoding!r}; choose one of {ENCODINGS}")
-    ann, name = resolve_model(model, checkpoint, bool(pretrained))
+    ann, name = resolve_model(model, checkpoint, bool(pretrained), trust_checkpoint=trust_checkpoint)
     device = next((p.device for p in ann.parameters()), torch.device("cpu"))
     if example is None:
         if input_shape is None:

@@ -21,6 +21,7 @@ from spikecast.calibrate.statistics import SiteStatistics
 from spikecast.calibrate.thresholds import calibrate
 from spikecast.convert.correction import CorrectionConfig, correct_graph
 from spikecast.convert.spiking import to_spiking
+from spikecast.data import input_channel_guard
 from spikecast.devices import DeviceLike, resolve_device
 from spikecast.errors import CalibrationError
 from spikecast.graph.normalize import normalize
@@ -55,8 +56,12 @@ def correct(snn: SpikingNetwork, ann_graph: fx.GraphModule, data, config: Correc
 
 
 def prepare(model: torch.nn.Module, example: torch.Tensor) -> fx.GraphModule:
-    """Trace and normalise ``model`` (stages 1-2), returning the normalised ANN graph."""
-    return normalize(trace(model, example[:2]))
+    """Trace and normalise ``model`` (stages 1-2), returning the normalised ANN graph.
+
+    Data with the wrong number of channels is refused with a one-line error naming expected and
+    got (not torch's shape error from inside the trace)."""
+    with input_channel_guard(model, "the calibration data"):
+        return normalize(trace(model, example[:2]))
 
 
 def build_snn(graph: fx.GraphModule, images: CalibrationSet, recipe: Recipe, *, source: str,

@@ -472,3 +472,101 @@ def test_errors_are_builtin_subclasses():
     for cls in (errors.UnknownModelError, errors.DataError, errors.DeviceError, errors.InvalidArgumentError):
         assert issubclass(cls, ValueError) and issubclass(cls, errors.SpikecastError)
     assert os.linesep not in errors.one_line("a\n  b\tc")
+
+
+# ----------------------------------------------------------------------------- calibration data (convert)
+
+
+def _thresholds(snn) -> list[torch.Tensor]:
+    return [n.threshold.clone() for n in snn.neurons().values()]
+
+
+def test_convert_rejects_wrong_channel_count():
+    import spikecast
+
+    with pytest.raises(errors.DataError, match=r"expects 3 input channels, got 1") as excinfo:
+        spikecast.convert(tiny_ann(), calib=torch.rand(16, 1, 8, 8), correction="none", progress=False)
+    assert "calibration data" in one_line(excinfo)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_convert_rejects_non_finite_calibration_data(bad):
+    import spikecast
+
+    x = torch.rand(16, 3, 8, 8)
+    x[3, 0, 1, 1] = bad
+    with pytest.raises(errors.CalibrationError, match=r"NaN|Inf") as excinfo:
+        spikecast.convert(tiny_ann(), calib=x, correction="none", progress=False)
+    one_line(excinfo)
+
+
+@pytest.mark.parametrize("empty", [torch.empty(0, 3, 8, 8), [], iter(())])
+def test_convert_rejects_empty_calibration_data(empty):
+    import spikecast
+
+    with pytest.raises(errors.CalibrationError, match="calibration data is empty") as excinfo:
+        spikecast.convert(tiny_ann(), calib=empty, correction="none", progress=False)
+    one_line(excinfo)
+
+
+def test_convert_without_calibration_data():
+    import spikecast
+
+    with pytest.raises(errors.CalibrationError, match="needs calibration data") as excinfo:
+        spikecast.convert(tiny_ann(), progress=False)
+    one_line(excinfo)
+
+
+def test_generator_and_shuffling_loader_give_the_tensor_thresholds():
+    import spikecast
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(2)
+    x = torch.rand(48, 3, 8, 8)
+    ann = tiny_ann()
+    reference = _thresholds(spikecast.convert(ann, calib=x, correction="none", progress=False))
+    generator = (x[i:i + 10] for i in range(0, len(x), 10))  # its first batch must not be eaten
+    loader = DataLoader(TensorDataset(x, torch.zeros(len(x))), batch_size=7, shuffle=True)
+    for source in (generator, loader):
+        got = _thresholds(spikecast.convert(ann, calib=source, correction="none", progress=False))
+        assert all(torch.equal(a, b) for a, b in zip(reference, got))
+
+
+@pytest.mark.parametrize("timesteps", [0, -3, 2.5])
+def test_convert_rejects_impossible_timesteps(timesteps):
+    import spikecast
+
+    with pytest.raises((ValueError, errors.SpikecastError), match="timesteps") as excinfo:
+        spikecast.convert(tiny_ann(), calib=torch.rand(8, 3, 8, 8), timesteps=timesteps, progress=False)
+    one_line(excinfo)
+
+
+def test_convert_with_nonexistent_device():
+    import spikecast
+
+    with pytest.raises(errors.DeviceError, match="unknown device 'nonsense'") as excinfo:
+        spikecast.convert(tiny_ann(), calib=torch.rand(8, 3, 8, 8), device="nonsense", progress=False)
+    one_line(excinfo)
+
+
+def test_convert_rejects_unknown_settings():
+    import spikecast
+
+    with pytest.raises(TypeError, match="unknown recipe setting") as excinfo:
+        spikecast.convert(tiny_ann(), calib=torch.rand(8, 3, 8, 8), thresholdz="max", progress=False)
+    one_line(excinfo)
+    with pytest.raises(ValueError, match="unknown thresholds method 'nope'") as excinfo:
+        spikecast.convert(tiny_ann(), calib=torch.rand(8, 3, 8, 8), thresholds="nope", progress=False)
+    one_line(excinfo)
+
+
+def test_inspect_refuses_pickled_checkpoint_without_trust(tmp_path):
+    import spikecast
+
+    marker = tmp_path / "ran"
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": tiny_ann().state_dict(), "payload": Marker(marker)}, path)
+    with pytest.raises(errors.UntrustedCheckpointError, match="trust_checkpoint") as excinfo:
+        spikecast.inspect(tiny_ann(), input_shape=(3, 8, 8), checkpoint=path)
+    one_line(excinfo)
+    assert not marker.exists()

@@ -7,6 +7,7 @@ import torch
 
 import spikecast
 from spikecast.paths import shared_dir
+from spikecast.recipe import recipe_of
 from spikecast.zoo import create_model, model_info
 
 
@@ -29,7 +30,7 @@ def test_shared_resnet_converts_and_tracks_ann(name):
     # every F.relu of the authors' code became a neuron: 1 stem + 2 per block
     blocks = (int(name.split("resnet")[1]) - 2) // 2
     assert len(snn.neurons()) == 1 + 2 * blocks
-    assert snn.metadata["correction"]["timesteps"] == 32 and snn.metadata["calibration"]["method"] == "mse"
+    assert snn.metadata["correction"]["timesteps"] == 32 and recipe_of(snn).thresholds == "mse"
     res = spikecast.validate(ann, snn, (x, y), timesteps=[8, 32], progress=False)
     # measured on these 200 images: agreement at T=32 94% (ResNet-20) and 96% (ResNet-32), top-1 within
     # 0.5 points of the ANN

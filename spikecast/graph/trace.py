@@ -21,7 +21,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from spikecast.errors import TraceError
+from spikecast.errors import SpikecastError, TraceError
 
 # Nodes that torch.export inserts for its own bookkeeping; they carry no computation.
 _BOOKKEEPING_TARGETS = {
@@ -66,6 +66,8 @@ def _export(model: nn.Module, example: torch.Tensor) -> torch.export.ExportedPro
             warnings.simplefilter("ignore")
             ep = torch.export.export(model, (example,), dynamic_shapes=({0: batch},), strict=False)
             return ep.run_decompositions({})
+    except SpikecastError:
+        raise  # our own checks that ran inside the model (input_channel_guard) say what is wrong
     except Exception as exc:  # torch.export raises many types; all mean "could not trace".
         raise TraceError(_explain_export_failure(model, exc)) from exc
 

@@ -28,6 +28,7 @@ accelerator, not measurements, and the report says so.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Optional, Sequence
@@ -233,7 +234,8 @@ def measure_activity(ann: torch.nn.Module, snn: SpikingNetwork, data, timesteps:
     x = x.to(device)
 
     # ANN: activation at every site (by readable name) and dense MACs per weighted layer
-    ann_graph = prepare(ann.eval().to(device), x[:2])
+    # traced from a copy: the caller's ANN keeps its device and train/eval modes
+    ann_graph = prepare(copy.deepcopy(ann).eval().to(device), x[:2])
     ann_acts: dict[str, torch.Tensor] = {}
     hooks = [site.register_forward_hook(lambda m, a, out, key=site.name: ann_acts.__setitem__(key, out.detach()))
              for _, site in site_nodes(ann_graph)]

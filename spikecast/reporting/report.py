@@ -28,6 +28,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from spikecast.convert.compensation import compensated_nodes
+from spikecast.recipe import calibration_set_of, recipe_of
 from spikecast.reporting.activity import ActivityReport, EnergyModel, measure_activity
 from spikecast.runtime.network import SpikingNetwork
 from spikecast.validate import DEFAULT_TIMESTEPS, ModuleState, ValidationResult, validate
@@ -212,9 +213,17 @@ def build_report(ann: torch.nn.Module, snn: SpikingNetwork, data, timesteps: Seq
     name = model or str(snn.metadata.get("source", "model"))
     return Report(title=title or f"spikecast report: {name}", model=name, data=data_name, validation=result,
                   activity=activity, quantized_ann=dict(quantized_ann or {}), masking=masking,
-                  snn_metadata={k: snn.metadata.get(k) for k in ("calibration", "neuron", "correction", "finetune",
-                                                                 "weight_quantization") if k in snn.metadata},
+                  snn_metadata=conversion_record(snn),
                   neuron_summary=neuron_summary(snn))
+
+
+def conversion_record(snn: SpikingNetwork) -> dict:
+    """How ``snn`` was made, in the one metadata schema: the recipe, the calibration set, and the
+    correction / fine-tuning / weight quantisation records when they ran (old saved SNNs too)."""
+    record = {"recipe": recipe_of(snn).to_dict(), "calibration_set": calibration_set_of(snn)}
+    record.update({k: snn.metadata[k] for k in ("correction", "finetune", "weight_quantization")
+                   if k in snn.metadata})
+    return record
 
 
 def neuron_summary(snn: SpikingNetwork) -> dict:
