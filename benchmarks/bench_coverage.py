@@ -5,7 +5,7 @@ Every model is built with random weights (``pretrained=False``, seed 0: no downl
 about the conversion, not accuracy), at its default input size or a smaller one the architecture
 allows (the ``SIZES`` below; ViTs/Mixer get ``img_size=`` so their position embeddings match).
 Calibration uses 16 ``torch.randn`` images, evaluation 2 other draws of the same distribution;
-``method="max"`` (one threshold per site), no correction (the conversion itself, as in
+``thresholds="max"`` (one threshold per site), no correction (the conversion itself, as in
 tests/test_timm_coverage.py).
 Cosine: mean over the evaluation images of the cosine between the SNN's mean logits and the ANN's.
 Share spike-driven: per-step operations (dense MACs) done by weighted layers that read only spikes,

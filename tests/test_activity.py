@@ -29,7 +29,7 @@ def setup(single_thread):
     torch.manual_seed(0)
     ann = Net().eval()
     x = torch.randn(24, 2, 6, 6)
-    snn = spikecast.convert(ann, calib=x, calibration="none", timesteps=8, progress=False)
+    snn = spikecast.convert(ann, calib=x, correction="none", timesteps=8, progress=False)
     return ann, snn, x
 
 

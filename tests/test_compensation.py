@@ -190,7 +190,7 @@ def test_graph_constants_get_no_spike_input():
 
 
 def test_chained_non_linear_ops_share_one_running_mean_and_one_difference():
-    snn = spikecast.convert(SEConvNet().eval(), X, method="max", calibration="none", progress=False)
+    snn = spikecast.convert(SEConvNet().eval(), X, thresholds="max", correction="none", progress=False)
     gm = snn.graph_module
     kinds = [type(gm.get_submodule(n.target)).__name__ for n in gm.graph.nodes if n.op == "call_module"]
     ops_ = [n.target._opname for n in compensated_nodes(gm)]
@@ -208,7 +208,7 @@ def test_transformer_converts_and_tracks_the_ann(fused):
     model = TinyViT(fused=fused).eval()
     with torch.no_grad():
         ref = model(X[16:])
-    snn = spikecast.convert(model, X[:16], method="max", calibration="none", progress=False)
+    snn = spikecast.convert(model, X[:16], thresholds="max", correction="none", progress=False)
     outs = snn.simulate(X[16:], [8, 64, 256])
     cos = {t: cosine(o, ref) for t, o in outs.items()}
     assert cos[64] > 0.99 and cos[256] > 0.998, cos
@@ -221,7 +221,7 @@ def test_gates_and_normalisation_convert_and_track_the_ann():
     model = SEConvNet().eval()
     with torch.no_grad():
         ref = model(X[16:])
-    snn = spikecast.convert(model, X[:16], method="max", calibration="none", progress=False)
+    snn = spikecast.convert(model, X[:16], thresholds="max", correction="none", progress=False)
     out = snn.simulate(X[16:], 256)
     assert cosine(out, ref) > 0.995
 
@@ -232,7 +232,7 @@ def test_multilevel_neurons_reach_the_ann_in_fewer_steps():
         ref = model(X[16:])
     errs = {}
     for levels in (1, 4):
-        snn = spikecast.convert(model, X[:16], method="max", calibration="none", levels=levels, progress=False)
+        snn = spikecast.convert(model, X[:16], thresholds="max", correction="none", levels=levels, progress=False)
         errs[levels] = float((snn.simulate(X[16:], 8) - ref).norm() / ref.norm())
         assert all(n.levels == levels for n in snn.neurons().values())
     assert errs[4] < errs[1] / 2, errs
@@ -242,14 +242,14 @@ def test_correction_and_masking_work_on_bipolar_sites():
     model = TinyViT().eval()
     with torch.no_grad():
         ref = model(X[16:])
-    snns = {level: spikecast.convert(model, X[:16], method="max", calibration=level, timesteps=8, progress=False)
+    snns = {level: spikecast.convert(model, X[:16], thresholds="max", correction=level, timesteps=8, progress=False)
             for level in ("none", "light", "advanced")}
     err = {k: float((s.simulate(X[:16], 8) - model(X[:16]).detach()).norm()) for k, s in snns.items()}
     # on 16 random images a channel's mean error is below the rounding step of its 16-80 values, so
     # the bias correction alone is noise here; the threshold refinement (advanced) still helps
     assert err["advanced"] < 0.9 * err["none"], err
     assert snns["light"].metadata["correction"]["sites"][0]["name"] == "blocks.0.attn.qkv:input"
-    masked = spikecast.convert(model, X[:16], method="max", calibration="none", mask_ratio=0.2,
+    masked = spikecast.convert(model, X[:16], thresholds="max", correction="none", mask_ratio=0.2,
                                mask_sites=["*:input"], progress=False)
     rates = [n.mask_ratio for n in masked.neurons().values()]
     assert rates and all(r == 0.2 for r in rates)
@@ -258,7 +258,7 @@ def test_correction_and_masking_work_on_bipolar_sites():
 
 def test_strict_mode_names_every_non_linear_op():
     with pytest.raises(spikecast.UnsupportedOperationError) as info:
-        spikecast.convert(TinyViT().eval(), X[:16], method="max", calibration="none", compensate=False,
+        spikecast.convert(TinyViT().eval(), X[:16], thresholds="max", correction="none", compensate=False,
                           progress=False)
     paths = {(s.path, s.op) for s in info.value.sites}
     assert ("blocks.0.norm2", "aten.layer_norm") in paths
@@ -268,7 +268,7 @@ def test_strict_mode_names_every_non_linear_op():
 
 # ----------------------------------------------------------------------------- persistence (ONNX export: tests/test_onnx.py)
 def test_compensated_network_saves_and_reloads_identically(tmp_path):
-    snn = spikecast.convert(TinyViT(fused=False).eval(), X[:16], method="max", calibration="none", levels=2,
+    snn = spikecast.convert(TinyViT(fused=False).eval(), X[:16], thresholds="max", correction="none", levels=2,
                             progress=False)
     snn.save(tmp_path / "vit")
     back = SpikingNetwork.load(tmp_path / "vit")
@@ -297,7 +297,7 @@ def test_report_counts_compensated_operations_and_neuron_bits():
     from spikecast.reporting.report import neuron_summary
 
     model = TinyViT().eval()
-    snn = spikecast.convert(model, X[:16], method="max", calibration="none", progress=False)
+    snn = spikecast.convert(model, X[:16], thresholds="max", correction="none", progress=False)
     activity = measure_activity(model, snn, X[16:], [4, 8])
     comp = [op for op in activity.operations if "compensated" in op.name]
     assert comp and all(op.kind == "MAC" and op.snn_ops[8] == pytest.approx(2 * op.snn_ops[4]) for op in comp)

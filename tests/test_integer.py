@@ -127,7 +127,7 @@ def test_errors_are_clear(snn):
         integer_network(snn, torch.full((2, 3, 12, 12), float("nan")))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        masked = spikecast.convert(ResidualNet().eval(), calib=X[:32], mask_ratio=0.2, calibration="none",
+        masked = spikecast.convert(ResidualNet().eval(), calib=X[:32], mask_ratio=0.2, correction="none",
                                    progress=False)
     with pytest.raises(ValueError, match="masking"):
         integer_network(masked, X[:32])

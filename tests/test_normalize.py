@@ -200,7 +200,7 @@ def test_kept_bn_runs_in_the_snn():
     """DenseNet order: BNs inside the spiking part are per-step affine maps; the SNN still works."""
     model = TinyDenseNet().eval()
     x = torch.randn(24, 3, 8, 8, generator=torch.Generator().manual_seed(3))
-    snn = spikecast.convert(model, calib=x, method="max", progress=False)
+    snn = spikecast.convert(model, calib=x, thresholds="max", progress=False)
     assert len(bn_nodes(snn.graph_module)) == 3
     assert len(all_neurons(snn)) == 4  # stem, two dense layers, final
     check_close(model, snn, x[:4], T=256)
@@ -384,7 +384,7 @@ def test_relu6_sites_get_thresholds_at_most_6(form):
     gm = normalize(trace(model, x))
     sites = [site for _, site in site_nodes(gm)]
     assert len(sites) == 2 and all(s.upper == 6.0 for s in sites)
-    snn = spikecast.convert(model, calib=x, method="max", calibration="none", progress=False)
+    snn = spikecast.convert(model, calib=x, thresholds="max", correction="none", progress=False)
     neurons = all_neurons(snn)
     assert len(neurons) == 2
     thresholds = [float(n.threshold) for n in neurons]
@@ -407,7 +407,7 @@ def test_hardtanh_with_other_range_is_not_a_relu():
     with pytest.raises(spikecast.UnsupportedOperationError, match="hardtanh"):
         spikecast.convert(model, calib=x, progress=False, compensate=False)
     # compensated: the hardtanh runs on the running mean of its input; the SNN tracks the ANN
-    snn = spikecast.convert(model, calib=x, progress=False, method="max", calibration="none")
+    snn = spikecast.convert(model, calib=x, progress=False, thresholds="max", correction="none")
     out = snn.simulate(x, 256)
     with torch.no_grad():
         ref = model(x)
@@ -463,7 +463,7 @@ def test_maxpool_after_relu_moves_before_the_neuron(where):
         assert torch.allclose(gm(x), model(x), atol=1e-6)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        snn = spikecast.convert(model, calib=x, method="max", progress=False)
+        snn = spikecast.convert(model, calib=x, thresholds="max", progress=False)
     assert len(all_neurons(snn)) == 2
     if where == "first":
         # the pool acts on the static first conv: exact, computed once, no approximation
@@ -486,7 +486,7 @@ def test_maxpool_not_after_relu_warns_and_converts():
     model = PoolNet("not-after-relu").eval()
     x = torch.rand(32, 3, 8, 8) * 2 - 1
     with pytest.warns(UserWarning, match="max-pool") as record:
-        snn = spikecast.convert(model, calib=x, method="max", progress=False)
+        snn = spikecast.convert(model, calib=x, thresholds="max", progress=False)
     messages = " ".join(str(w.message) for w in record)
     assert "pool2" in messages  # names the module of the approximated pool
     pools = [m for m in snn.graph_module.modules() if isinstance(m, SpikingMaxPool)]

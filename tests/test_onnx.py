@@ -115,7 +115,7 @@ def test_int8_refuses_empty_calibration(tmp_path):
 @pytest.fixture(scope="module", params=["binary", "signed"])
 def snn_and_onnx(request, tmp_path_factory):
     signed = request.param == "signed"
-    snn = convert(PoolNet().eval(), signed=signed, per_channel=True, calibration="light", timesteps=12)
+    snn = convert(PoolNet().eval(), signed=signed, per_channel=True, correction="light", timesteps=12)
     neurons = list(snn.neurons().values())
     assert all(n.signed == signed and n.threshold.numel() > 1 for n in neurons)  # per-channel thresholds
     assert all(n.bias is not None and n.v_offset is not None for n in neurons)  # light calibration
@@ -184,7 +184,7 @@ def test_start_resets_whatever_state_is_passed(snn_and_onnx):
 
 
 def test_binary_network_without_calibration_matches_too(tmp_path):
-    snn = convert(TinyResNet().eval(), signed=False, calibration="none", method="max", timesteps=8)
+    snn = convert(TinyResNet().eval(), signed=False, correction="none", thresholds="max", timesteps=8)
     net = OnnxSpikingNetwork(export_snn_step(snn, tmp_path / "s.onnx", example=X[:2]))
     ref, out = snn.simulate(X[:6], [4, 16]), net.simulate(X[:6], [4, 16])
     for t in (4, 16):
@@ -259,12 +259,12 @@ def test_compensated_vit_step_graph_matches_simulate(tmp_path, model, levels):
 
 # ---------------------------------------------------------------------------- refusals
 def test_masked_neurons_and_poisson_input_are_refused(tmp_path):
-    masked = convert(PoolNet().eval(), mask_ratio=0.2, calibration="none", method="max")
+    masked = convert(PoolNet().eval(), mask_ratio=0.2, correction="none", thresholds="max")
     name = next(iter(masked.neurons()))
     with pytest.raises(ValueError, match="mask") as err:
         export_snn_step(masked, tmp_path / "m.onnx", example=X[:2])
     assert repr(name) in str(err.value)
-    poisson = convert(PoolNet().eval(), encoding="poisson", calibration="none", method="max")
+    poisson = convert(PoolNet().eval(), encoding="poisson", correction="none", thresholds="max")
     with pytest.raises(ValueError, match="poisson"):
         export_snn_step(poisson, tmp_path / "p.onnx", example=X[:2])
     assert not any(tmp_path.iterdir())

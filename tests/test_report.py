@@ -34,7 +34,7 @@ def test_report_numbers_equal_the_validator(tmp_path, single_thread):
     x_train, _ = digits_tensors("train")
     x, y = digits_tensors("test")
     ann = create_model("digits-cnn", pretrained=True)
-    snn = spikecast.convert(ann, calib=x_train[:128], calibration="none", mask_ratio=0.2, progress=False)
+    snn = spikecast.convert(ann, calib=x_train[:128], correction="none", mask_ratio=0.2, progress=False)
     ts = [1, 4, 16]
     report = build_report(ann, snn, (x[:160], y[:160]), ts, activity_images=32, progress=False)
     direct = spikecast.validate(ann, snn, (x[:160], y[:160]), ts, progress=False)

@@ -60,7 +60,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def snn(model):
-    return convert(model, method="max", timesteps=10, calibration="none")  # plain IF semantics
+    return convert(model, thresholds="max", timesteps=10, correction="none")  # plain IF semantics
 
 
 # ---------------------------------------------------------------------------- one-run equivalence
@@ -168,7 +168,7 @@ def test_poisson_input_runs_the_first_conv_every_step():
 
 # ---------------------------------------------------------------------------- Poisson encoding
 def test_poisson_encoding_approaches_the_analog_result(model, snn):
-    net = convert(model, method="max", encoding="poisson")
+    net = convert(model, thresholds="max", encoding="poisson")
     assert net.config.encoding == "poisson"
     assert net.config.input_scale == pytest.approx(float(X.abs().max()))
     with torch.no_grad():
@@ -195,7 +195,7 @@ def test_to_cpu_and_forward_at_default_T(model, snn):
     with torch.no_grad():
         assert rel_err(out, model(X[:3])) < 0.2
     # a double-precision copy still runs and agrees
-    as64 = convert(model, method="max", timesteps=10).to(torch.float64)
+    as64 = convert(model, thresholds="max", timesteps=10).to(torch.float64)
     out64 = as64(X[:3].double())
     assert out64.dtype == torch.float64
     assert torch.allclose(out64.float(), out, atol=0.05)

@@ -7,7 +7,7 @@ they have the scale and sign of ImageNet-normalised pixels, so every layer sees 
 realistic range; calibration (16 images) and evaluation (4 images) are independent draws of the
 same distribution, as real calibration and test images would be.
 
-Thresholds use ``method="max"``: on data drawn like the calibration data the largest calibration
+Thresholds use ``thresholds="max"``: on data drawn like the calibration data the largest calibration
 activation is (almost) never exceeded, so nothing is clipped (the ANN with every site clipped at its
 threshold keeps cosine >= 0.99997 with the original on all twelve models) and what the test measures
 is the conversion itself: rate quantisation and neuron dynamics. Random inputs have no outliers for
@@ -71,7 +71,7 @@ def test_timm_model_converts_and_matches_ann_logits(name: str, size: int) -> Non
         # max-pools on time-varying input (VGG, DLA, ResNet-D, Inception) are announced with a
         # warning; they are exact in the mean and checked by the cosine below.
         warnings.filterwarnings("ignore", message="max-pool")
-        snn = spikecast.convert(model, calib=calib, method="max", signed=True, calibration="none", progress=False)
+        snn = spikecast.convert(model, calib=calib, thresholds="max", signed=True, correction="none", progress=False)
     convert_s = time.perf_counter() - started
 
     started = time.perf_counter()

@@ -143,7 +143,7 @@ class Scaled(nn.Module):
 
 def test_products_with_static_operands_convert():
     model = Scaled().eval()
-    snn = convert(model, method="max")
+    snn = convert(model, thresholds="max")
     with torch.no_grad():
         ref = model(X)
     out = snn.simulate(X, 256)
@@ -194,7 +194,7 @@ class SigmoidPrefix(nn.Module):
 
 def test_sigmoid_in_static_prefix_is_fine_under_analog_encoding():
     model = SigmoidPrefix().eval()
-    snn = convert(model, method="max")
+    snn = convert(model, thresholds="max")
     prefix_targets = [str(n.target) for n in snn._prefix.graph.nodes if n.op == "call_function"]
     step_targets = [str(n.target) for n in snn._step.graph.nodes if n.op == "call_function"]
     assert any("sigmoid" in t for t in prefix_targets)  # computed once, on the analog input
