@@ -1,7 +1,8 @@
-"""spikecast: convert pretrained PyTorch / timm ReLU networks into spiking neural networks.
+"""spikecast: convert pretrained PyTorch / timm networks into spiking neural networks.
 
     import spikecast
     snn = spikecast.convert(model, calib=data, timesteps=32)  # trace, normalise, calibrate for T=32, convert
+    snn = spikecast.convert(model, data, spikecast.Recipe(timesteps=8, levels=2))  # one recipe object
     res = spikecast.validate(model, snn, data, timesteps=[1, 2, 4, 8, 16, 32, 64, 128])
     snn.simulate(x, timesteps=[8, 32])                   # mean outputs after 8 and 32 steps, one run
     snn.save("snn/"); snn2 = spikecast.load("snn/")
@@ -11,6 +12,7 @@
 """
 
 from spikecast.pipeline import convert
+from spikecast.recipe import Recipe, recipe_of
 from spikecast.nn.neuron import IFNeuron
 from spikecast.inspection import InspectionReport, inspect
 from spikecast.errors import CalibrationError, SpikecastError, TraceError, UnsupportedOperationError
@@ -37,7 +39,7 @@ def load(path, device=None) -> SpikingNetwork:
 
 
 __all__ = [
-    "convert", "validate", "load", "inspect", "finetune", "FinetuneConfig", "TrainConfig", "quantize_weights",
+    "convert", "Recipe", "recipe_of", "validate", "load", "inspect", "finetune", "FinetuneConfig", "TrainConfig", "quantize_weights",
     "report", "build_report", "Report", "SpikingNetwork", "SimulationConfig", "IFNeuron",
     "ValidationResult", "InspectionReport", "SpikecastError", "TraceError", "UnsupportedOperationError", "CalibrationError",
     "__version__",
