@@ -22,7 +22,7 @@ x_cal, _ = cifar10_tensors("train", limit=128 if args.fast else 512)   # unlabel
 x, y = cifar10_tensors("test", limit=200 if args.fast else None)       # class-balanced subset, or all 10,000
 
 # The default recipe (mse thresholds + advanced layer-wise correction, signed neurons) for T=16.
-snn = spikecast.convert(ann, calib=x_cal, timesteps=16, calibration="light" if args.fast else "advanced")
+snn = spikecast.convert(ann, calib=x_cal, timesteps=16, correction="light" if args.fast else "advanced")
 
 # One report: accuracy and agreement at every T, latency to parity, early exit, per-layer firing
 # rates and errors, synaptic operations and energy per image.

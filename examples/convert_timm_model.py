@@ -27,7 +27,7 @@ images = torch.randn(n, 3, size, size)  # stand-in data: use real (unlabeled) im
 
 # One call: trace (F.relu, BatchNormAct2d, ... all arrive as ATen ops), fold BatchNorm, calibrate a
 # threshold per activation site on the images, and build the SNN of integrate-and-fire neurons.
-snn = spikecast.convert(model, calib=images, timesteps=32, calibration="none" if args.fast else "light")
+snn = spikecast.convert(model, calib=images, timesteps=32, correction="none" if args.fast else "light")
 print(f"{args.model}: {len(snn.neurons())} layers of integrate-and-fire neurons")
 
 # Validate against the ANN at every budget from ONE simulation of the largest T. Without labels the

@@ -20,7 +20,6 @@ steps for the commands that start from a saved SNN (validate, quantize, export, 
 
 from __future__ import annotations
 
-import inspect
 import json
 import platform
 import time
@@ -33,13 +32,13 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from spikecast import pipeline
 from spikecast.data import TensorBatches
 from spikecast.datasets import DataSpec, parse_data_spec, resolve_data
 from spikecast.devices import resolve_device
 from spikecast.errors import DataError, one_line
 from spikecast.models import data_defaults, parse_model_ref, resolve_model
 from spikecast.nn.simulation import DEFAULT_EVAL_TIMESTEPS
+from spikecast.pipeline import convert
 from spikecast.recipe import Recipe
 from spikecast.reporting.report import Report, build_report, describe_neurons, neuron_summary, write_report
 from spikecast.runtime.network import SpikingNetwork
@@ -117,12 +116,11 @@ def absolute_path(path: Union[str, Path, None]) -> Optional[str]:
 
 
 def load_model(model: str, checkpoint: Union[str, Path, None] = None, pretrained: Optional[bool] = None, *,
-               trust_checkpoint: bool = False, device: Optional[torch.device] = None,
-               warn_random: bool = True) -> LoadedModel:
+               trust_checkpoint: bool = False, device: Optional[torch.device] = None) -> LoadedModel:
     """Resolve MODEL text (in eval mode, on ``device``); warns when a timm model gets random weights."""
     ref = parse_model_ref(model)
     ann, name = resolve_model(ref, checkpoint, pretrained, trust_checkpoint=trust_checkpoint)
-    if warn_random and isinstance(ref, str) and not ref.startswith("zoo:") and checkpoint is None and not pretrained:
+    if isinstance(ref, str) and not ref.startswith("zoo:") and checkpoint is None and not pretrained:
         warnings.warn(f"{name} has random weights (give a checkpoint or pretrained weights): accuracies will be "
                       "chance level", UserWarning, stacklevel=2)
     if device is not None:
@@ -299,20 +297,6 @@ class JobResult:
                 "images": v.samples, "snn_dir": str(self.files["snn"])}
 
 
-def convert_with_recipe(ann: nn.Module, calib, recipe: Recipe, *, device=None, progress: bool = True
-                        ) -> SpikingNetwork:
-    """``pipeline.convert`` with ``recipe``; also with the keyword-only convert of before the Recipe."""
-    if "recipe" in inspect.signature(pipeline.convert).parameters:
-        return pipeline.convert(ann, calib, recipe, device=device, progress=progress)
-    snn = pipeline.convert(  # before spikecast.pipeline took a Recipe: the same settings by their old names
-        ann, calib=calib, method=recipe.thresholds, percentile=recipe.percentile, per_channel=recipe.per_channel,
-        calibration=recipe.correction, timesteps=recipe.timesteps, v_init=recipe.v_init, mask_ratio=recipe.mask_ratio,
-        mask_sites=recipe.mask_sites, mask_seed=recipe.mask_seed, signed=recipe.signed, levels=recipe.levels,
-        compensate=recipe.compensate, encoding=recipe.encoding, device=device, progress=progress)
-    snn.metadata.setdefault("recipe", recipe.to_dict())
-    return snn
-
-
 def run_job(spec: JobSpec, out_dir: Union[str, Path], *, log: Optional[Log] = None, progress: bool = True
             ) -> JobResult:
     """Run ``spec`` into ``out_dir`` (see the module docstring); returns the SNN and its numbers."""
@@ -338,8 +322,8 @@ def run_job(spec: JobSpec, out_dir: Union[str, Path], *, log: Optional[Log] = No
     say(f"  data: {eval_name}, {len(x)} evaluation images; calibration: {calib_name}, {len(x_cal)} images")
     say(f"  converting ({describe_recipe(recipe)})...")
     t0 = time.perf_counter()
-    snn = convert_with_recipe(model.ann, TensorBatches(x_cal, batch_size=spec.batch_size), recipe, device=device,
-                              progress=progress)
+    snn = convert(model.ann, TensorBatches(x_cal, batch_size=spec.batch_size), recipe, device=device,
+                  progress=progress)
     convert_s = time.perf_counter() - t0
     say(f"  converted in {seconds_text(convert_s)}: {len(snn.neurons())} IF neuron layers "
         f"({describe_neurons(neuron_summary(snn))})")
@@ -366,6 +350,7 @@ def run_job(spec: JobSpec, out_dir: Union[str, Path], *, log: Optional[Log] = No
                   "pretrained": spec.pretrained},
         "data": {"spec": eval_name, "images": len(x)},
         "calibration": {"spec": calib_name, "images": len(x_cal)},
+        "calibration_set": snn.metadata.get("calibration_set"),
         "recipe": recipe.to_dict(),
         "config": {"eval_timesteps": timesteps, "tolerance": spec.tolerance, "early_exit": list(spec.early_exit),
                    "batch_size": spec.batch_size, "device": str(device or "cpu")},

@@ -40,12 +40,11 @@ def normalisation(args) -> dict:
 
 
 def model_from(args, model: Optional[str] = None, checkpoint=None, pretrained=None,
-               device: Optional[torch.device] = None, warn_random: bool = True) -> LoadedModel:
+               device: Optional[torch.device] = None) -> LoadedModel:
     """The ANN named by MODEL / ``--model`` with ``--checkpoint`` / ``--pretrained`` / ``--trust-checkpoint``."""
     return load_model(model or args.model, checkpoint if checkpoint is not None else getattr(args, "checkpoint", None),
                       pretrained if pretrained is not None else getattr(args, "pretrained", None),
-                      trust_checkpoint=bool(getattr(args, "trust_checkpoint", False)), device=device,
-                      warn_random=warn_random)
+                      trust_checkpoint=bool(getattr(args, "trust_checkpoint", False)), device=device)
 
 
 @dataclass

@@ -107,7 +107,7 @@ def run(args) -> int:
     T = config.levels if config.method == "qcfs" else config.timesteps
     say(f"spikecast finetune: {model.name}, {config.method} {'L' if config.method == 'qcfs' else 'T'}={T}, "
         f"{args.epochs:g} epoch(s) on {len(x_train)} training images (checkpoints: {ckpt}/)")
-    snn = finetune(source, (x_train, y_train), config, checkpoint_dir=ckpt, progress=True)
+    snn = finetune(source, (x_train, y_train), config, checkpoint_dir=ckpt, device=device, progress=True)
     say(f"  fine-tuned in {seconds_text(snn.metadata['finetune']['seconds'])}")
     say(f"  validating the SNN against the ANN at T = {timesteps_text(timesteps)} on {len(x)} images...")
     result = validate(model.ann, snn, TensorBatches(x, y, batch_size=args.batch_size), timesteps=timesteps,

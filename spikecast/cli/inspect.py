@@ -6,9 +6,9 @@ import argparse
 import json
 
 from spikecast.cli.args import EXIT_MISSED, EXIT_OK, add_model_args, parse_shape
-from spikecast.cli.common import model_from, say
+from spikecast.cli.common import say
 from spikecast.inspection import inspect
-from spikecast.models import default_input_shape
+from spikecast.models import parse_model_ref
 from spikecast.nn.encoding import ENCODINGS
 
 
@@ -31,10 +31,9 @@ def register(sub, parents) -> None:
 
 def run(args) -> int:
     # weights are not needed for the graph: only the ones asked for are loaded
-    model = model_from(args, pretrained=bool(args.pretrained), warn_random=False)
-    shape = parse_shape(args.input_shape) or default_input_shape(model.ref, model.ann)
-    report = inspect(model.ann, input_shape=shape, encoding=args.encoding, compensate=args.compensate)
-    report.model = model.name
+    report = inspect(parse_model_ref(args.model), input_shape=parse_shape(args.input_shape),
+                     checkpoint=args.checkpoint, pretrained=args.pretrained, encoding=args.encoding,
+                     compensate=args.compensate, trust_checkpoint=args.trust_checkpoint)
     if args.json:
         say(json.dumps(report.to_dict(), indent=2))
     else:
