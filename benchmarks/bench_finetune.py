@@ -109,7 +109,7 @@ def run_model(name: str, args, work: Path) -> None:
     write()
 
     # --- QCFS fine-tune
-    qcfs_cfg = FinetuneConfig(method="qcfs", levels=args.levels, calibration=args.calibration,
+    qcfs_cfg = FinetuneConfig(method="qcfs", levels=args.levels, correction=args.correction,
                               train=TrainConfig(epochs=args.qcfs_epochs, lr=args.lr, batch_size=args.batch_size))
     snn_q, _ = load_or(work / "qcfs", lambda: finetune(ann, (x_train, y_train), qcfs_cfg, calib=(x_cal,),
                                                         checkpoint_dir=work / "qcfs_ckpt"))
@@ -122,7 +122,7 @@ def run_model(name: str, args, work: Path) -> None:
     # --- surrogate fine-tune from the QCFS SNN
     best, best_name = snn_q, "QCFS"
     if args.surrogate_epochs > 0:
-        sur_cfg = FinetuneConfig(method="surrogate", timesteps=args.levels, calibration="none",
+        sur_cfg = FinetuneConfig(method="surrogate", timesteps=args.levels, correction="none",
                                  train=TrainConfig(epochs=args.surrogate_epochs, lr=args.surrogate_lr,
                                                    batch_size=args.batch_size))
         snn_s, _ = load_or(work / "surrogate", lambda: finetune(snn_q, (x_train, y_train), sur_cfg, calib=(x_cal,),
@@ -200,7 +200,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.001)
     parser.add_argument("--surrogate-lr", type=float, default=0.0005)
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--calibration", default="light", help="correction after the QCFS conversion")
+    parser.add_argument("--correction", default="light", help="correction after the QCFS conversion")
     parser.add_argument("--onnx-images", type=int, default=10000)
     parser.add_argument("--work", default="/tmp/spikecast-bench-finetune", help="resumable work folder")
     parser.add_argument("--no-write", action="store_true")

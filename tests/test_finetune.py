@@ -170,7 +170,7 @@ def test_surrogate_bptt_trains_and_truncation_bounds_the_graph(tiny):
 @pytest.mark.parametrize("method", ["qcfs", "surrogate"])
 def test_interrupted_finetune_resumes_to_the_same_weights(tiny, tmp_path, method):
     x, y = toy_data(96)
-    cfg = FinetuneConfig(method=method, levels=4, timesteps=2, calibration="none",
+    cfg = FinetuneConfig(method=method, levels=4, timesteps=2, correction="none",
                          train=TrainConfig(epochs=3, lr=0.02, batch_size=32))
     full = finetune(tiny, (x, y), cfg, progress=False)
     ckpt = tmp_path / "ckpt"
@@ -184,7 +184,7 @@ def test_interrupted_finetune_resumes_to_the_same_weights(tiny, tmp_path, method
     for (k, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), k
     # a different run must not pick up this checkpoint
-    other = FinetuneConfig(method=method, levels=8, timesteps=3, calibration="none",
+    other = FinetuneConfig(method=method, levels=8, timesteps=3, correction="none",
                            train=TrainConfig(epochs=3, lr=0.02, batch_size=32))
     with pytest.raises(ValueError, match="different fine-tuning run"):
         finetune(tiny, (x, y), other, checkpoint_dir=ckpt, progress=False)
@@ -194,7 +194,7 @@ def test_qcfs_finetune_improves_the_snn_at_T_equals_L(tiny):
     x, y = toy_data(256, seed=3)
     xv, yv = toy_data(256, seed=4)
     ptq = spikecast.convert(tiny, calib=x, timesteps=2, correction="none", progress=False)
-    tuned = finetune(tiny, (x, y), levels=2, calibration="none", epochs=4, lr=0.05, batch_size=32, val=(xv, yv),
+    tuned = finetune(tiny, (x, y), levels=2, correction="none", epochs=4, lr=0.05, batch_size=32, val=(xv, yv),
                      progress=False)
     acc = lambda net: float((net.simulate(xv, 2).argmax(-1) == yv).float().mean())  # noqa: E731
     assert acc(tuned) > acc(ptq)
@@ -218,7 +218,7 @@ def test_finetune_honours_its_device_and_records_the_convert_schema(tiny):
     x, y = toy_data(32)
     with pytest.raises(DeviceError, match="cuda:99"):
         finetune(tiny, (x, y), device="cuda:99", epochs=1, progress=False)
-    tuned = finetune(tiny, (x, y), device="cpu", levels=2, calibration="light", epochs=1, batch_size=16,
+    tuned = finetune(tiny, (x, y), device="cpu", levels=2, correction="light", epochs=1, batch_size=16,
                      val=(x, y), val_batch_size=5, progress=False, calib=(b for b in [x[:20], x[20:]]))
     assert recipe_of(tuned) == Recipe(timesteps=2, correction="light", signed=FinetuneConfig().signed)
     assert {"source", "recipe", "calibration_set", "sites", "correction", "seconds", "finetune"} <= set(tuned.metadata)

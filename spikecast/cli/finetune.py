@@ -81,7 +81,7 @@ def _config(args) -> FinetuneConfig:
     train = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, weight_decay=args.weight_decay,
                         seed=args.seed)
     return FinetuneConfig(method=args.method, levels=levels, timesteps=timesteps, bptt_window=args.bptt_window,
-                          calibration=args.correction, threshold_method=args.thresholds or "mse", signed=args.signed,
+                          correction=args.correction, thresholds=args.thresholds or "mse", signed=args.signed,
                           calib_images=args.calib_images, train=train)
 
 

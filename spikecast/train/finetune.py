@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Optional, Union
@@ -49,17 +50,17 @@ class FinetuneConfig:
     """What to fine-tune and how (optimisation settings are in ``train``).
 
     ``levels``: QCFS levels ``L`` (the SNN's default T). ``timesteps``: surrogate route, steps of
-    BPTT (and the SNN's default T). ``calibration``: correction after conversion (``"none"`` /
-    ``"light"`` / ``"advanced"``), with the fine-tuned ANN as teacher. ``threshold_method``:
-    how the initial QCFS clips are chosen. ``calib_images``: unlabeled images for calibration.
+    BPTT (and the SNN's default T). ``correction``: correction after conversion (``"none"`` /
+    ``"light"`` / ``"advanced"``), with the fine-tuned ANN as teacher. ``thresholds``:
+    how the initial QCFS clips are chosen (the names are the :class:`Recipe`'s). ``calib_images``: unlabeled images for calibration.
     """
 
     method: str = "qcfs"
     levels: int = 4
     timesteps: int = 4
     bptt_window: Optional[int] = None
-    calibration: str = "light"
-    threshold_method: str = "mse"
+    correction: str = "light"
+    thresholds: str = "mse"
     signed: bool = Recipe().signed
     calib_images: int = 512
     train: TrainConfig = TrainConfig()
@@ -75,10 +76,10 @@ class FinetuneConfig:
 
     def recipe(self) -> Recipe:
         """The conversion recipe of this fine-tuning (the same :class:`Recipe` ``convert`` takes):
-        budget ``T = levels`` (QCFS) or ``timesteps`` (surrogate), ``threshold_method`` for the
-        thresholds (QCFS: the clips' initial values), ``calibration`` as the correction."""
+        budget ``T = levels`` (QCFS) or ``timesteps`` (surrogate), ``thresholds`` (QCFS: the
+        clips' initial values), ``correction``."""
         return Recipe(timesteps=int(self.levels if self.method == "qcfs" else self.timesteps),
-                      thresholds=self.threshold_method, correction=self.calibration, signed=self.signed,
+                      thresholds=self.thresholds, correction=self.correction, signed=self.signed,
                       calib_images=int(self.calib_images))
 
 
@@ -214,8 +215,19 @@ def finetune(
     return snn
 
 
+#: Old keyword names of fine-tuning settings -> the recipe's names (accepted with a warning).
+_RENAMED = {"calibration": "correction", "threshold_method": "thresholds"}
+
+
 def with_settings(config: FinetuneConfig, settings: dict) -> FinetuneConfig:
     """``config`` with keyword overrides of its own fields or of its ``train`` fields."""
+    settings = dict(settings)
+    for old, new in _RENAMED.items():
+        if old in settings:
+            if new in settings:
+                raise TypeError(f"finetune() got both {old}= and its new name {new}=")
+            warnings.warn(f"finetune({old}=...) is deprecated: use {new}=", DeprecationWarning, stacklevel=3)
+            settings[new] = settings.pop(old)
     own = {f.name for f in fields(FinetuneConfig)} - {"train"}
     loop = {f.name for f in fields(TrainConfig)}
     unknown = set(settings) - own - loop
