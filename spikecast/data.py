@@ -276,8 +276,9 @@ def split_batch(batch: Any) -> tuple[Any, Optional[Any]]:
     raise TypeError(f"cannot split a batch of type {type(batch).__name__}")
 
 
-def check_finite(x: Any, where: str = "data") -> None:
-    """Raise :class:`~spikecast.errors.DataError` if tensor ``x`` holds NaN or Inf values.
+def check_finite(x: Any, where: str = "data", error: type = DataError) -> None:
+    """Raise ``error`` (default :class:`~spikecast.errors.DataError`) if tensor ``x`` holds NaN or
+    Inf values.
 
     ``where`` names the data in the one-line message (e.g. ``"validation batch 3"``).
     Non-tensors and integer tensors pass.
@@ -289,8 +290,8 @@ def check_finite(x: Any, where: str = "data") -> None:
         return
     nan = int(torch.isnan(x).sum())
     inf = int(x.numel() - int(finite.sum()) - nan)
-    bad = ", ".join(part for part in (f"{nan} NaN" if nan else "", f"{inf} Inf" if inf else "") if part)
-    raise DataError(f"{where} holds {bad} value(s) out of {x.numel()}: clean or re-normalise the data first")
+    bad = " and ".join(part for part in (f"{nan} NaN" if nan else "", f"{inf} Inf" if inf else "") if part)
+    raise error(f"{where} holds {bad} value(s) out of {x.numel()}: clean or re-normalise the data first")
 
 
 _CHANNEL_LAYERS = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.Linear)

@@ -112,3 +112,12 @@ def resolve_device(device: DeviceLike, default: Optional[torch.device] = None) -
             return resolved
     raise DeviceError(f"device {str(device)!r} is not available on this machine; "
                       f"available here: {_available_text()}")
+
+
+def device_of(module: torch.nn.Module) -> Optional[torch.device]:
+    """The device of the module's first parameter or buffer (None when it has neither)."""
+    for tensor in module.parameters():
+        return tensor.device
+    for tensor in module.buffers():
+        return tensor.device
+    return None

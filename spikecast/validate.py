@@ -12,7 +12,7 @@ from torch import nn
 
 from spikecast import distributed
 from spikecast.data import as_loader, check_finite, input_channel_guard, split_batch
-from spikecast.devices import DeviceLike, resolve_device
+from spikecast.devices import DeviceLike, device_of, resolve_device
 from spikecast.errors import InvalidArgumentError
 from spikecast.progress import progress_bar
 from spikecast.runtime.network import SpikingNetwork
@@ -117,12 +117,12 @@ def validate(ann: nn.Module, snn: SpikingNetwork, data, timesteps: Sequence[int]
         [float(early_exit)] if isinstance(early_exit, (int, float)) else [float(c) for c in early_exit])
     if any(not 0.0 < c <= 1.0 for c in confidences):
         raise InvalidArgumentError(f"early_exit must be confidences in (0, 1], got {early_exit}")
-    snn_device = _device_of(snn)
+    snn_device = device_of(snn)
     device = resolve_device(device, default=snn_device or torch.device("cpu"))
     ann_state = ModuleState(ann)
     snn_state = ModuleState(snn)
     try:
-        if snn_device is not None and _device_of(snn) != device:
+        if snn_device is not None and device_of(snn) != device:
             snn.to(device)
         ann_state.use(device)
         correct_ann, n, labelled = 0, 0, True
@@ -226,14 +226,6 @@ def _check_timesteps(timesteps) -> list[int]:
     return sorted(budgets)
 
 
-def _device_of(module: nn.Module) -> Optional[torch.device]:
-    """The device of the module's first parameter or buffer (None when it has neither)."""
-    for tensor in module.parameters():
-        return tensor.device
-    for tensor in module.buffers():
-        return tensor.device
-    return None
-
 
 class ModuleState:
     """Train/eval mode of every submodule and the device of a module, to put back after use::
@@ -261,7 +253,7 @@ class ModuleState:
             self.moved = True
 
     def restore(self) -> None:
-        if self.moved or (self.device is not None and _device_of(self.module) != self.device):
+        if self.moved or (self.device is not None and device_of(self.module) != self.device):
             self.module.to(self.device)
         for m, training in self.modes:  # pre-order: a parent's train() first, then each child's own
             if m.training != training:

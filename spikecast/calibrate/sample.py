@@ -26,7 +26,7 @@ from typing import Any, Iterator, Optional
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from spikecast.data import as_loader, split_batch
+from spikecast.data import as_loader, check_finite, split_batch
 from spikecast.errors import CalibrationError
 from spikecast.progress import progress_bar
 
@@ -120,19 +120,6 @@ def _source_batches(data) -> Any:
                                "batches, (x, y) batches, a DataLoader, a Dataset or a generator") from exc
 
 
-def _finite_check(x: torch.Tensor, batch: int) -> None:
-    if not (x.is_floating_point() or x.is_complex()):
-        return
-    finite = torch.isfinite(x)
-    if bool(finite.all()):
-        return
-    nan = int(torch.isnan(x).sum())
-    inf = int(x.numel() - int(finite.sum()) - nan)
-    parts = [p for p in (f"{nan} NaN" if nan else "", f"{inf} Inf" if inf else "") if p]
-    raise CalibrationError(f"calibration batch {batch} holds {' and '.join(parts)} value(s) out of {x.numel()}: "
-                           "clean or re-normalise the calibration data")
-
-
 def _sort_key_order(digests: list, images: list) -> list[int]:
     """Indices ordering ``images`` by (digest, bytes): the bytes are read only for equal digests."""
     order = sorted(range(len(digests)), key=lambda i: digests[i])
@@ -200,7 +187,7 @@ def calibration_set(data, max_images: Optional[int] = DEFAULT_MAX_IMAGES, *, pro
             elif x.shape[0] > 0 and x.dtype != dtype:
                 raise CalibrationError(f"calibration batch {batches_read} is {x.dtype}, the earlier ones {dtype}: "
                                        "every calibration batch must have the same dtype")
-            _finite_check(x, batches_read)
+            check_finite(x, f"calibration batch {batches_read}", CalibrationError)
             x = x.cpu()
             for i in range(int(x.shape[0])):
                 digest = image_digest(x[i])

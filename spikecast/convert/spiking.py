@@ -13,7 +13,7 @@ from __future__ import annotations
 import fnmatch
 import operator
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch.fx as fx

@@ -25,7 +25,6 @@ from typing import Optional
 
 import torch
 import torch.fx as fx
-from torch import nn
 
 from spikecast.errors import UnsupportedSite
 from spikecast.graph import ops

@@ -29,13 +29,11 @@ accelerator, not measurements, and the report says so.
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Optional, Sequence
 
 import torch
 import torch.fx as fx
-import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from spikecast.calibrate.statistics import iterate_inputs

@@ -14,7 +14,7 @@ the same run.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
 
@@ -22,6 +22,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from spikecast.devices import device_of
 from spikecast.graph import serialize
 from spikecast.graph.normalize import time_varying_nodes, views_to_reshapes
 from spikecast.graph.trace import _set_attr
@@ -95,7 +96,7 @@ class SpikingNetwork(nn.Module):
         step ``t`` (1-based) - for recording diagnostics without keeping per-step activations.
         """
         budgets, single = parse_budgets(timesteps)
-        device = _device_of(self.graph_module)
+        device = device_of(self.graph_module)
         if device is not None and x.device != device:
             x = x.to(device)
         with torch.inference_mode():
@@ -211,13 +212,6 @@ def mean_outputs(outputs: Iterable[torch.Tensor], budgets: Sequence[int],
             callback(t, out)
     return means
 
-
-def _device_of(module: nn.Module) -> Optional[torch.device]:
-    for tensor in module.parameters():
-        return tensor.device
-    for tensor in module.buffers():
-        return tensor.device
-    return None
 
 
 def _is_module_tensor(key: str, gm: fx.GraphModule) -> bool:

@@ -40,7 +40,7 @@ from spikecast.pipeline import build_snn, convert, prepare, read_calibration_set
 from spikecast.quant.qcfs import qcfs_thresholds, to_qcfs
 from spikecast.recipe import Recipe
 from spikecast.runtime.network import SpikingNetwork
-from spikecast.train.loop import TrainConfig, TrainHistory, config_dict, labelled_tensors, train
+from spikecast.train.loop import TrainConfig, config_dict, labelled_tensors, train
 
 METHODS = ("qcfs", "surrogate")
 
