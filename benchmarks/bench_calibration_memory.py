@@ -47,11 +47,11 @@ def child_loader(folder: str, out: str, max_images: int, batch_size: int, worker
     from torchvision import datasets, transforms
 
     import spikecast
-    from spikecast.data import CIFAR10_MEAN, CIFAR10_STD
+    from spikecast.data import IMAGENET_MEAN, IMAGENET_STD
 
     base = _peak_mib(resource.RUSAGE_SELF)
     dataset = datasets.ImageFolder(folder, transform=transforms.Compose(
-        [transforms.ToTensor(), transforms.Normalize(CIFAR10_MEAN, CIFAR10_STD)]))
+        [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
                         generator=torch.Generator().manual_seed(int(time.time())))  # a different order every run
     started = time.perf_counter()
@@ -188,10 +188,10 @@ def _sample_tensor(folder: Path, metadata: dict, max_images: int):
     from torchvision import datasets, transforms
 
     from spikecast.calibrate.sample import calibration_set
-    from spikecast.data import CIFAR10_MEAN, CIFAR10_STD
+    from spikecast.data import IMAGENET_MEAN, IMAGENET_STD
 
     dataset = datasets.ImageFolder(str(folder), transform=transforms.Compose(
-        [transforms.ToTensor(), transforms.Normalize(CIFAR10_MEAN, CIFAR10_STD)]))
+        [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]))
     images = calibration_set(torch.utils.data.DataLoader(dataset, batch_size=500), max_images=max_images).images
     assert len(images) == metadata["calibration_set"]["images"]
     return images

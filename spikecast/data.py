@@ -23,11 +23,12 @@ from torch import Tensor
 
 from .errors import DataError, DataNotFoundError
 from .paths import SHARED_ENV_VAR, shared_dir
+from .zoo.registry import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
     "CIFAR10_CLASSES",
-    "CIFAR10_MEAN",
-    "CIFAR10_STD",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
     "cifar10_root",
     "cifar10_tensors",
     "balanced_indices",
@@ -41,9 +42,8 @@ __all__ = [
 CIFAR10_CLASSES: tuple[str, ...] = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
 )
-#: Normalisation of the shared CIFAR-10 ResNets (applied to RGB scaled to [0, 1]).
-CIFAR10_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-CIFAR10_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+#: The shared CIFAR-10 ResNets were trained with ImageNet's normalisation (applied to RGB scaled
+#: to [0, 1]), not CIFAR-10's own statistics; hence the names.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 Split = Literal["train", "test"]
@@ -172,7 +172,7 @@ def cifar10_tensors(
 
     Returns:
         ``x``: float32 ``[N, 3, 32, 32]``, RGB scaled to [0, 1] then normalised
-        with :data:`CIFAR10_MEAN` / :data:`CIFAR10_STD`; ``y``: int64 ``[N]``.
+        with :data:`IMAGENET_MEAN` / :data:`IMAGENET_STD` (what the shared ResNets were trained with); ``y``: int64 ``[N]``.
         Without ``limit`` and ``per_class`` the order is torchvision ImageFolder's
         (classes sorted, files sorted); with either, classes are interleaved.
 
@@ -195,8 +195,8 @@ def cifar10_tensors(
         return torch.zeros(0, 3, 32, 32), torch.zeros(0, dtype=torch.int64)
     images = torch.from_numpy(decoded_split.get(indices))  # [N, H, W, 3] uint8
     x = images.permute(0, 3, 1, 2).float().div_(255.0)
-    mean = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     x = x.sub_(mean).div_(std).contiguous()
     y = torch.from_numpy(decoded_split.labels[indices].copy())
     return x, y

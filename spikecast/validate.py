@@ -15,9 +15,10 @@ from spikecast.data import as_loader, check_finite, input_channel_guard, split_b
 from spikecast.devices import DeviceLike, device_of, resolve_device
 from spikecast.errors import InvalidArgumentError
 from spikecast.progress import progress_bar
+from spikecast.nn.simulation import DEFAULT_EVAL_TIMESTEPS
 from spikecast.runtime.network import SpikingNetwork
 
-DEFAULT_TIMESTEPS = (1, 2, 4, 8, 16, 32, 64, 128)
+DEFAULT_TIMESTEPS = DEFAULT_EVAL_TIMESTEPS  # defined once, in nn/simulation.py
 
 
 @dataclass
