@@ -68,6 +68,9 @@ def child_loader(folder: str, out: str, max_images: int, batch_size: int, worker
 
 def child_tensor(sample: str, out: str, max_images: int) -> None:
     import torch
+    # the same libraries as the loader run (torchvision's datasets, PIL), so that the comparison
+    # measures the data held, not what importing an image library costs
+    from torchvision import datasets, transforms  # noqa: F401
 
     import spikecast
 
@@ -173,7 +176,7 @@ def main() -> int:
         f"of {files} CIFAR-10 training JPEGs (the first {args.per_class} per class, symlinked into a temporary "
         f"folder), that of the second the tensor of the {cs['images']} images a calibration set keeps from that "
         f"folder (bottom-k by content hash, re-read in file order without shuffling in the parent process: "
-        f"the same images whatever the order). Peak RSS from `getrusage` (`ru_maxrss`: the process; RUSAGE_CHILDREN: the largest worker).",
+        f"the same images whatever the order). Peak RSS from `getrusage` (`ru_maxrss`: the process; RUSAGE_CHILDREN: the largest worker); both processes import the same libraries (torchvision datasets, PIL), so the difference is the data held.",
         "", *lines, "", *checks, "",
         f"Git commit {_git_commit()}, {datetime.date.today().isoformat()}. " + machine_line()])
     if not args.no_write:
