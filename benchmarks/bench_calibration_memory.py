@@ -178,7 +178,8 @@ def main() -> int:
         f"folder (bottom-k by content hash, re-read in file order without shuffling in the parent process: "
         f"the same images whatever the order). Peak RSS from `getrusage` (`ru_maxrss`: the process; RUSAGE_CHILDREN: the largest worker); both processes import the same libraries (torchvision datasets, PIL), so the difference is the data held.",
         "", *lines, "", *checks, "",
-        f"Git commit {_git_commit()}, {datetime.date.today().isoformat()}. " + machine_line()])
+        f"Git commit {_git_commit()}, {datetime.date.today().isoformat()}, load average {os.getloadavg()[0]:.1f}. "
+        + machine_line()])
     if not args.no_write:
         update_section(SECTION, body)
     return 0 if (identical and read_once) else 1
