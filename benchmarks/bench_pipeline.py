@@ -127,8 +127,9 @@ def write_section(rows: dict, args) -> None:
                      f"({'met' if row['met'] else 'NOT met'}: >= 99.5%), outputs within 1e-4 on "
                      f"{row['within_1e-4']}/{row['images']} (max abs difference {row['max_abs_diff']:.2e}); top-1 "
                      f"{row['onnx_top1']:.2f}% (torch {row['torch_top1']:.2f}%); {row['seconds']:.0f} s.")
-    lines += ["", f"Commit {git_commit()}, {date.today().isoformat()}, load average at the end {load_average()}. "
-              + machine_line()]
+    commits = sorted({row.get("commit", "?") for row in rows.values()})
+    lines += ["", f"Code at commit {', '.join(commits)} (the working tree each check's process started from), "
+              f"{date.today().isoformat()}, load average at the end {load_average()}. " + machine_line()]
     update_section("One pipeline: numbers at HEAD (issue 13)", "\n".join(lines))
 
 
@@ -142,6 +143,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    commit = git_commit()  # the code this run imported at its start, not whatever is there at the end
     rows = json.loads(ROWS_FILE.read_text()) if ROWS_FILE.exists() and not args.no_write else {}
     for key in args.checks.split(","):
         if key == "resnet20":
@@ -154,7 +156,7 @@ def main() -> None:
             raise SystemExit(f"unknown check {key!r}")
         print(json.dumps(rows[key]), flush=True)
         if not args.no_write:
-            rows[key]["commit"] = git_commit()
+            rows[key]["commit"] = commit
             ROWS_FILE.write_text(json.dumps(rows, indent=1) + "\n")
             write_section(rows, args)
 
