@@ -58,13 +58,22 @@ def load_average() -> str:
         return "?"
 
 
+_CONVERTED: dict = {}  # (model, budget) -> (ann, snn, seconds): the ONNX check reuses the ViT conversion
+
+
+def converted(model: str, budget: int, args):
+    if (model, budget) not in _CONVERTED:
+        x_cal, _ = cifar10_tensors("train", limit=args.calib_images)
+        ann = create_model(model, pretrained=True)
+        start = time.perf_counter()
+        snn = spikecast.convert(ann, calib=x_cal, timesteps=budget, progress=False)
+        _CONVERTED[(model, budget)] = (ann, snn, time.perf_counter() - start)
+    return _CONVERTED[(model, budget)]
+
+
 def accuracy_check(key: str, model: str, budget: int, timesteps: list[int], args) -> dict:
-    x_cal, _ = cifar10_tensors("train", limit=args.calib_images)
     x_test, y_test = cifar10_tensors("test", limit=args.images if args.images < 10000 else None)
-    ann = create_model(model, pretrained=True)
-    start = time.perf_counter()
-    snn = spikecast.convert(ann, calib=x_cal, timesteps=budget, progress=False)
-    convert_s = time.perf_counter() - start
+    ann, snn, convert_s = converted(model, budget, args)
     batches = [(x_test[i:i + 250], y_test[i:i + 250]) for i in range(0, len(x_test), 250)]
     res = spikecast.validate(ann, snn, batches, timesteps=timesteps, progress=False)
     row = {"check": key, "model": model, "budget": budget, "images": res.samples,
@@ -80,9 +89,8 @@ def accuracy_check(key: str, model: str, budget: int, timesteps: list[int], args
 def onnx_check(args) -> dict:
     x_cal, _ = cifar10_tensors("train", limit=args.calib_images)
     x_onnx, y_onnx = cifar10_tensors("test", limit=args.onnx_images)  # class-balanced
-    ann = create_model("cifar10-vit-tiny", pretrained=True)
-    snn = spikecast.convert(ann, calib=x_cal, timesteps=8, progress=False)
     T = 8
+    _, snn, _ = converted("cifar10-vit-tiny", T, args)
     with tempfile.TemporaryDirectory() as tmp:
         driver = OnnxSpikingNetwork(export_snn_step(snn, Path(tmp) / "vit_step.onnx", example=x_cal[:2]))
         diffs, close, agree, correct, correct_torch, n = [], 0, 0, 0, 0, len(x_onnx)
