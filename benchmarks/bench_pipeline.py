@@ -6,6 +6,10 @@ Three checks, each on the shared CIFAR-10 data with the default recipe (nothing 
   SNN top-1 at T=32 on the full 10,000-image test set (RESULTS.md before the refactor: 80.85%).
 * ``vit``: ``zoo:cifar10-vit-tiny`` calibrated for T=8, top-1 at T=4/8/16 on the full test set
   (before: 66.07 / 67.13 / 67.22%). Needs the weights trained by ``benchmarks/train_cifar_zoo.py``.
+* ``equivalence`` (with ``--against REV``): the same conversions (ResNet-20 for T=32, ViT for T=8;
+  512 calibration images) by the code of commit REV (a git worktree, in a subprocess) and by this
+  checkout, compared tensor by tensor, and their outputs on 500 test images at T=4/8/16/32: the
+  refactor changes no number when every tensor and output is identical.
 * ``vit-onnx``: that ViT SNN (compensated GELU / LayerNorm / attention) exported as the ONNX step
   graph and driven by ``OnnxSpikingNetwork`` for T=8 on 1,000 class-balanced test images, against
   the torch SNN: images with the same top-1, images within 1e-4, max abs difference.
@@ -14,13 +18,16 @@ Writes the section "One pipeline: numbers at HEAD (issue 13)" of benchmarks/RESU
 
     python benchmarks/bench_pipeline.py                 # all three
     python benchmarks/bench_pipeline.py --checks resnet20
+    python benchmarks/bench_pipeline.py --checks equivalence --against 45d5122   # before the refactor
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
+import sys
 import tempfile
 import time
 from datetime import date
@@ -115,6 +122,54 @@ def onnx_check(args) -> dict:
             "met": agree >= 0.995 * n}
 
 
+EQUIVALENCE_MODELS = (("cifar10-resnet20", 32), ("cifar10-vit-tiny", 8))
+
+
+def equivalence_child(out: str) -> None:
+    """Run in a subprocess with PYTHONPATH at the code to test: convert and simulate, save tensors."""
+    x_cal, _ = cifar10_tensors("train", limit=512)
+    x_test, _ = cifar10_tensors("test", limit=500)
+    result = {"spikecast": spikecast.__file__}
+    for model, budget in EQUIVALENCE_MODELS:
+        snn = spikecast.convert(create_model(model, pretrained=True), calib=x_cal, timesteps=budget, progress=False)
+        result[model] = {"state": dict(snn.graph_module.state_dict()),
+                         "outputs": snn.simulate(x_test, [4, 8, 16, 32])}
+    torch.save(result, out)
+
+
+def equivalence_check(args) -> dict:
+    if not args.against:
+        raise SystemExit("--checks equivalence needs --against REV (the commit to compare with)")
+    repo = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = Path(tmp) / "tree"
+        subprocess.run(["git", "worktree", "add", "--detach", "--force", str(tree), args.against], cwd=repo,
+                       check=True, capture_output=True)
+        try:
+            runs = {}
+            for label, code in (("before", tree), ("now", repo)):
+                out = Path(tmp) / f"{label}.pt"
+                env = dict(os.environ, PYTHONPATH=str(code))
+                subprocess.run([sys.executable, __file__, "--equivalence-child", str(out)], env=env, check=True,
+                               cwd=Path(__file__).parent)
+                runs[label] = torch.load(out, weights_only=True)
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=repo, capture_output=True)
+    assert runs["before"]["spikecast"].startswith(str(tree)), "the old run did not import the old code"
+    row = {"check": "equivalence", "against": args.against, "models": {}}
+    for model, budget in EQUIVALENCE_MODELS:
+        a, b = runs["before"][model], runs["now"][model]
+        common = set(a["state"]) & set(b["state"])
+        differing = sorted(k for k in common if not torch.equal(a["state"][k], b["state"][k]))
+        row["models"][model] = {
+            "budget": budget, "tensors": len(common), "only_before": sorted(set(a["state"]) - common),
+            "only_now": sorted(set(b["state"]) - common), "differing": differing,
+            "max_output_diff": {t: float((a["outputs"][t] - b["outputs"][t]).abs().max()) for t in a["outputs"]}}
+    row["identical"] = all(not m["differing"] and not m["only_before"] and not m["only_now"]
+                           and max(m["max_output_diff"].values()) == 0.0 for m in row["models"].values())
+    return row
+
+
 def write_section(rows: dict, args) -> None:
     lines = ["Default recipe (`spikecast.convert(model, calib=images, timesteps=T)`: mse thresholds, advanced "
              f"correction, signed / bipolar neurons), {args.calib_images} class-balanced train images (labels "
@@ -138,6 +193,17 @@ def write_section(rows: dict, args) -> None:
                 f" (the ANN itself differs from before: {row['ann']:.2f}% vs {BEFORE_ANN[key]:.2f}%, its weights "
                 "were retrained by benchmarks/train_cifar_zoo.py into an empty cache)")
             lines.append(f"  SNN minus ANN: {now}; before the refactor: {before}{ann_note}.")
+    row = rows.get("equivalence")
+    if row:
+        parts = []
+        for model, m in row["models"].items():
+            parts.append(f"{model} (T={m['budget']}): {m['tensors']} tensors, {len(m['differing'])} differ, "
+                         f"{len(m['only_before']) + len(m['only_now'])} present on one side only; largest output "
+                         f"difference at T=4/8/16/32 on 500 test images "
+                         f"{max(m['max_output_diff'].values()):.1e}")
+        lines.append(f"- **Same networks as before the refactor** (commit {row['against']}, run from a git worktree, "
+                     f"same weights and 512 calibration images): " + "; ".join(parts) + ". "
+                     + ("Identical: the refactor changes no number." if row["identical"] else "NOT identical."))
     row = rows.get("vit-onnx")
     if row:
         lines.append(f"- **{row['model']}** SNN (compensated GELU / LayerNorm / attention) as the ONNX step graph, "
@@ -159,8 +225,13 @@ def main() -> None:
     parser.add_argument("--onnx-images", type=int, default=1000)
     parser.add_argument("--calib-images", type=int, default=512)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--against", help="the commit the equivalence check compares with")
+    parser.add_argument("--equivalence-child", metavar="OUT", help=argparse.SUPPRESS)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
+    if args.equivalence_child:
+        equivalence_child(args.equivalence_child)
+        return
     torch.set_num_threads(args.threads)
     commit = git_commit()  # the code this run imported at its start, not whatever is there at the end
     rows = json.loads(ROWS_FILE.read_text()) if ROWS_FILE.exists() and not args.no_write else {}
@@ -171,6 +242,8 @@ def main() -> None:
             rows[key] = accuracy_check(key, "cifar10-vit-tiny", 8, [4, 8, 16], args)
         elif key == "vit-onnx":
             rows[key] = onnx_check(args)
+        elif key == "equivalence":
+            rows[key] = equivalence_check(args)
         else:
             raise SystemExit(f"unknown check {key!r}")
         print(json.dumps(rows[key]), flush=True)
