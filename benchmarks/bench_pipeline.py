@@ -38,6 +38,7 @@ import torch
 import spikecast
 from spikecast.data import cifar10_tensors
 from spikecast.export import OnnxSpikingNetwork, export_snn_step
+from spikecast.paths import shared_dir
 from spikecast.zoo import create_model
 
 from results_file import machine_line, update_section
@@ -149,7 +150,8 @@ def equivalence_check(args) -> dict:
             runs = {}
             for label, code in (("before", tree), ("now", repo)):
                 out = Path(tmp) / f"{label}.pt"
-                env = dict(os.environ, PYTHONPATH=str(code))
+                # the old tree would look for ../shared next to itself: point both at this checkout's
+                env = dict(os.environ, PYTHONPATH=str(code), SPIKECAST_SHARED=str(shared_dir().resolve()))
                 subprocess.run([sys.executable, __file__, "--equivalence-child", str(out)], env=env, check=True,
                                cwd=Path(__file__).parent)
                 runs[label] = torch.load(out, weights_only=True)
