@@ -214,9 +214,10 @@ def write_section(rows: dict, args) -> None:
                      f"({'met' if row['met'] else 'NOT met'}: >= 99.5%), outputs within 1e-4 on "
                      f"{row['within_1e-4']}/{row['images']} (max abs difference {row['max_abs_diff']:.2e}); top-1 "
                      f"{row['onnx_top1']:.2f}% (torch {row['torch_top1']:.2f}%); {row['seconds']:.0f} s.")
-    commits = sorted({row.get("commit", "?") for row in rows.values()})
-    lines += ["", f"Code at commit {', '.join(commits)} (the working tree each check's process started from), "
-              f"{date.today().isoformat()}, load average at the end {load_average()}. " + machine_line()]
+    runs = [f"{key}: `{row.get('command', '?')}` at commit {row.get('commit', '?')} (the tree its process "
+            f"started from), {row.get('date', '?')}, load average {row.get('load', '?')} when it ended"
+            for key, row in rows.items()]
+    lines += ["", "Runs: " + "; ".join(runs) + ".", "", machine_line()]
     update_section("One pipeline: numbers at HEAD (issue 13)", "\n".join(lines))
 
 
@@ -250,7 +251,8 @@ def main() -> None:
             raise SystemExit(f"unknown check {key!r}")
         print(json.dumps(rows[key]), flush=True)
         if not args.no_write:
-            rows[key]["commit"] = commit
+            rows[key].update(commit=commit, command=" ".join(["python", *sys.argv]),
+                             date=date.today().isoformat(), load=load_average())
             ROWS_FILE.write_text(json.dumps(rows, indent=1) + "\n")
             write_section(rows, args)
 
