@@ -213,3 +213,13 @@ def recipe_from(args, base: Recipe = Recipe()) -> Recipe:
     if "mask_seed" in given and not recipe.mask_ratio:
         raise ValueError("--mask-seed seeds random spike masking: give --mask-ratio P too")
     return recipe
+
+
+def add_saved_snn_args(p, *, early_exit: Optional[str] = None) -> None:
+    """SNN_DIR, and its ANN and data (default: those recorded in SNN_DIR), validated at a list of
+    budgets (``--timesteps LIST`` as well as ``--eval-timesteps``)."""
+    p.add_argument("snn_dir", metavar="SNN_DIR")
+    p.add_argument("--model", metavar="MODEL", help="the source ANN (default: recorded in SNN_DIR)")
+    add_model_args(p)
+    add_data_args(p, required=False)
+    add_eval_args(p, list_flag_is_timesteps=True, early_exit=early_exit)

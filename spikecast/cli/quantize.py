@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from spikecast.cli.args import (EXIT_OK, add_data_args, add_eval_args, add_model_args, eval_timesteps,
-                                parse_confidences, positive_int)
+from spikecast.cli.args import EXIT_OK, add_saved_snn_args, eval_timesteps, parse_confidences, positive_int
 from spikecast.cli.common import calibration_images, device_of, exit_code, load_saved, out_path, say
 from spikecast.data import TensorBatches
 from spikecast.jobs import environment, timesteps_text, write_validation
@@ -17,7 +16,6 @@ def register(sub, parents) -> None:
                        description="Per-output-channel symmetric weight quantisation (fake-quant) of a saved SNN, or "
                                    "with --integer its integer-arithmetic form. With data (--data, or the data "
                                    "recorded in SNN_DIR), validate the fp32 and the quantised SNN side by side.")
-    p.add_argument("snn_dir", metavar="SNN_DIR")
     p.add_argument("--bits", type=int, choices=(8, 4), default=8)
     p.add_argument("--integer", action="store_true",
                    help="integer arithmetic: every layer feeding a neuron accumulates integers (quantised input, "
@@ -25,10 +23,7 @@ def register(sub, parents) -> None:
     p.add_argument("--input-bits", type=positive_int, metavar="B", help="--integer: bits of the input grid (default 8)")
     p.add_argument("--calib-images", type=positive_int, metavar="N",
                    help="--integer: unlabelled images that set the input grid (default 512)")
-    p.add_argument("--model", metavar="MODEL", help="the source ANN (default: recorded in SNN_DIR)")
-    add_model_args(p)
-    add_data_args(p, required=False)
-    add_eval_args(p, list_flag_is_timesteps=True)
+    add_saved_snn_args(p)
     p.add_argument("--out", default="spikecast-quantized", metavar="DIR")
     p.set_defaults(func=run)
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from spikecast.cli.args import (add_data_args, add_eval_args, add_model_args, eval_timesteps, parse_confidences,
-                                positive_int)
+from spikecast.cli.args import add_saved_snn_args, eval_timesteps, parse_confidences, positive_int
 from spikecast.cli.common import calibration_images, device_of, exit_code, load_saved, out_path, say
 from spikecast.data import TensorBatches
 from spikecast.export import export_ann, quantize_ann_int8, run_ann
@@ -17,11 +16,7 @@ def register(sub, parents) -> None:
                        description="Validate SNN_DIR against its ANN at every T, measure per-layer firing rates, errors, "
                                    "synaptic operations and estimated energy, and write DIR/report.html (self-contained), "
                                    "DIR/report.md, DIR/report.json and the PNG plots.")
-    p.add_argument("snn_dir", metavar="SNN_DIR")
-    p.add_argument("--model", metavar="MODEL", help="the source ANN (default: recorded in SNN_DIR)")
-    add_model_args(p)
-    add_data_args(p, required=False)
-    add_eval_args(p, list_flag_is_timesteps=True, early_exit="0.9,0.99")
+    add_saved_snn_args(p, early_exit="0.9,0.99")
     p.add_argument("--activity-images", type=int, default=128, metavar="N",
                    help="images for per-layer activity and operation counts (default 128; 0 skips)")
     p.add_argument("--int8", action="store_true", help="add the int8 ANN (onnxruntime, static QDQ) row")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.distributed as dist
 
 from spikecast import distributed
-from spikecast.cli.args import add_data_args, add_eval_args, add_model_args, eval_timesteps, parse_confidences
+from spikecast.cli.args import add_saved_snn_args, eval_timesteps, parse_confidences
 from spikecast.cli.common import device_of, exit_code, load_saved, out_path, say
 from spikecast.data import TensorBatches
 from spikecast.jobs import environment, split_name, timesteps_text, write_validation
@@ -17,11 +17,7 @@ def register(sub, parents) -> None:
                        description="Load SNN_DIR and compare it with its ANN at every T. The model, checkpoint and "
                                    "data default to those recorded when it was made (convert, batch, finetune...). "
                                    "Under torchrun each process validates a shard and the counts are summed.")
-    p.add_argument("snn_dir", metavar="SNN_DIR")
-    p.add_argument("--model", metavar="MODEL", help="the source ANN (default: recorded in SNN_DIR)")
-    add_model_args(p)
-    add_data_args(p, required=False)
-    add_eval_args(p, list_flag_is_timesteps=True)
+    add_saved_snn_args(p)
     p.add_argument("--out", metavar="DIR", help="also write DIR/validation.json and DIR/validation.md")
     p.set_defaults(func=run)
 
