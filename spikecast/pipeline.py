@@ -33,14 +33,6 @@ from spikecast.runtime.network import SpikingNetwork
 
 __all__ = ["convert", "build_snn", "correct", "prepare", "read_calibration_set", "Recipe"]
 
-# The default recipe (the winner of the calibration ablation in benchmarks/RESULTS.md) is
-# ``Recipe()``; these names are kept for callers that read them (use ``Recipe()`` instead).
-DEFAULT_METHOD = Recipe().thresholds
-DEFAULT_CALIBRATION = Recipe().correction
-DEFAULT_SIGNED = Recipe().signed
-DEFAULT_TIMESTEPS = Recipe().timesteps
-
-
 def correct(snn: SpikingNetwork, ann_graph: fx.GraphModule, data, config: CorrectionConfig = CorrectionConfig(), *,
             progress: bool = True, device=None) -> SpikingNetwork:
     """Return a copy of ``snn`` corrected layer by layer with the ANN as teacher (``snn`` is
