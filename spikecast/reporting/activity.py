@@ -28,7 +28,6 @@ accelerator, not measurements, and the report says so.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import asdict, dataclass, field
 from typing import Optional, Sequence
 
@@ -45,6 +44,7 @@ from spikecast.nn.neuron import eager_steps
 from spikecast.nn.stateful import StatefulModule
 from spikecast.pipeline import prepare
 from spikecast.runtime.network import SpikingNetwork
+from spikecast.validate import ModuleState
 
 aten = torch.ops.aten
 
@@ -231,18 +231,23 @@ def measure_activity(ann: torch.nn.Module, snn: SpikingNetwork, data, timesteps:
     device = next((p.device for p in snn.parameters()), torch.device("cpu"))
     x = x.to(device)
 
-    # ANN: activation at every site (by readable name) and dense MACs per weighted layer
-    # traced from a copy: the caller's ANN keeps its device and train/eval modes
-    ann_graph = prepare(copy.deepcopy(ann).eval().to(device), x[:2])
-    ann_acts: dict[str, torch.Tensor] = {}
-    hooks = [site.register_forward_hook(lambda m, a, out, key=site.name: ann_acts.__setitem__(key, out.detach()))
-             for _, site in site_nodes(ann_graph)]
-    ann_counter = _OpCounter()
-    with torch.inference_mode(), ann_counter:
-        ann_graph(x)
-    for h in hooks:
-        h.remove()
-    ann_names = [module_path(nd) or nd.name for nd in _weighted_nodes(ann_graph)]
+    # ANN: activation at every site (by readable name) and dense MACs per weighted layer; the
+    # caller's ANN is used in eval mode on the SNN's device, then put back as it was
+    ann_state = ModuleState(ann)
+    try:
+        ann_state.use(device)
+        ann_graph = prepare(ann, x[:2])
+        ann_acts: dict[str, torch.Tensor] = {}
+        hooks = [site.register_forward_hook(lambda m, a, out, key=site.name: ann_acts.__setitem__(key, out.detach()))
+                 for _, site in site_nodes(ann_graph)]
+        ann_counter = _OpCounter()
+        with torch.inference_mode(), ann_counter:
+            ann_graph(x)
+        for h in hooks:
+            h.remove()
+        ann_names = [module_path(nd) or nd.name for nd in _weighted_nodes(ann_graph)]
+    finally:
+        ann_state.restore()
     ann_macs = {name: dense / len(x) for name, (_, dense) in zip(ann_names, ann_counter.calls)}
 
     # SNN: one simulation with neuron hooks and the op counter

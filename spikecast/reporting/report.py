@@ -31,7 +31,7 @@ from spikecast.convert.compensation import compensated_nodes
 from spikecast.recipe import calibration_set_of, recipe_of
 from spikecast.reporting.activity import ActivityReport, EnergyModel, measure_activity
 from spikecast.runtime.network import SpikingNetwork
-from spikecast.validate import DEFAULT_TIMESTEPS, ModuleState, ValidationResult, validate
+from spikecast.validate import DEFAULT_TIMESTEPS, ValidationResult, validate
 
 REPORT_FORMAT = "spikecast-report"
 SCHEMA_VERSION = 1
@@ -192,12 +192,8 @@ def build_report(ann: torch.nn.Module, snn: SpikingNetwork, data, timesteps: Seq
     result = validate(ann, snn, data, timesteps, tolerance=tolerance, progress=progress, early_exit=early_exit)
     activity = None
     if activity_images > 0:
-        ann_state = ModuleState(ann)  # measure_activity moves the ANN to the SNN's device, in eval mode
-        try:
-            activity = measure_activity(ann, snn, data, result.timesteps, max_images=activity_images,
-                                        energy_model=energy_model)
-        finally:
-            ann_state.restore()
+        activity = measure_activity(ann, snn, data, result.timesteps, max_images=activity_images,
+                                    energy_model=energy_model)
     masking = None
     masked = {name: n.mask_ratio for name, n in snn.neurons().items() if n.mask_ratio > 0}
     if masked:
