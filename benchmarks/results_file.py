@@ -1,38 +1,154 @@
-"""Shared helper of the benchmark scripts: replace one `## ` section of benchmarks/RESULTS.md."""
+"""Shared helper of the benchmark scripts: write one section of benchmarks/RESULTS.md.
+
+RESULTS.md is generated, never typed. Each section sits between two markers that name the script
+that wrote it::
+
+    <!-- BEGIN RESULTS section="calibration-headline" script="benchmarks/bench_calibration.py" -->
+    ## Heading
+    ...body...
+    **Run**: `python benchmarks/...` · commit abc1234 (dirty) · 2026-11-30 16:30 UTC · machine ·
+    2 torch threads · load average 0.52 / 0.71 / 0.90 before, 1.98 / 1.40 / 1.10 after
+    <!-- END RESULTS section="calibration-headline" -->
+
+A script calls :func:`start` first (it records the command, commit, time and load average before
+any work) and :meth:`Run.write` at the end (load average after). ``tests/test_results_file.py``
+checks that every section of RESULTS.md has these markers and this provenance line, and that every
+number the README quotes from a section appears in it.
+"""
 
 from __future__ import annotations
 
+import os
 import platform
 import re
+import shlex
+import subprocess
 import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-TITLE = "# spikecast benchmark results\n\nEach section is written by the script it names; rerun it to refresh.\n"
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+TITLE = ("# spikecast benchmark results\n\n"
+         "Every section is written by the script named in its markers and its **Run** line; rerun that\n"
+         "command to regenerate it. Nothing here is typed by hand (`tests/test_results_file.py` checks the\n"
+         "markers, and that README numbers quoted from a section appear in it).\n")
+BEGIN = re.compile(r'^<!-- BEGIN RESULTS section="(?P<slug>[a-z0-9-]+)" script="(?P<script>[^"]+)" -->$', re.M)
+# Files a benchmark itself writes while it runs: not "dirt" in the tree it measures.
+_OWN_OUTPUTS = ("benchmarks/RESULTS.md",)
 
 
-def machine_line() -> str:
+def cpu_name() -> str:
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return (f"Machine: {cpu}, {torch.get_num_threads()} torch threads; torch {torch.__version__}; "
-            f"Python {platform.python_version()}. Command: `{' '.join(['python'] + sys.argv)}`")
+    return cpu
 
 
-def update_section(heading: str, body: str, path: Path = RESULTS) -> None:
-    """Write ``## heading`` + body into RESULTS.md, replacing that section only."""
-    text = path.read_text() if path.exists() else TITLE
-    block = f"## {heading}\n\n{body.strip()}\n\n"
-    pattern = re.compile(rf"^## {re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _m: block, text)
-    else:
-        text = text.rstrip() + "\n\n" + block
-    path.write_text(text.rstrip() + "\n")
+def machine() -> str:
+    """The machine in words: CPU (or GPU), logical CPUs, torch / Python versions."""
+    what = f"{cpu_name()}, {os.cpu_count()} logical CPUs"
+    if torch.cuda.is_available():
+        what += f", GPU {torch.cuda.get_device_name(0)}"
+    return f"{what}; torch {torch.__version__}; Python {platform.python_version()}"
+
+
+def git_commit() -> str:
+    """``abc1234`` or ``abc1234 (dirty: N files)`` for the tree this process runs from."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                                capture_output=True, text=True, check=True).stdout.splitlines()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    dirty = [line[3:] for line in status if line[3:] not in _OWN_OUTPUTS]
+    return f"{sha} (dirty: {len(dirty)} file{'s' if len(dirty) != 1 else ''})" if dirty else sha
+
+
+def load_average() -> str:
+    try:
+        return " / ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def command() -> str:
+    """The command line that started this process, as one would type it from the repository root."""
+    script = Path(sys.argv[0]).resolve()
+    try:
+        script_text = str(script.relative_to(ROOT))
+    except ValueError:
+        script_text = sys.argv[0]
+    return " ".join(["python", script_text, *(shlex.quote(a) for a in sys.argv[1:])])
+
+
+@dataclass
+class Run:
+    """One benchmark process: what it was started as, where and when; writes its sections."""
+
+    script: str
+    command: str
+    commit: str
+    started: str
+    load_before: str
+    threads: int
+    t0: float = field(default_factory=time.time)
+
+    def provenance(self) -> str:
+        minutes = (time.time() - self.t0) / 60
+        return (f"**Run**: `{self.command}` · commit {self.commit} · {self.started} · {minutes:.1f} min · "
+                f"{machine()} · {self.threads} torch threads · load average (1 / 5 / 15 min) "
+                f"{self.load_before} before, {load_average()} after")
+
+    def write(self, slug: str, heading: str, body: str, path: Path = RESULTS) -> str:
+        """Write section ``slug`` (``## heading`` + body + the Run line) into RESULTS.md, replacing
+        that section only; returns the section's text."""
+        if not re.fullmatch(r"[a-z0-9-]+", slug):
+            raise ValueError(f"section slug must be lowercase letters, digits and '-', got {slug!r}")
+        block = (f'<!-- BEGIN RESULTS section="{slug}" script="{self.script}" -->\n'
+                 f"## {heading}\n\n{body.strip()}\n\n{self.provenance()}\n"
+                 f'<!-- END RESULTS section="{slug}" -->\n')
+        text = path.read_text() if path.exists() else TITLE
+        pattern = re.compile(rf'^<!-- BEGIN RESULTS section="{re.escape(slug)}" .*?'
+                             rf'^<!-- END RESULTS section="{re.escape(slug)}" -->\n', re.S | re.M)
+        if pattern.search(text):
+            text = pattern.sub(lambda _m: block, text)
+        else:
+            text = text.rstrip() + "\n\n" + block
+        path.write_text(text.rstrip() + "\n")
+        return block
+
+
+def start(threads: int | None = None) -> Run:
+    """Call first thing in a benchmark's ``main``: records command, commit, time, load average."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    script = Path(sys.argv[0]).resolve()
+    try:
+        script_text = str(script.relative_to(ROOT))
+    except ValueError:
+        script_text = script.name
+    return Run(script=script_text, command=command(), commit=git_commit(),
+               started=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), load_before=load_average(),
+               threads=torch.get_num_threads())
+
+
+def sections(path: Path = RESULTS) -> dict[str, str]:
+    """``{slug: text between its markers}`` of RESULTS.md."""
+    text = path.read_text() if path.exists() else ""
+    out = {}
+    for match in BEGIN.finditer(text):
+        slug = match["slug"]
+        end = text.find(f'<!-- END RESULTS section="{slug}" -->', match.end())
+        if end < 0:
+            raise ValueError(f"RESULTS.md: section {slug!r} has no END marker")
+        out[slug] = text[match.end():end]
+    return out

@@ -1,7 +1,10 @@
 """Data helpers: CIFAR-10 from the shared JPEG folder, and uniform batch handling.
 
 * :func:`cifar10_tensors` decodes ``<shared>/data/cifar10-jpeg/{train,test}`` into
-  normalised tensors, optionally a deterministic class-balanced subset.
+  normalised tensors, optionally a deterministic class-balanced subset.  The 50,000 training
+  images are split once, by a fixed seed, into ``"val"`` (5,000, 500 per class: every choice of
+  recipe, setting, epoch or network is made on it) and ``"train"`` (the other 45,000: calibration
+  and fine-tuning); ``"test"`` is the 10,000-image test folder, read only for reported numbers.
 * :func:`as_loader` turns a DataLoader, a tensor ``x`` or a tuple ``(x, y)``
   into something iterable in batches.
 * :func:`split_batch` splits any common batch form into ``(x, y or None)``.
@@ -31,6 +34,10 @@ __all__ = [
     "IMAGENET_STD",
     "cifar10_root",
     "cifar10_tensors",
+    "cifar10_split_indices",
+    "CIFAR10_SPLITS",
+    "VAL_PER_CLASS",
+    "VAL_SEED",
     "balanced_indices",
     "TensorBatches",
     "as_loader",
@@ -46,7 +53,12 @@ CIFAR10_CLASSES: tuple[str, ...] = (
 #: to [0, 1]), not CIFAR-10's own statistics; hence the names.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
-Split = Literal["train", "test"]
+Split = Literal["train", "val", "test"]
+CIFAR10_SPLITS: tuple[str, ...] = ("train", "val", "test")
+#: The validation split: VAL_PER_CLASS images of each class drawn from the training folder by
+#: ``numpy.random.default_rng(VAL_SEED).permutation`` of that class's files (in file order).
+VAL_PER_CLASS = 500
+VAL_SEED = 20261130
 
 
 def cifar10_root() -> Path:
@@ -155,6 +167,26 @@ def balanced_indices(labels: np.ndarray, limit: Optional[int] = None, per_class:
     return selected if limit is None else selected[:limit]
 
 
+def cifar10_split_indices(split: Split, labels: np.ndarray) -> np.ndarray:
+    """Indices into the training folder's files (ImageFolder order) that make up ``split``.
+
+    ``"val"``: for each class, the first :data:`VAL_PER_CLASS` of a permutation of that class's
+    files drawn with seed :data:`VAL_SEED` (one generator, classes in label order), returned in
+    file order.  ``"train"``: every other file, in file order.  Disjoint, and together the folder.
+    """
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(VAL_SEED)
+    val = np.zeros(len(labels), dtype=bool)
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        val[members[rng.permutation(len(members))[:VAL_PER_CLASS]]] = True
+    if split == "val":
+        return np.flatnonzero(val)
+    if split == "train":
+        return np.flatnonzero(~val)
+    raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+
+
 def cifar10_tensors(
     split: Split = "test",
     limit: Optional[int] = None,
@@ -164,7 +196,9 @@ def cifar10_tensors(
     """CIFAR-10 images from the shared JPEG folder as normalised tensors.
 
     Args:
-        split: ``"train"`` (50,000 images) or ``"test"`` (10,000).
+        split: ``"train"`` (45,000 images: the training folder without the validation split),
+            ``"val"`` (5,000 images carved from the training folder, 500 per class, seed
+            :data:`VAL_SEED`; never used for calibration or fine-tuning) or ``"test"`` (10,000).
         limit: keep this many images, chosen class-balanced and deterministic
             (see :func:`balanced_indices`): ``limit=512`` gives 52 or 51 per class.
         root: folder holding ``train/`` and ``test/``; default :func:`cifar10_root`.
@@ -183,14 +217,16 @@ def cifar10_tensors(
         FileNotFoundError: the image folder is missing (message names the path
             and ``SPIKECAST_SHARED``).
     """
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if split not in CIFAR10_SPLITS:
+        raise ValueError(f"split must be one of {', '.join(repr(s) for s in CIFAR10_SPLITS)}, got {split!r}")
     folder = Path(root).expanduser() if root is not None else cifar10_root()
-    decoded_split = _split_cache(str((folder / split).resolve()))
+    decoded_split = _split_cache(str((folder / ("test" if split == "test" else "train")).resolve()))
+    members = (np.arange(len(decoded_split.files)) if split == "test"
+               else cifar10_split_indices(split, decoded_split.labels))
     if limit is None and per_class is None:
-        indices = np.arange(len(decoded_split.files))
+        indices = members
     else:
-        indices = balanced_indices(decoded_split.labels, limit=limit, per_class=per_class)
+        indices = members[balanced_indices(decoded_split.labels[members], limit=limit, per_class=per_class)]
     if len(indices) == 0:
         return torch.zeros(0, 3, 32, 32), torch.zeros(0, dtype=torch.int64)
     images = torch.from_numpy(decoded_split.get(indices))  # [N, H, W, 3] uint8

@@ -3,7 +3,8 @@
 ==========================  =====================================================================
 spec                        data
 ==========================  =====================================================================
-``cifar10[:train|test]``    CIFAR-10 from the shared JPEG folder (``spikecast.data.cifar10_tensors``)
+``cifar10[:train|val|test]`` CIFAR-10 from the shared JPEG folder (``spikecast.data.cifar10_tensors``;
+                            ``val`` is 5,000 images carved from the training folder, ``train`` the rest)
 ``digits[:train|test]``     scikit-learn's bundled 8x8 digits (no download), the fixed 1,347 / 450
                             split of the ``digits-cnn`` zoo model
 ``path/to/folder``          a folder of class subfolders (torchvision ImageFolder); when it holds
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from spikecast.data import balanced_indices, cifar10_tensors
+from spikecast.data import CIFAR10_SPLITS, balanced_indices, cifar10_tensors
 from spikecast.errors import DataError, DataNotFoundError, one_line
 from spikecast.zoo.checkpoint import load_error_detail, refused_pickle_object
 from spikecast.zoo.digits import digits_tensors
@@ -75,8 +76,10 @@ def parse_data_spec(spec: Union[str, Path, DataSpec]) -> DataSpec:
     head, sep, tail = text.partition(":")
     if head.lower() in DATASETS:
         split = tail.lower() if sep else None
-        if split is not None and split not in SPLITS:
-            raise DataError(f"unknown split {tail!r} in data spec {text!r}: use {head}:train or {head}:test")
+        allowed = CIFAR10_SPLITS if head.lower() == "cifar10" else SPLITS
+        if split is not None and split not in allowed:
+            raise DataError(f"unknown split {tail!r} in data spec {text!r}: use "
+                            + " or ".join(f"{head}:{s}" for s in allowed))
         return DataSpec(head.lower(), split)
     path = Path(text).expanduser()
     if path.is_dir():
@@ -111,8 +114,9 @@ def resolve_data(spec: Union[str, Path, DataSpec], split: Optional[str] = None, 
     parsed = parse_data_spec(spec)
     if split is None:
         split = parsed.split or "test"
-    if split not in SPLITS:
-        raise DataError(f"split must be 'train' or 'test', got {split!r}")
+    allowed = CIFAR10_SPLITS if parsed.kind == "cifar10" else SPLITS
+    if split not in allowed:
+        raise DataError(f"split must be one of {', '.join(repr(s) for s in allowed)} for {parsed.name}, got {split!r}")
     if limit is not None and limit < 1:
         raise DataError(f"the number of images must be at least 1, got {limit}")
     if parsed.kind == "cifar10":
