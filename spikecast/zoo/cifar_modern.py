@@ -12,7 +12,7 @@ and they are sized to train from scratch in about half an hour on two CPU cores:
 ==========================  ===========================================================================
 
 Their weights are trained by spikecast, not shipped: ``benchmarks/train_cifar_zoo.py <name>``
-writes ``cache_dir() / "<name>-v1.safetensors"``, which ``create_model(name, pretrained=True)``
+writes ``cache_dir() / "<name>-v2.safetensors"``, which ``create_model(name, pretrained=True)``
 loads (or raises a FileNotFoundError naming that command).
 """
 
@@ -28,7 +28,8 @@ from .registry import IMAGENET_MEAN, IMAGENET_STD, register_model
 
 __all__ = ["MODERN_MODELS", "weights_path", "build_vit_tiny", "build_convnext_nano"]
 
-WEIGHTS_VERSION = "v1"
+#: v2: trained on the 45,000-image "train" split (v1 used all 50,000, validation images included)
+WEIGHTS_VERSION = "v2"
 #: The two registered names.
 MODERN_MODELS: tuple[str, ...] = ("cifar10-vit-tiny", "cifar10-convnext-nano")
 TRAIN_SCRIPT = "benchmarks/train_cifar_zoo.py"
@@ -39,7 +40,7 @@ CONVNEXT_NANO = dict(depths=(1, 1, 2, 1), dims=(16, 48, 96, 192), patch_size=1, 
 
 
 def weights_path(name: str) -> Path:
-    """Where the trained weights of zoo model ``name`` are cached: ``cache_dir() / "<name>-v1.safetensors"``."""
+    """Where the trained weights of zoo model ``name`` are cached: ``cache_dir() / "<name>-v2.safetensors"``."""
     return cache_dir() / f"{name}-{WEIGHTS_VERSION}.safetensors"
 
 
