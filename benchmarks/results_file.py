@@ -31,7 +31,8 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+# SPIKECAST_RESULTS: write elsewhere (a run on another machine, merged back with `merge`)
+RESULTS = Path(os.environ.get("SPIKECAST_RESULTS") or ROOT / "benchmarks" / "RESULTS.md")
 TITLE = ("# spikecast benchmark results\n\n"
          "Every section is written by the script named in its markers and its **Run** line; rerun that\n"
          "command to regenerate it. Nothing here is typed by hand (`tests/test_results_file.py` checks the\n"
@@ -68,7 +69,10 @@ def git_commit() -> str:
         status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
                                 capture_output=True, text=True, check=True).stdout.splitlines()
     except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
+        # A copy of the tree without .git (e.g. shipped to a GPU machine): the caller says which commit.
+        given = os.environ.get("SPIKECAST_GIT_COMMIT")
+        return f"{given} (a copy of that commit's tree, named by SPIKECAST_GIT_COMMIT)" if given else \
+            "unknown (not a git checkout)"
     dirty = [line[3:] for line in status if line[3:] not in _OWN_OUTPUTS]
     return f"{sha} (dirty: {len(dirty)} file{'s' if len(dirty) != 1 else ''})" if dirty else sha
 
@@ -152,3 +156,28 @@ def sections(path: Path = RESULTS) -> dict[str, str]:
             raise ValueError(f"RESULTS.md: section {slug!r} has no END marker")
         out[slug] = text[match.end():end]
     return out
+
+
+def merge(source: Path, path: Path = RESULTS) -> list[str]:
+    """Copy every marked section of ``source`` (a RESULTS file written on another machine) into
+    ``path`` verbatim, replacing sections of the same name; returns the names copied."""
+    text = path.read_text() if path.exists() else TITLE
+    copied = []
+    for slug, inner in sections(source).items():
+        script = next(m["script"] for m in BEGIN.finditer(source.read_text()) if m["slug"] == slug)
+        block = (f'<!-- BEGIN RESULTS section="{slug}" script="{script}" -->{inner}'
+                 f'<!-- END RESULTS section="{slug}" -->\n')
+        pattern = re.compile(rf'^<!-- BEGIN RESULTS section="{re.escape(slug)}" .*?'
+                             rf'^<!-- END RESULTS section="{re.escape(slug)}" -->\n', re.S | re.M)
+        text = pattern.sub(lambda _m: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block
+        copied.append(slug)
+    path.write_text(text.rstrip() + "\n")
+    return copied
+
+
+if __name__ == "__main__":
+    # python benchmarks/results_file.py merge OTHER_RESULTS.md [...]
+    if len(sys.argv) < 3 or sys.argv[1] != "merge":
+        sys.exit("usage: python benchmarks/results_file.py merge FILE [FILE...]")
+    for name in sys.argv[2:]:
+        print(name, "->", ", ".join(merge(Path(name))) or "no sections")

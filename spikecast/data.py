@@ -35,6 +35,8 @@ __all__ = [
     "cifar10_root",
     "cifar10_tensors",
     "cifar10_split_indices",
+    "cifar10_uint8",
+    "normalise_uint8",
     "CIFAR10_SPLITS",
     "VAL_PER_CLASS",
     "VAL_SEED",
@@ -221,21 +223,42 @@ def cifar10_tensors(
         raise ValueError(f"split must be one of {', '.join(repr(s) for s in CIFAR10_SPLITS)}, got {split!r}")
     folder = Path(root).expanduser() if root is not None else cifar10_root()
     decoded_split = _split_cache(str((folder / ("test" if split == "test" else "train")).resolve()))
-    members = (np.arange(len(decoded_split.files)) if split == "test"
-               else cifar10_split_indices(split, decoded_split.labels))
-    if limit is None and per_class is None:
-        indices = members
-    else:
-        indices = members[balanced_indices(decoded_split.labels[members], limit=limit, per_class=per_class)]
+    indices = _split_members(split, decoded_split, limit, per_class)
     if len(indices) == 0:
         return torch.zeros(0, 3, 32, 32), torch.zeros(0, dtype=torch.int64)
-    images = torch.from_numpy(decoded_split.get(indices))  # [N, H, W, 3] uint8
+    x = normalise_uint8(torch.from_numpy(decoded_split.get(indices)))
+    y = torch.from_numpy(decoded_split.labels[indices].copy())
+    return x, y
+
+
+def normalise_uint8(images: Tensor) -> Tensor:
+    """``[N, H, W, 3]`` uint8 RGB images -> float32 ``[N, 3, H, W]``: scaled to [0, 1], then
+    normalised with :data:`IMAGENET_MEAN` / :data:`IMAGENET_STD` (what :func:`cifar10_tensors` returns)."""
     x = images.permute(0, 3, 1, 2).float().div_(255.0)
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    x = x.sub_(mean).div_(std).contiguous()
-    y = torch.from_numpy(decoded_split.labels[indices].copy())
-    return x, y
+    return x.sub_(mean).div_(std).contiguous()
+
+
+def cifar10_uint8(split: Split = "test", limit: Optional[int] = None,
+                  root: Optional[Union[str, Path]] = None) -> tuple[Tensor, Tensor]:
+    """The images :func:`cifar10_tensors` would return, before normalisation: uint8 ``[N, H, W, 3]``
+    (4x smaller, e.g. to ship a fixed image set to another machine) and labels."""
+    if split not in CIFAR10_SPLITS:
+        raise ValueError(f"split must be one of {', '.join(repr(s) for s in CIFAR10_SPLITS)}, got {split!r}")
+    folder = Path(root).expanduser() if root is not None else cifar10_root()
+    decoded_split = _split_cache(str((folder / ("test" if split == "test" else "train")).resolve()))
+    indices = _split_members(split, decoded_split, limit, None)
+    return torch.from_numpy(decoded_split.get(indices)), torch.from_numpy(decoded_split.labels[indices].copy())
+
+
+def _split_members(split: str, decoded_split: _DecodedSplit, limit: Optional[int], per_class: Optional[int]
+                   ) -> np.ndarray:
+    members = (np.arange(len(decoded_split.files)) if split == "test"
+               else cifar10_split_indices(split, decoded_split.labels))
+    if limit is None and per_class is None:
+        return members
+    return members[balanced_indices(decoded_split.labels[members], limit=limit, per_class=per_class)]
 
 
 class TensorBatches:
