@@ -9,6 +9,7 @@ import torch
 
 import spikecast
 from spikecast.reporting import Report, build_report, write_report
+from spikecast.reporting.activity import ActivityReport, LayerActivity, LayerOperations
 from spikecast.validate import ValidationResult
 
 
@@ -49,3 +50,51 @@ def test_report_numbers_equal_the_validator(tmp_path, single_thread):
     # a bare ValidationResult is reportable too (no activity section)
     paths = write_report(direct, tmp_path / "bare")
     assert paths["report.html"].is_file() and "accuracy_vs_timesteps.png" in paths
+
+
+def _activity():
+    """A hand-made activity: 1,000 neurons, a spike-fed conv of 1M MACs and an analog-fed fc of 10k."""
+    ts = [1, 4, 16]
+    layers = [LayerActivity("relu", 1000, {1: 0.1, 4: 0.5, 16: 0.6}, {1: 0.5, 4: 0.2, 16: 0.1})]
+    ops = [LayerOperations("conv", "AC", False, 1e6, {1: 1e5, 4: 2e6, 16: 1e7}),
+           LayerOperations("fc", "MAC", False, 1e4, {1: 1e4, 4: 4e4, 16: 1.6e5})]
+    return ActivityReport(ts, 8, layers, ops)
+
+
+def test_equal_bit_quantised_ann_row_and_not_cheaper_statements(tmp_path):
+    a = _activity()
+    # by hand (pJ): memory 1,000 neurons x 2 (read + write) x bits x 3.12; the b-bit ANN pays
+    # 0.2 x b x 32 / 64 + 0.9 per MAC of the spike-fed conv and 4.6 per MAC of the analog-fed fc
+    mem = 1000 * 2 * 3.12
+    snn = {1: 1e5 * 0.9 + 1e4 * 4.6 + mem * 32, 4: 2e6 * 0.9 + 4e4 * 4.6 + mem * 32 * 4,
+           16: 1e7 * 0.9 + 1.6e5 * 4.6 + mem * 32 * 16}
+    qann = {t: 1e6 * (0.1 * b + 0.9) + 1e4 * 4.6 + mem * b for t, b in ((1, 1), (4, 3), (16, 5))}
+    fp32 = 1.01e6 * 4.6 + mem * 32
+    for t in (1, 4, 16):
+        e = a.energy(t)
+        assert e["snn_total_uj"] == pytest.approx(snn[t] * 1e-6)
+        assert e["equal_bit_ann_total_uj"] == pytest.approx(qann[t] * 1e-6)
+        assert e["ann_total_uj"] == pytest.approx(fp32 * 1e-6)
+    # T=1: cheaper than both; T=4: NOT cheaper than the 3-bit ANN only; T=16: NOT cheaper than either
+    report = Report("t", "m", "d", _result({1: 0.5, 4: 0.7, 16: 0.79}), activity=a)
+    md = report.markdown()
+    for b, t in ((1, 1), (3, 4), (5, 16)):
+        assert f"| {b}-bit ANN (equal bits to T={t}) |" in md
+    assert "T=1: the SNN (0.34 µJ per image) is cheaper than the equal-bit 1-bit quantised ANN (1.05 µJ), and " \
+           "is cheaper than the fp32 ANN (4.85 µJ)" in md
+    assert "T=4: the SNN (2.78 µJ per image) is NOT cheaper than the equal-bit 3-bit quantised ANN (1.26 µJ), " \
+           "and is cheaper than the fp32 ANN" in md
+    assert "T=16: the SNN (12.93 µJ per image) is NOT cheaper than the equal-bit 5-bit quantised ANN (1.48 µJ), " \
+           "and is NOT cheaper than the fp32 ANN" in md
+    assert "zero-padding taps included" in md and "arXiv 2409.08290" in md
+    paths = write_report(report, tmp_path)
+    page = paths["report.html"].read_text()
+    assert "<td>3-bit ANN (equal bits to T=4)</td>" in page
+    assert "T=4: the SNN (2.78 µJ per image) is NOT cheaper than the equal-bit 3-bit" in page
+    assert "zero-padding taps included" in page
+    doc = json.loads(paths["report.json"].read_text())["activity"]
+    assert {t: row["bits"] for t, row in doc["equal_bit_ann"]["rows"].items()} == {"1": 1, "4": 3, "16": 5}
+    assert doc["equal_bit_ann"]["rows"]["4"]["total_uj"] == pytest.approx(qann[4] * 1e-6)
+    assert doc["equal_bit_ann"]["rows"]["4"]["macs"] == 1.01e6
+    cheaper = {t: (x["snn_cheaper_than_equal_bit_ann"], x["snn_cheaper_than_ann"]) for t, x in doc["totals"].items()}
+    assert cheaper == {"1": (True, True), "4": (False, True), "16": (False, False)}

@@ -9,14 +9,19 @@ budget ``T`` of the list:
   its mean output against the ANN activation at the same site, ``mean|a - r_T| / mean|a|``;
 * per weighted layer: synaptic operations per image, counted event by event - each non-zero
   input element costs one operation per output it connects to (a convolution with all-ones
-  weights over the non-zero mask counts them exactly, for any stride, padding or groups). A
-  layer fed by spikes performs accumulates (AC); a layer fed by analog values (the first conv on
-  the image, a classifier after average pooling) performs multiply-accumulates (MAC). Layers of
-  the static prefix run once per image, not once per step;
+  weights over the non-zero mask counts them exactly, for any stride, padding or groups; a
+  zero-padding tap never carries a spike, so it costs the SNN nothing). A layer fed by spikes
+  performs accumulates (AC); a layer fed by analog values (the first conv on the image, a
+  classifier after average pooling) performs multiply-accumulates (MAC). Layers of the static
+  prefix run once per image, not once per step;
 * per compensated op (GELU, LayerNorm, softmax, attention products... see
   :mod:`spikecast.convert.compensation`): its dense multiply-accumulates at every step, counted as
-  MAC (plus the running means and differences that feed it);
-* the ANN's MACs per layer (dense), for comparison.
+  MAC, plus one row for the running means and differences that feed them (SNN only);
+* the ANN's MACs per layer, by the usual convention (BN folded into the convolutions): a
+  convolution costs ``out_h * out_w * k_h * k_w * (c_in / groups) * c_out`` per image, zero-padding
+  taps included, a linear layer ``in * out`` per input row (CIFAR ResNet-20: 40.55M). Each
+  compensated op is charged to the ANN at its own dense cost once per image (the ANN computes it
+  once); the running means and differences are SNN-only and cost the ANN nothing.
 
 Energy (:class:`EnergyModel`, constants stated in every report): compute = MAC x E_MAC + AC x
 E_AC with E_MAC = 4.6 pJ and E_AC = 0.9 pJ (32-bit float, 45 nm; Horowitz, ISSCC 2014), the
@@ -24,6 +29,18 @@ figures used across the SNN literature. Memory follows the STEP benchmark's acco
 per bit moved): per step every neuron reads and writes its membrane potential (``state_bits``
 each way); the ANN reads and writes each activation once. Both are estimates of a simple
 accelerator, not measurements, and the report says so.
+
+Equal-bit quantised ANN (Yan et al., "Reconsidering the energy efficiency of spiking neural
+networks", arXiv 2409.08290): a T-step rate-coded SNN carries as much information per neuron as
+an ANN whose activations have ``b = ceil(log2(T + 1))`` bits, so every report also costs that
+ANN. Same MAC count as the ANN; a layer the SNN feeds with spikes takes ``b``-bit activations in
+the quantised ANN and costs ``E_MUL(b) + E_AC`` per MAC, with ``E_MUL(b) = 0.2 pJ x b x w / 64``
+(Horowitz's 8-bit integer multiply, 0.2 pJ, scaled by the operand widths' product - the number of
+partial products of an array multiplier; at 32 x 32 bits it gives 3.2 pJ against Horowitz's
+3.1 pJ), ``w = weight_bits`` (32 by default: the SNN's weights) and the same accumulate as the
+SNN's (E_AC), so the two differ only in how activations are coded. Layers the SNN itself runs on
+analog values (the input layer, a classifier after pooling, compensated ops) cost E_MAC in both.
+Its memory: each activation read and written once at ``b`` bits, at the same pJ per bit.
 """
 
 from __future__ import annotations
@@ -49,17 +66,50 @@ from spikecast.validate import ModuleState
 aten = torch.ops.aten
 
 
+#: the convention of the ANN's MAC count, as every report states it
+MAC_CONVENTION = ("ANN MACs by the usual convention (BN folded): a convolution costs out_h x out_w x k_h x k_w x "
+                  "(c_in / groups) x c_out per image, zero-padding taps included; a linear layer in x out; each "
+                  "compensated op its dense cost once per image, without the SNN's running means. A zero-padding "
+                  "tap never spikes, so it is no synaptic operation of the SNN")
+
+
+def equal_bits(T: int) -> int:
+    """Activation bits of the ANN equivalent to a ``T``-step rate-coded SNN: ``ceil(log2(T + 1))``
+    (Yan et al., arXiv 2409.08290) - exactly ``T.bit_length()`` for ``T >= 1``."""
+    if int(T) < 1:
+        raise ValueError(f"timesteps must be positive, got {T!r}")
+    return int(T).bit_length()
+
+
 @dataclass(frozen=True)
 class EnergyModel:
-    """Energy per operation and per bit of memory traffic, in picojoules."""
+    """Energy per operation and per bit of memory traffic, in picojoules.
+
+    The equal-bit quantised ANN (see the module docstring) pays ``e_qmac_pj(b)`` per MAC on a
+    ``b``-bit activation: a ``b x weight_bits`` integer multiply, scaled from Horowitz's 8-bit one
+    (``e_mul8_pj``) by the product of the widths, plus the SNN's own accumulate (``e_ac_pj``)."""
 
     e_mac_pj: float = 4.6
     e_ac_pj: float = 0.9
     memory_pj_per_bit: float = 3.12
     state_bits: int = 32  # membrane potential / activation word size
+    e_mul8_pj: float = 0.2  # 8-bit integer multiply, 45 nm (Horowitz, ISSCC 2014)
+    weight_bits: int = 32  # weight width of the equal-bit quantised ANN (the SNN's weights)
     reference: str = ("E_MAC 4.6 pJ and E_AC 0.9 pJ: 32-bit float add/multiply-add at 45 nm (Horowitz, ISSCC 2014); "
                       "memory 3.12 pJ/bit with membrane potentials read and written every step (STEP benchmark "
                       "accounting)")
+
+    def e_qmac_pj(self, bits: int) -> float:
+        """Energy of one MAC of a ``bits``-bit activation and a ``weight_bits`` weight (pJ)."""
+        return self.e_mul8_pj * bits * self.weight_bits / 64 + self.e_ac_pj
+
+    def quantized_reference(self) -> str:
+        return (f"equal-bit quantised ANN (Yan et al., arXiv 2409.08290): activations of b = ceil(log2(T+1)) bits; "
+                f"a MAC on a spike-fed layer's b-bit activation costs {self.e_mul8_pj:g} pJ x b x {self.weight_bits} / 64 "
+                f"(b x {self.weight_bits}-bit integer multiply scaled from the 8-bit one, {self.e_mul8_pj:g} pJ, Horowitz "
+                f"ISSCC 2014) + E_AC {self.e_ac_pj:g} pJ (the SNN's accumulate); layers the SNN runs on analog values "
+                f"cost E_MAC {self.e_mac_pj:g} pJ in both; activation memory: each activation read and written once "
+                f"at b bits, {self.memory_pj_per_bit:g} pJ/bit")
 
 
 @dataclass
@@ -75,13 +125,16 @@ class LayerActivity:
 
 @dataclass
 class LayerOperations:
-    """One weighted layer: ANN MACs per image; SNN operations per image over the first T steps."""
+    """One weighted layer (or compensated op): ANN MACs per image; SNN operations per image over
+    the first T steps. ``compensated``: a compensated op (or the SNN-only running means and
+    differences, with ``ann_macs`` 0), not a convolution / linear layer."""
 
     name: str
     kind: str  # "AC" (spike input) or "MAC" (analog input)
     static: bool  # in the static prefix: runs once per image
     ann_macs: float
     snn_ops: dict[int, float]
+    compensated: bool = False
 
 
 @dataclass
@@ -94,7 +147,20 @@ class ActivityReport:
 
     # ------------------------------------------------------------------ totals
     def ann_macs(self) -> float:
+        """The ANN's MACs per image: convolutions and linear layers, and compensated ops once."""
         return sum(op.ann_macs for op in self.operations)
+
+    def ann_layer_macs(self) -> float:
+        """The ANN's MACs per image in convolutions and linear layers only (the figure papers quote)."""
+        return sum(op.ann_macs for op in self.operations if not op.compensated)
+
+    def ann_macs_by_input(self) -> dict[str, float]:
+        """The ANN's MACs split by what the SNN feeds the op: ``"spike"`` (AC layers: ``b``-bit
+        activations in the equal-bit ANN) and ``"analog"`` (full-precision in both)."""
+        out = {"spike": 0.0, "analog": 0.0}
+        for op in self.operations:
+            out["spike" if op.kind == "AC" else "analog"] += op.ann_macs
+        return out
 
     def snn_ops(self, T: int) -> dict[str, float]:
         """``{"AC": ..., "MAC": ...}`` per image over ``T`` steps."""
@@ -107,17 +173,33 @@ class ActivityReport:
         return sum(layer.neurons for layer in self.layers)
 
     def energy(self, T: int) -> dict[str, float]:
-        """Estimated energy per image in microjoules: SNN compute / memory / total at ``T``, and the ANN's."""
+        """Estimated energy per image in microjoules at ``T``: the SNN's compute / memory / total, the
+        fp32 ANN's, and the equal-bit quantised ANN's (``equal_bit_ann_*``, ``b = ceil(log2(T+1))``)."""
         m = self.energy_model
         ops_T = self.snn_ops(T)
         snn_compute = ops_T["AC"] * m.e_ac_pj + ops_T["MAC"] * m.e_mac_pj
         snn_memory = self.neurons() * T * 2 * m.state_bits * m.memory_pj_per_bit
         ann_compute = self.ann_macs() * m.e_mac_pj
         ann_memory = self.neurons() * 2 * m.state_bits * m.memory_pj_per_bit
+        b = equal_bits(T)
+        split = self.ann_macs_by_input()
+        q_compute = split["spike"] * m.e_qmac_pj(b) + split["analog"] * m.e_mac_pj
+        q_memory = self.neurons() * 2 * b * m.memory_pj_per_bit
         uj = 1e-6
         return {"snn_compute_uj": snn_compute * uj, "snn_memory_uj": snn_memory * uj,
                 "snn_total_uj": (snn_compute + snn_memory) * uj, "ann_compute_uj": ann_compute * uj,
-                "ann_memory_uj": ann_memory * uj, "ann_total_uj": (ann_compute + ann_memory) * uj}
+                "ann_memory_uj": ann_memory * uj, "ann_total_uj": (ann_compute + ann_memory) * uj,
+                "equal_bit_ann_bits": b, "equal_bit_ann_compute_uj": q_compute * uj,
+                "equal_bit_ann_memory_uj": q_memory * uj, "equal_bit_ann_total_uj": (q_compute + q_memory) * uj}
+
+    def comparison(self, T: int) -> dict[str, bool]:
+        """Whether the SNN at ``T`` costs less per image than the fp32 ANN and than the equal-bit
+        quantised ANN, in total (compute + memory) and in compute alone."""
+        e = self.energy(T)
+        return {"snn_cheaper_than_ann": e["snn_total_uj"] < e["ann_total_uj"],
+                "snn_cheaper_than_equal_bit_ann": e["snn_total_uj"] < e["equal_bit_ann_total_uj"],
+                "snn_compute_cheaper_than_ann": e["snn_compute_uj"] < e["ann_compute_uj"],
+                "snn_compute_cheaper_than_equal_bit_ann": e["snn_compute_uj"] < e["equal_bit_ann_compute_uj"]}
 
     def mean_firing_rate(self, T: int) -> float:
         total = self.neurons()
@@ -130,9 +212,24 @@ class ActivityReport:
             layer["error"] = {str(t): v for t, v in layer["error"].items()}
         for op in d["operations"]:
             op["snn_ops"] = {str(t): v for t, v in op["snn_ops"].items()}
-        d["totals"] = {str(t): {**self.snn_ops(t), "mean_firing_rate": self.mean_firing_rate(t), **self.energy(t)}
+        d["totals"] = {str(t): {**self.snn_ops(t), "mean_firing_rate": self.mean_firing_rate(t), **self.energy(t),
+                                **self.comparison(t)}
                        for t in self.timesteps}
         d["ann_macs"] = self.ann_macs()
+        d["ann_layer_macs"] = self.ann_layer_macs()
+        d["mac_convention"] = MAC_CONVENTION
+        m = self.energy_model
+        split = self.ann_macs_by_input()
+        d["equal_bit_ann"] = {
+            "model": m.quantized_reference(),
+            "rows": {str(t): {"timesteps": t, "bits": equal_bits(t), "macs": self.ann_macs(),
+                              "macs_at_bits": split["spike"], "macs_full_precision": split["analog"],
+                              "e_mac_pj_at_bits": m.e_qmac_pj(equal_bits(t)),
+                              "compute_uj": self.energy(t)["equal_bit_ann_compute_uj"],
+                              "memory_uj": self.energy(t)["equal_bit_ann_memory_uj"],
+                              "total_uj": self.energy(t)["equal_bit_ann_total_uj"],
+                              "snn_cheaper": self.comparison(t)["snn_cheaper_than_equal_bit_ann"]}
+                     for t in self.timesteps}}
         return d
 
 
@@ -154,21 +251,33 @@ def _connections(func, args, mask: torch.Tensor) -> torch.Tensor:
     return out.flatten(1).sum(1)
 
 
+def _dense_macs(func, args, out: torch.Tensor) -> float:
+    """MACs of one weighted-layer call over its whole batch, by the usual convention: every output
+    element costs its full kernel, ``k_h * k_w * (c_in / groups)`` for a convolution (zero-padding
+    taps included) or ``in`` for a linear layer; a transposed convolution costs each input element
+    its ``(c_out / groups) * k_h * k_w`` outputs."""
+    weight = args[1]
+    if func is aten.convolution.default and len(args) > 6 and args[6]:  # transposed
+        return float(args[0].numel() * weight[0].numel())
+    return float(out.numel() * weight[0].numel())
+
+
 class _OpCounter(TorchDispatchMode):
-    """Counts, per weighted-layer call, the connections of non-zero inputs (and of all inputs)."""
+    """Counts, per weighted-layer call, the connections of non-zero inputs (event-driven: padding
+    taps never count) and the dense MACs of the call (padding taps included)."""
 
     def __init__(self):
         super().__init__()
-        self.calls: list[tuple[float, float]] = []  # (event-driven connections, dense connections), summed over the batch
+        self.calls: list[tuple[float, float]] = []  # (event-driven connections, dense MACs), summed over the batch
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        out = func(*args, **kwargs)
         if func in _CONVS or func in _LINEARS:
             x = args[0]
             active = _connections(func, args, (x != 0).to(x.dtype))
-            dense = _connections(func, args, torch.ones_like(x))
-            self.calls.append((float(active.sum()), float(dense.sum())))
-        return func(*args, **kwargs)
+            self.calls.append((float(active.sum()), _dense_macs(func, args, out)))
+        return out
 
 
 def _weighted_nodes(gm: fx.GraphModule) -> list[fx.Node]:
@@ -189,12 +298,14 @@ def _spike_fed(gm: fx.GraphModule, node: fx.Node) -> bool:
     return ops.spike_driven(node, lambda n: getattr(_stateful(gm, n), "emits_spikes", False))
 
 
-def compensated_costs(snn: SpikingNetwork, x: torch.Tensor) -> list[tuple[str, float]]:
-    """``(name, MACs per image and step)`` of every compensated op of the step graph, with its
-    running means and differences (one operation per element each): dense work done at every
-    step, whatever the spikes."""
+def compensated_costs(snn: SpikingNetwork, x: torch.Tensor) -> list[tuple[str, float, float]]:
+    """``(name, MACs per image and step, ANN MACs per image)`` of every compensated op of the step
+    graph - dense work done at every step, whatever the spikes; the ANN computes the same op once
+    per image at the same dense cost - then one row for the running means and differences that
+    feed them (one operation per element each, every step; SNN only, so 0 for the ANN)."""
     step = snn._step
-    nodes = compensated_nodes(step)
+    # a convolution / linear layer on running means is counted with the weighted layers
+    nodes = [n for n in compensated_nodes(step) if n.target not in _CONVS | _LINEARS]
     # the dense stateful helpers of compensation (running means, differences): no spikes out
     helpers = [n for n in step.graph.nodes if (m := _stateful(step, n)) is not None and not m.emits_spikes]
     if not nodes:
@@ -205,10 +316,32 @@ def compensated_costs(snn: SpikingNetwork, x: torch.Tensor) -> list[tuple[str, f
         macs = ops.node_macs(step, x[:1], *static)
     snn.reset()
     out = [(f"{module_path(n) or '<top level>'}: {n.target._opname if hasattr(n.target, '_opname') else n.name} "
-            "(compensated)", macs.get(n.name, 0.0)) for n in nodes]
+            "(compensated)", macs.get(n.name, 0.0), macs.get(n.name, 0.0)) for n in nodes]
     overhead = sum(macs.get(n.name, 0.0) for n in helpers)
     if overhead:
-        out.append(("running means and differences (compensation)", overhead))
+        out.append(("running means and differences (compensation, SNN only)", overhead, 0.0))
+    return out
+
+
+def count_ann_macs(ann: torch.nn.Module, example: torch.Tensor) -> dict[str, float]:
+    """MACs per image of every convolution and linear layer of ``ann`` (traced and normalised as
+    conversion does, so BN is folded), by the convention of :data:`MAC_CONVENTION`, from one run
+    on ``example``; the caller's ANN is left on its device and in its modes."""
+    state = ModuleState(ann)
+    device = next((p.device for p in ann.parameters()), example.device)
+    try:
+        state.use(device)
+        x = example.to(device)
+        graph = prepare(ann, x[:2])
+        counter = _OpCounter()
+        with torch.inference_mode(), counter:
+            graph(x)
+        names = [module_path(nd) or nd.name for nd in _weighted_nodes(graph)]
+    finally:
+        state.restore()
+    out: dict[str, float] = {}
+    for name, (_, dense) in zip(names, counter.calls):  # a module called twice: both calls
+        out[name] = out.get(name, 0.0) + dense / len(x)
     return out
 
 
@@ -322,9 +455,9 @@ def measure_activity(ann: torch.nn.Module, snn: SpikingNetwork, data, timesteps:
                 ops_T[t] = cumulative
         operations.append(LayerOperations(name, kind, False, ann_macs.get(name, counter.calls[n_prefix + j][1] / len(x)),
                                           ops_T))
-    for name, per_step_macs in compensated_costs(snn, x):
-        operations.append(LayerOperations(name, "MAC", False, per_step_macs,
-                                          {t: per_step_macs * t for t in budgets}))
+    for name, per_step_macs, ann_cost in compensated_costs(snn, x):
+        operations.append(LayerOperations(name, "MAC", False, ann_cost, {t: per_step_macs * t for t in budgets},
+                                          compensated=True))
     if len(counter.calls) != n_prefix + per_step * budgets[-1]:
         raise RuntimeError("operation counting lost track of the layer calls "
                            f"({len(counter.calls)} calls for {n_prefix} + {per_step} x {budgets[-1]})")

@@ -12,6 +12,14 @@ operations, energy) and collects them in a :class:`Report`; :func:`write_report`
 
 Latency to parity: the smallest T whose SNN top-1 is within 0.5 / 1 / 2 points of the ANN (None
 when no budget reaches it).
+
+Energy (when activity was measured): the SNN at every T next to the fp32 ANN and, for each T, the
+equal-bit quantised ANN (activations of ``b = ceil(log2(T+1))`` bits, Yan et al., arXiv 2409.08290;
+model in :mod:`spikecast.reporting.activity`): a row per ``b`` in the summary table, a comparison
+table, and for every T a sentence saying whether the SNN is cheaper - "NOT cheaper" when it is not
+- with the booleans in the JSON (``activity.totals[T].snn_cheaper_than_ann`` /
+``snn_cheaper_than_equal_bit_ann``). The ANN's MACs follow the usual convention (zero-padding taps
+included, :data:`~spikecast.reporting.activity.MAC_CONVENTION`), stated in every report.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ import torch
 
 from spikecast.convert.compensation import compensated_nodes
 from spikecast.recipe import calibration_set_of, recipe_of
-from spikecast.reporting.activity import ActivityReport, EnergyModel, measure_activity
+from spikecast.reporting.activity import MAC_CONVENTION, ActivityReport, EnergyModel, equal_bits, measure_activity
 from spikecast.runtime.network import SpikingNetwork
 from spikecast.validate import DEFAULT_TIMESTEPS, ValidationResult, validate
 
@@ -110,9 +118,14 @@ class Report:
                 rate = ops_s = energy = "-"
             lines.append(f"| {t} | {acc_s} | {delta} | {100 * v.agreement[t]:.2f}% | {rate} | {ops_s} | {energy} |")
         if a is not None:
-            e = a.energy(v.timesteps[0])
+            e = a.energy(a.timesteps[0])
             lines.append(f"| ANN | {_pct(v.ann_accuracy)} | | | | {_si(a.ann_macs())} MAC | "
                          f"{e['ann_total_uj']:.2f} ({e['ann_compute_uj']:.2f} compute) |")
+            for b, ts in _equal_bit_groups(a.timesteps).items():
+                e = a.energy(ts[0])
+                lines.append(f"| {b}-bit ANN (equal bits to T={', '.join(map(str, ts))}) | not measured | | | | "
+                             f"{_si(a.ann_macs())} MAC at {b}-bit activations | "
+                             f"{e['equal_bit_ann_total_uj']:.2f} ({e['equal_bit_ann_compute_uj']:.2f} compute) |")
         for label, acc in self.quantized_ann.items():
             lines.append(f"| {label} | {_pct(acc)} | | | | | |")
         return "\n".join(lines)
@@ -130,6 +143,41 @@ class Report:
             errs = " | ".join("n/a" if layer.error[t] is None else f"{layer.error[t]:.3f}" for t in ts)
             lines.append(f"| {layer.name} | {layer.neurons} | {rates} | {errs} |")
         return "\n".join(lines)
+
+    def energy_table(self) -> str:
+        """Per T: the SNN's energy next to the equal-bit quantised ANN's and the fp32 ANN's (µJ per image)."""
+        a = self.activity
+        if a is None:
+            return ""
+        lines = ["| T | b = ⌈log2(T+1)⌉ | SNN (µJ) | b-bit ANN (µJ) | fp32 ANN (µJ) | SNN cheaper than b-bit ANN | "
+                 "SNN cheaper than fp32 ANN |", "|---:|---:|---:|---:|---:|---|---|"]
+        for t in a.timesteps:
+            e, c = a.energy(t), a.comparison(t)
+            lines.append(f"| {t} | {e['equal_bit_ann_bits']} | {e['snn_total_uj']:.2f} | "
+                         f"{e['equal_bit_ann_total_uj']:.2f} | {e['ann_total_uj']:.2f} | "
+                         f"{'yes' if c['snn_cheaper_than_equal_bit_ann'] else 'NO'} | "
+                         f"{'yes' if c['snn_cheaper_than_ann'] else 'NO'} |")
+        return "\n".join(lines)
+
+    def energy_verdicts(self) -> list[str]:
+        """One sentence per T: is the SNN cheaper (compute + memory, per image) than the equal-bit
+        quantised ANN and than the fp32 ANN? "NOT cheaper" when it is not."""
+        a = self.activity
+        if a is None:
+            return []
+        out = []
+        for t in a.timesteps:
+            e, c = a.energy(t), a.comparison(t)
+            b = e["equal_bit_ann_bits"]
+            q = "cheaper" if c["snn_cheaper_than_equal_bit_ann"] else "NOT cheaper"
+            f = "cheaper" if c["snn_cheaper_than_ann"] else "NOT cheaper"
+            out.append(f"T={t}: the SNN ({e['snn_total_uj']:.2f} µJ per image) is {q} than the equal-bit {b}-bit "
+                       f"quantised ANN ({e['equal_bit_ann_total_uj']:.2f} µJ), and is {f} than the fp32 ANN "
+                       f"({e['ann_total_uj']:.2f} µJ); in compute alone it is "
+                       f"{'cheaper' if c['snn_compute_cheaper_than_equal_bit_ann'] else 'NOT cheaper'} than the "
+                       f"{b}-bit ANN and {'cheaper' if c['snn_compute_cheaper_than_ann'] else 'NOT cheaper'} than the "
+                       "fp32 ANN.")
+        return out
 
     def markdown(self) -> str:
         v = self.validation
@@ -156,11 +204,24 @@ class Report:
             lines += [f"Energy model: {m.reference}. Activity measured on {self.activity.images} images. "
                       "Synaptic operations are counted per input event (non-zero input x fan-out); layers fed by "
                       "spikes accumulate (AC), layers fed by analog values multiply-accumulate (MAC); the static "
-                      "prefix (layers on the analog input) runs once per image.", "",
+                      "prefix (layers on the analog input) runs once per image. "
+                      f"{MAC_CONVENTION}; the SNN pays each compensated op at every step, plus its running means.", "",
+                      "## Energy against the fp32 ANN and the equal-bit quantised ANN", "",
+                      f"Model of the {m.quantized_reference()}. Per image, compute + memory.", "",
+                      self.energy_table(), "",
+                      *[f"- {line}" for line in self.energy_verdicts()], "",
                       "## Per-layer firing rate and error", "",
                       "Error: mean |ANN activation - SNN mean output| / mean |ANN activation| at the same site.", "",
                       self.layer_table(), ""]
         return "\n".join(lines)
+
+
+def _equal_bit_groups(timesteps: Sequence[int]) -> dict[int, list[int]]:
+    """``{b: [T, ...]}``: the budgets sharing each equal-bit activation width, ``b`` ascending."""
+    groups: dict[int, list[int]] = {}
+    for t in sorted(timesteps):
+        groups.setdefault(equal_bits(t), []).append(t)
+    return groups
 
 
 def _pct(x) -> str:
@@ -390,8 +451,15 @@ def _html(report: Report, pngs: dict[str, bytes]) -> str:
              "<h2>Plots</h2>", f"<div class='figs'>{figs}</div>",
              "<h2>Accuracy and cost per timestep budget</h2>", _md_table_to_html(report.summary_table())]
     if report.activity is not None:
-        parts += [f"<p class='meta'>Energy model: {html.escape(report.activity.energy_model.reference)}. Activity "
-                  f"measured on {report.activity.images} images; synaptic operations counted per input event.</p>",
+        m = report.activity.energy_model
+        parts += [f"<p class='meta'>Energy model: {html.escape(m.reference)}. Activity "
+                  f"measured on {report.activity.images} images; synaptic operations counted per input event. "
+                  f"{html.escape(MAC_CONVENTION)}.</p>",
+                  "<h2>Energy against the fp32 ANN and the equal-bit quantised ANN</h2>",
+                  f"<p class='meta'>Model of the {html.escape(m.quantized_reference())}. Per image, compute + "
+                  "memory.</p>",
+                  _md_table_to_html(report.energy_table()),
+                  "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in report.energy_verdicts()) + "</ul>",
                   "<h2>Per-layer firing rate and error</h2>", _md_table_to_html(report.layer_table())]
     if report.snn_metadata:
         parts += ["<h2>Conversion settings</h2>",
