@@ -134,6 +134,11 @@ def ablation(args, run) -> None:
             print(name, lines[-1], flush=True)
         lines += ["", f"ANN top-1 on these validation images: {pct(ann_acc)}"]
         blocks.append("\n".join(lines))
+        # written after every model, so a run cut short still leaves a complete section for the models done
+        write_ablation(args, run, models[:len(blocks)], columns, scores, blocks, len(y_val), len(x_cal), device)
+
+
+def write_ablation(args, run, models, columns, scores, blocks, n_val, n_cal, device) -> None:
     overall = {row: sum(sum(a.values()) / len(a) for a in per_model.values()) / len(per_model)
                for row, per_model in scores.items()}
     chosen = max(overall, key=lambda r: overall[r])
@@ -146,10 +151,10 @@ def ablation(args, run) -> None:
     print(verdict, flush=True)
     recipe_fields = {k: v for k, v in dataclasses.asdict(Recipe()).items()}
     body = "\n".join([
-        f"Models: {args.models}. SNN top-1 on the first {len(y_val)} class-balanced images of the "
+        f"Models: {', '.join(models)}. SNN top-1 on the first {n_val} class-balanced images of the "
         f"**validation split** (`cifar10_tensors(\"val\", limit={args.images})`: 5,000 images carved from the "
         f"training folder, never used for calibration or training); no test image is read. Calibration: "
-        f"{len(x_cal)} class-balanced images of the train split (labels unused). Each column's network is "
+        f"{n_cal} class-balanced images of the train split (labels unused). Each column's network is "
         "calibrated for that T and runs exactly T steps (max and percentile rows: one calibration, read at "
         "every T). Rows: thresholds from the max / 99.95th percentile / minimum expected IF error for T "
         "(mse) of the activations, per site or per channel; then layer-wise correction with the ANN as "
@@ -174,6 +179,21 @@ def headline(args, run) -> None:
              + " | ".join(f"early exit {c:g}" for c in EARLY_EXIT) + " | convert time |",
              "|---|---:|---:|" + "---:|" * len(cols) + "---:|" * len(EARLY_EXIT) + "---:|"]
     default = Recipe()
+
+    def write() -> None:  # after every network, so a run cut short keeps a complete table of what it did
+        body = "\n".join([
+            f"`spikecast.convert(model, calib=images, timesteps=T)` with nothing else set - the default recipe "
+            f"({default.thresholds} thresholds, {default.correction} correction, "
+            f"{'signed' if default.signed else 'binary'} neurons), chosen on the validation split (section "
+            f"*Calibration ablation (validation split)*); {len(x_cal)} class-balanced train images (labels "
+            f"unused); SNN top-1 on {len(y_test)} **test** images, read once for this table. A network calibrated "
+            "for T runs exactly T steps; the smaller T columns are read from the same run. Early exit (Dynamic "
+            "Confidence): a sample stops at the first step where the softmax of its mean output reaches the "
+            "confidence shown (accuracy, mean steps used). Nothing in this table was chosen on it; the "
+            f"confidences are fixed in the script. Device: `{device}`.", "", *lines])
+        if not args.no_write:
+            run.write("calibration-headline", "CIFAR-10 ResNets: default recipe, full test set", body)
+
     for name in args.models.split(","):
         ann = create_model(name, pretrained=True).to(device)
         for budget in budgets:
@@ -189,18 +209,7 @@ def headline(args, run) -> None:
             lines.append(f"| {name} | {pct(res.ann_accuracy)} | T={budget} | " + " | ".join(cells) +
                          f" | {exits} | {secs:.0f} s |")
             print(lines[-1], flush=True)
-    body = "\n".join([
-        f"`spikecast.convert(model, calib=images, timesteps=T)` with nothing else set - the default recipe "
-        f"({default.thresholds} thresholds, {default.correction} correction, "
-        f"{'signed' if default.signed else 'binary'} neurons), chosen on the validation split (section "
-        f"*Calibration ablation (validation split)*); {len(x_cal)} class-balanced train images (labels "
-        f"unused); SNN top-1 on {len(y_test)} **test** images, read once for this table. A network calibrated "
-        "for T runs exactly T steps; the smaller T columns are read from the same run. Early exit (Dynamic "
-        "Confidence): a sample stops at the first step where the softmax of its mean output reaches the "
-        "confidence shown (accuracy, mean steps used). Nothing in this table was chosen on it; the "
-        f"confidences are fixed in the script. Device: `{device}`.", "", *lines])
-    if not args.no_write:
-        run.write("calibration-headline", "CIFAR-10 ResNets: default recipe, full test set", body)
+            write()
 
 
 def guard(args, run) -> None:

@@ -8,11 +8,18 @@ folder - a GPU machine reached with a 64 MiB upload, say. A set missing from the
 never a silent fallback to other images.
 
     python benchmarks/bench_data.py pack images.npz train:512 val:1000 test:all
+
+``pack-folder`` / ``unpack-folder`` move the shared JPEG folder itself as one blob and an index
+(the files' bytes unchanged, ~53 MiB for train + test), to rebuild it elsewhere:
+
+    python benchmarks/bench_data.py pack-folder ../shared/data/cifar10-jpeg cifar10.blob
+    python benchmarks/bench_data.py unpack-folder cifar10.blob SOMEWHERE/data/cifar10-jpeg
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -57,14 +64,48 @@ def pack(out: Path, sets: list[str]) -> None:
     print(f"{out}: {out.stat().st_size / 2**20:.1f} MiB")
 
 
+def pack_folder(folder: Path, out: Path) -> None:
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    index, offset = [], 0
+    with open(out, "wb") as blob:
+        for path in files:
+            data = path.read_bytes()
+            blob.write(data)
+            index.append([str(path.relative_to(folder)), offset, len(data)])
+            offset += len(data)
+    Path(f"{out}.json").write_text(json.dumps(index))
+    print(f"{out}: {len(files)} files, {offset / 2**20:.1f} MiB")
+
+
+def unpack_folder(blob_path: Path, folder: Path) -> None:
+    index = json.loads(Path(f"{blob_path}.json").read_text())
+    data = blob_path.read_bytes()
+    for name, offset, size in index:
+        target = folder / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data[offset:offset + size])
+    print(f"{folder}: {len(index)} files")
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("pack", help="write image sets (split:limit or split:all) to one .npz file")
     p.add_argument("out", type=Path)
     p.add_argument("sets", nargs="+")
+    p = sub.add_parser("pack-folder", help="a folder's files as one blob + a .json index")
+    p.add_argument("folder", type=Path)
+    p.add_argument("out", type=Path)
+    p = sub.add_parser("unpack-folder", help="rebuild the folder from pack-folder's blob")
+    p.add_argument("blob", type=Path)
+    p.add_argument("folder", type=Path)
     args = parser.parse_args(argv)
-    pack(args.out, args.sets)
+    if args.command == "pack":
+        pack(args.out, args.sets)
+    elif args.command == "pack-folder":
+        pack_folder(args.folder, args.out)
+    else:
+        unpack_folder(args.blob, args.folder)
     return 0
 
 

@@ -23,6 +23,7 @@ import json
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -56,7 +57,8 @@ RECIPES = {
 @torch.inference_mode()
 def top1(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
     model.eval()
-    correct = sum(int((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum())
+    device = next(model.parameters()).device
+    correct = sum(int((model(x[i:i + batch_size].to(device)).argmax(1).cpu() == y[i:i + batch_size]).sum())
                   for i in range(0, len(x), batch_size))
     return correct / max(len(y), 1)
 
@@ -67,6 +69,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--epochs", type=int, default=None, help="default: the model's recipe")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--max-batches", type=int, default=None, help="per epoch (quick trial runs)")
+    parser.add_argument("--device", default="cpu", help="where to train (cpu, cuda)")
+    parser.add_argument("--out", default=None, help="weights file (default: where the zoo looks for them)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     recipe = RECIPES[args.name]
@@ -74,7 +78,8 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
 
     torch.manual_seed(0)
-    model = create_model(args.name)
+    device = torch.device(args.device)
+    model = create_model(args.name).to(device)
     # timm's own no-weight-decay set (position embedding, class token) besides the 1-D parameters
     skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
     for name, p in model.named_parameters():
@@ -95,10 +100,10 @@ def main(argv: list[str] | None = None) -> dict:
                          warmup_epochs=recipe.warmup_epochs)
 
     def batch_step(x, y):
-        logits = model(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
+        logits = model(x.to(device, non_blocking=True))
+        loss = F.cross_entropy(logits, y.to(device, non_blocking=True), label_smoothing=recipe.label_smoothing)
         loss.backward()
-        return float(loss.detach()), logits.detach()
+        return float(loss.detach()), logits.detach().cpu()
 
     fingerprint = {"model": args.name, "config": repr(config), "label_smoothing": recipe.label_smoothing,
                    "data": str(tuple(x_train.shape))}
@@ -112,8 +117,9 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"model": args.name, "val_top1": round(accuracy, 4), "val_images": len(y_val), "epochs": epochs,
               "train_seconds": round(history.seconds, 1), "wall_seconds": round(wall, 1),
               "parameters": sum(p.numel() for p in params)}
-    path = weights_path(args.name)
-    _save_atomically(model.eval(), path, metadata={
+    path = Path(args.out) if args.out else weights_path(args.name)
+    _save_atomically(model.eval().cpu(), path, metadata={
+        "device": str(device),
         "model": args.name, "epochs": str(epochs), "seed": "0", "val_accuracy": f"{accuracy:.4f}",
         "train_split": f"spikecast cifar10 'train' ({len(y_train)} images)",
         "recipe": json.dumps(recipe.__dict__), "train_seconds": f"{history.seconds:.0f}"})
