@@ -185,7 +185,7 @@ def collect_statistics(gm: fx.GraphModule, data, *, histogram: bool = True, bins
             if x.numel() < 2 ** 24 and int(counts.sum()) != positive:
                 raise CalibrationError(f"site {s.name}: the histogram holds {int(counts.sum())} of the {positive} "
                                        "positive activations of a batch")
-            s.histogram += counts
+            s.histogram += counts.cpu()
 
         _run_with_hooks(gm, images, second_pass, "calibration: histograms", progress, device)
     if per_channel:
