@@ -29,6 +29,7 @@ import argparse
 import dataclasses
 import json
 import time
+from pathlib import Path
 
 import torch
 
@@ -134,8 +135,29 @@ def ablation(args, run) -> None:
             print(name, lines[-1], flush=True)
         lines += ["", f"ANN top-1 on these validation images: {pct(ann_acc)}"]
         blocks.append("\n".join(lines))
+        if args.partial:  # one process per model (in parallel); `ablation-combine` writes the section
+            Path(args.partial).write_text(json.dumps(dict(models=models[:len(blocks)], columns=columns, scores=scores,
+                                                          blocks=blocks, n_val=len(y_val), n_cal=len(x_cal),
+                                                          device=str(device), command=run.command)))
+            continue
         # written after every model, so a run cut short still leaves a complete section for the models done
         write_ablation(args, run, models[:len(blocks)], columns, scores, blocks, len(y_val), len(x_cal), device)
+
+
+def ablation_combine(args, run) -> None:
+    """Write the ablation section from the ``--partial`` files of per-model processes (given in order)."""
+    parts = [json.loads(Path(f).read_text()) for f in args.parts]
+    models, blocks, scores = [], [], {}
+    for part in parts:
+        models += part["models"]
+        blocks += part["blocks"]
+        for row, per_model in part["scores"].items():
+            for model, accs in per_model.items():
+                scores.setdefault(row, {})[model] = {int(t): v for t, v in accs.items()}
+    run.command += " (combining: " + "; ".join(part.get("command", "") for part in parts) + ")" \
+        if any(part.get("command") for part in parts) else ""
+    write_ablation(args, run, models, parts[0]["columns"], scores, blocks, parts[0]["n_val"], parts[0]["n_cal"],
+                   parts[0]["device"])
 
 
 def write_ablation(args, run, models, columns, scores, blocks, n_val, n_cal, device) -> None:
@@ -236,7 +258,10 @@ def guard(args, run) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=("ablation", "headline", "guard"))
+    parser.add_argument("mode", choices=("ablation", "ablation-combine", "headline", "guard"))
+    parser.add_argument("parts", nargs="*", help="ablation-combine: the --partial files, in model order")
+    parser.add_argument("--partial", default=None, help="ablation: write this model's rows to this JSON file "
+                        "instead of the section (run models in parallel, then ablation-combine)")
     parser.add_argument("--models", default=MODELS)
     parser.add_argument("--images", type=int, default=None,
                         help="ablation: validation images (default 1000); headline: test images (default 10000)")
@@ -255,7 +280,8 @@ def main() -> None:
         # full fp32 on the GPU: TF32 convolutions would move thresholds the CPU run does not
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
-    {"ablation": ablation, "headline": headline, "guard": guard}[args.mode](args, run)
+    {"ablation": ablation, "ablation-combine": ablation_combine, "headline": headline,
+     "guard": guard}[args.mode](args, run)
 
 
 if __name__ == "__main__":
