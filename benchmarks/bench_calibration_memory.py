@@ -19,7 +19,6 @@ to benchmarks/RESULTS.md (section "Calibration set: read once, bounded memory").
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import resource
@@ -96,17 +95,6 @@ def build_folder(root: Path, source: Path, per_class: int) -> int:
     return n
 
 
-def _git_commit() -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=HERE,
-                               capture_output=True, text=True).stdout.strip()
-        return rev + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-class", type=int, default=2000, help="images per class (default 2000: 20,000)")
@@ -118,7 +106,9 @@ def main() -> int:
     args = parser.parse_args()
 
     sys.path.insert(0, str(HERE))
-    from results_file import machine_line, update_section
+    import results_file
+
+    run = results_file.start()
 
     from spikecast.data import cifar10_root
 
@@ -177,11 +167,9 @@ def main() -> int:
         f"folder), that of the second the tensor of the {cs['images']} images a calibration set keeps from that "
         f"folder (bottom-k by content hash, re-read in file order without shuffling in the parent process: "
         f"the same images whatever the order). Peak RSS from `getrusage` (`ru_maxrss`: the process; RUSAGE_CHILDREN: the largest worker); both processes import the same libraries (torchvision datasets, PIL), so the difference is the data held.",
-        "", *lines, "", *checks, "",
-        f"Git commit {_git_commit()}, {datetime.date.today().isoformat()}, load average {os.getloadavg()[0]:.1f}. "
-        + machine_line()])
+        "", *lines, "", *checks])
     if not args.no_write:
-        update_section(SECTION, body)
+        run.write("calibration-memory", SECTION, body)
     return 0 if (identical and read_once) else 1
 
 

@@ -62,17 +62,20 @@ def machine() -> str:
 
 
 def git_commit() -> str:
-    """``abc1234`` or ``abc1234 (dirty: N files)`` for the tree this process runs from."""
+    """``abc1234`` or ``abc1234 (dirty: N files)`` for the tree this process runs from.
+
+    ``SPIKECAST_GIT_COMMIT`` wins when set: a copy of the tree on another machine may carry stale
+    git metadata (or none), and the caller knows which commit it shipped."""
+    given = os.environ.get("SPIKECAST_GIT_COMMIT")
+    if given:
+        return f"{given} (a copy of that commit's tree, named by SPIKECAST_GIT_COMMIT)"
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                              text=True, check=True).stdout.strip()
         status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
                                 capture_output=True, text=True, check=True).stdout.splitlines()
     except (OSError, subprocess.CalledProcessError):
-        # A copy of the tree without .git (e.g. shipped to a GPU machine): the caller says which commit.
-        given = os.environ.get("SPIKECAST_GIT_COMMIT")
-        return f"{given} (a copy of that commit's tree, named by SPIKECAST_GIT_COMMIT)" if given else \
-            "unknown (not a git checkout)"
+        return "unknown (not a git checkout)"
     dirty = [line[3:] for line in status if line[3:] not in _OWN_OUTPUTS]
     return f"{sha} (dirty: {len(dirty)} file{'s' if len(dirty) != 1 else ''})" if dirty else sha
 
@@ -158,12 +161,15 @@ def sections(path: Path = RESULTS) -> dict[str, str]:
     return out
 
 
-def merge(source: Path, path: Path = RESULTS) -> list[str]:
+def merge(source: Path, path: Path = RESULTS, note: str = "") -> list[str]:
     """Copy every marked section of ``source`` (a RESULTS file written on another machine) into
-    ``path`` verbatim, replacing sections of the same name; returns the names copied."""
+    ``path`` verbatim, replacing sections of the same name; returns the names copied. ``note``, when
+    given, is appended after the section's Run line as a line of its own, saying it was added here."""
     text = path.read_text() if path.exists() else TITLE
     copied = []
     for slug, inner in sections(source).items():
+        if note:
+            inner = inner.rstrip("\n") + f"\n\n*Note added by `results_file.py merge`*: {note}\n"
         script = next(m["script"] for m in BEGIN.finditer(source.read_text()) if m["slug"] == slug)
         block = (f'<!-- BEGIN RESULTS section="{slug}" script="{script}" -->{inner}'
                  f'<!-- END RESULTS section="{slug}" -->\n')
@@ -175,9 +181,43 @@ def merge(source: Path, path: Path = RESULTS) -> list[str]:
     return copied
 
 
+def prune(path: Path = RESULTS) -> list[str]:
+    """Remove every ``## `` section that lies outside the markers (typed, or written by an older
+    version of a script) and put the title back; returns the headings removed."""
+    text = path.read_text() if path.exists() else ""
+    kept, removed, inside = [], [], False
+    blocks = re.split(r"(?m)^(?=## |<!-- BEGIN RESULTS |<!-- END RESULTS )", text)
+    for block in blocks:
+        if block.startswith("<!-- BEGIN RESULTS "):
+            inside = True
+            kept.append(block)
+        elif block.startswith("<!-- END RESULTS "):
+            inside = False
+            end, _, rest = block.partition("\n")
+            kept.append(end + "\n")
+            if rest.strip().startswith("## "):
+                removed.append(rest.strip().splitlines()[0][3:])
+        elif block.startswith("## ") and not inside:
+            removed.append(block.splitlines()[0][3:])
+        elif inside:
+            kept.append(block)
+    body = "".join(kept)
+    body = body[body.find("<!-- BEGIN RESULTS "):] if "<!-- BEGIN RESULTS " in body else ""
+    path.write_text((TITLE + "\n" + body).rstrip() + "\n")
+    return removed
+
+
 if __name__ == "__main__":
-    # python benchmarks/results_file.py merge OTHER_RESULTS.md [...]
-    if len(sys.argv) < 3 or sys.argv[1] != "merge":
-        sys.exit("usage: python benchmarks/results_file.py merge FILE [FILE...]")
-    for name in sys.argv[2:]:
-        print(name, "->", ", ".join(merge(Path(name))) or "no sections")
+    # python benchmarks/results_file.py merge [--note TEXT] OTHER_RESULTS.md [...]
+    # python benchmarks/results_file.py prune
+    import argparse
+
+    parser = argparse.ArgumentParser(description="copy the marked sections of RESULTS files written elsewhere")
+    parser.add_argument("command", choices=["merge", "prune"])
+    parser.add_argument("files", nargs="*", type=Path)
+    parser.add_argument("--note", default="", help="a line appended to every merged section")
+    cli = parser.parse_args()
+    if cli.command == "prune":
+        print("removed:", "; ".join(prune()) or "nothing")
+    for name in cli.files:
+        print(name, "->", ", ".join(merge(name, note=cli.note)) or "no sections")
