@@ -88,8 +88,27 @@ def run_model(name: str, args, work: Path, run) -> None:
     rows: list[str] = []
     notes: list[str] = []
 
-    def write():
+    settings = (f"QCFS L={args.levels} for {args.qcfs_epochs:g} epoch(s) (lr {args.lr:g}, correction "
+                f"`{args.correction}` after conversion), then surrogate BPTT at T={args.levels} for "
+                f"{args.surrogate_epochs:g} epoch(s) (lr {args.surrogate_lr:g}); SGD momentum 0.9, cosine schedule, "
+                f"crop + flip, batch {args.batch_size}")
+
+    def body() -> str:
+        return "\n".join([
+            f"**{name}**, SNN top-1 on {len(x_test)} test images (each number read once). Fine-tuning on the "
+            f"{len(x_train)} images of the train split with labels: {settings}. The 5,000-image validation split "
+            "chooses which fine-tuned network is kept (rule fixed in the script: higher validation top-1 at T = L); "
+            "the epochs and learning rates are the script's defaults, not tuned on any split in this run. "
+            f"Post-training rows: the default recipe, 512 unlabeled train images. Device: `{device}` "
+            "(integer arithmetic and onnxruntime on the CPU). Times: wall clock.", "", *header, *rows, "", *notes])
+
+    def write(final: bool = False):
         print(rows[-1] if rows else "", flush=True)
+        # after every row, so a run cut short leaves a section that says how far it got
+        if not args.no_write:
+            run.write(f"finetune-{name.replace('cifar10-', '')}", f"Fine-tuning and quantisation: {name}",
+                      body() + ("" if final else "\n\n**Partial: the run had not finished when this was written "
+                                                  "(rows so far).**"))
 
     # --- ANN rows
     with torch.inference_mode():
@@ -198,19 +217,7 @@ def run_model(name: str, args, work: Path, run) -> None:
         met = all(base.snn_accuracy[t] >= v for t, v in targets.items())
         notes.append("Targets (issue 4): " + ", ".join(f"T={t} >= {100 * v:.1f}%" for t, v in targets.items())
                      + f" for the fine-tuned SNN kept ({best_name}): {'met' if met else 'NOT met'}.")
-    settings = (f"QCFS L={args.levels} for {args.qcfs_epochs:g} epoch(s) (lr {args.lr:g}, correction "
-                f"`{args.correction}` after conversion), then surrogate BPTT at T={args.levels} for "
-                f"{args.surrogate_epochs:g} epoch(s) (lr {args.surrogate_lr:g}); SGD momentum 0.9, cosine schedule, "
-                f"crop + flip, batch {args.batch_size}")
-    body = "\n".join([
-        f"**{name}**, SNN top-1 on {len(x_test)} test images (each number read once). Fine-tuning on the "
-        f"{len(x_train)} images of the train split with labels: {settings}. The 5,000-image validation split "
-        "chooses which fine-tuned network is kept (rule fixed in the script: higher validation top-1 at T = L); "
-        "the epochs and learning rates are the script's defaults, not tuned on any split in this run. "
-        f"Post-training rows: the default recipe, 512 unlabeled train images. Device: `{device}` "
-        "(integer arithmetic and onnxruntime on the CPU). Times: wall clock.", "", *header, *rows, "", *notes])
-    if not args.no_write:
-        run.write(f"finetune-{name.replace('cifar10-', '')}", f"Fine-tuning and quantisation: {name}", body)
+    write(final=True)
 
 
 def main() -> None:
