@@ -16,6 +16,7 @@ import torch
 
 import spikecast
 from spikecast.data import TensorBatches, cifar10_tensors
+from spikecast.paths import shared_dir
 from spikecast.zoo import create_model
 
 pytestmark = pytest.mark.slow
@@ -48,6 +49,8 @@ def two_threads():
 
 def test_resnet20_default_recipe_t16_matches_its_results_section(two_threads):
     setting, value = recorded()
+    if not (shared_dir() / "data" / "cifar10-jpeg" / "test").is_dir():
+        pytest.skip(f"shared CIFAR-10 not found under {shared_dir()}: set SPIKECAST_SHARED")
     torch.manual_seed(0)
     x_cal, _ = cifar10_tensors("train", limit=setting["calib_images"])
     x_test, y_test = cifar10_tensors("test", limit=setting["images"])
