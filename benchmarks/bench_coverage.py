@@ -359,7 +359,7 @@ def run_suite(suite: Suite, wanted: set[str] | None) -> tuple[list[dict], list[d
 def main(argv=None) -> int:
     import results_file
 
-    run = results_file.start(threads=2)
+    run = first = results_file.start(threads=2)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", choices=["relu", "modern", "all"], default="all")
     parser.add_argument("--models", help="comma-separated subset of the timm names (prints only, writes nothing)")
@@ -369,8 +369,10 @@ def main(argv=None) -> int:
     wanted = set(args.models.split(",")) if args.models else None
     names = ["relu", "modern"] if args.suite == "all" else [args.suite]
     for i, name in enumerate(names):
-        if i:  # each section's Run line times and load-averages its own suite
-            run = results_file.start(threads=2)
+        if i:  # each section's Run line times and load-averages its own suite; the commit stays the one
+            # recorded at start (the code running is what was loaded then, wherever the checkout moved since)
+            run = dataclasses.replace(first, started=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                                      load_before=results_file.load_average(), t0=time.time())
         suite = SUITES[name]
         started = time.time()
         common, extra = run_suite(suite, wanted)
