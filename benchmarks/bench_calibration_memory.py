@@ -120,8 +120,8 @@ def main() -> int:
         tmp = Path(tmp)
         files = build_folder(tmp / "folder", source, args.per_class)
         print(f"image folder: {files} symlinked JPEGs in {tmp / 'folder'}", flush=True)
-        run = [sys.executable, str(Path(__file__).resolve())]
-        subprocess.run(run + ["_loader", str(tmp / "folder"), str(tmp / "loader.json"), str(args.max_images),
+        child = [sys.executable, str(Path(__file__).resolve())]
+        subprocess.run(child + ["_loader", str(tmp / "folder"), str(tmp / "loader.json"), str(args.max_images),
                               str(args.batch_size), str(args.workers)], check=True)
         loader = json.loads((tmp / "loader.json").read_text())
         import torch
@@ -130,7 +130,7 @@ def main() -> int:
         # the 512 images the loader run chose, as one tensor (the same bytes, re-read from the folder)
         sample = _sample_tensor(tmp / "folder", first["metadata"], args.max_images)
         torch.save(sample, tmp / "sample.pt")
-        subprocess.run(run + ["_tensor", str(tmp / "sample.pt"), str(tmp / "tensor.json"), str(args.max_images)],
+        subprocess.run(child + ["_tensor", str(tmp / "sample.pt"), str(tmp / "tensor.json"), str(args.max_images)],
                        check=True)
         tensor = json.loads((tmp / "tensor.json").read_text())
         second = torch.load(str(tmp / "tensor.json") + ".pt", weights_only=False)
