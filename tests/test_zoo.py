@@ -22,6 +22,7 @@ from spikecast.zoo import (
     model_info,
 )
 from spikecast.zoo.digits import DigitsCNN, digits_tensors, evaluate_accuracy, train_digits_cnn
+from spikecast.zoo.cifar_modern import WEIGHTS_VERSION
 
 
 def require_shared_file(relative_path: str) -> Path:
@@ -118,12 +119,12 @@ def test_cifar_timm_models(name: str, num_params: int, monkeypatch: pytest.Monke
         assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
     monkeypatch.setenv("SPIKECAST_CACHE", str(tmp_path / "cache"))
-    with pytest.raises(FileNotFoundError, match=rf"{name}-v1\.safetensors.*benchmarks/train_cifar_zoo\.py {name}"):
+    with pytest.raises(FileNotFoundError, match=rf"{name}-{WEIGHTS_VERSION}\.safetensors.*benchmarks/train_cifar_zoo\.py {name}"):
         create_model(name, pretrained=True)
     from safetensors.torch import save_file
 
     save_file({k: v.contiguous() for k, v in model.state_dict().items()},
-              str(tmp_path / "cache" / f"{name}-v1.safetensors"))
+              str(tmp_path / "cache" / f"{name}-{WEIGHTS_VERSION}.safetensors"))
     loaded = create_model(name, pretrained=True)
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
 
