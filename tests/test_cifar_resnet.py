@@ -18,7 +18,9 @@ def _need_shared(name: str):
         pytest.skip(f"shared weights/data not found at {ckpt} / {data}: set SPIKECAST_SHARED")
 
 
-@pytest.mark.parametrize("name", ["cifar10-resnet20", "cifar10-resnet32"])
+# ResNet-20 converts through the same code on real data in tests/test_headline_guard.py (its accuracy
+# against RESULTS.md); one depth here keeps the CI suite under 20 minutes on 2 cores.
+@pytest.mark.parametrize("name", ["cifar10-resnet32"])
 def test_shared_resnet_converts_and_tracks_ann(name):
     _need_shared(name)
     from spikecast.data import cifar10_tensors
