@@ -89,12 +89,16 @@ def load_average() -> str:
 
 def command() -> str:
     """The command line that started this process, as one would type it from the repository root."""
+    return " ".join(["python", _script(), *(shlex.quote(a) for a in sys.argv[1:])])
+
+
+def _script() -> str:
+    """This process's script, relative to the repository root when it lies inside it."""
     script = Path(sys.argv[0]).resolve()
     try:
-        script_text = str(script.relative_to(ROOT))
+        return str(script.relative_to(ROOT))
     except ValueError:
-        script_text = sys.argv[0]
-    return " ".join(["python", script_text, *(shlex.quote(a) for a in sys.argv[1:])])
+        return script.name
 
 
 @dataclass
@@ -124,26 +128,23 @@ class Run:
                  f"## {heading}\n\n{body.strip()}\n\n{self.provenance()}\n"
                  f'<!-- END RESULTS section="{slug}" -->\n')
         text = path.read_text() if path.exists() else TITLE
-        pattern = re.compile(rf'^<!-- BEGIN RESULTS section="{re.escape(slug)}" .*?'
-                             rf'^<!-- END RESULTS section="{re.escape(slug)}" -->\n', re.S | re.M)
-        if pattern.search(text):
-            text = pattern.sub(lambda _m: block, text)
-        else:
-            text = text.rstrip() + "\n\n" + block
-        path.write_text(text.rstrip() + "\n")
+        path.write_text(_put_section(text, slug, block))
         return block
+
+
+def _put_section(text: str, slug: str, block: str) -> str:
+    """``text`` with section ``slug`` replaced by ``block`` (appended when absent)."""
+    pattern = re.compile(rf'^<!-- BEGIN RESULTS section="{re.escape(slug)}" .*?'
+                         rf'^<!-- END RESULTS section="{re.escape(slug)}" -->\n', re.S | re.M)
+    text = pattern.sub(lambda _m: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block
+    return text.rstrip() + "\n"
 
 
 def start(threads: int | None = None) -> Run:
     """Call first thing in a benchmark's ``main``: records command, commit, time, load average."""
     if threads is not None:
         torch.set_num_threads(threads)
-    script = Path(sys.argv[0]).resolve()
-    try:
-        script_text = str(script.relative_to(ROOT))
-    except ValueError:
-        script_text = script.name
-    return Run(script=script_text, command=command(), commit=git_commit(),
+    return Run(script=_script(), command=command(), commit=git_commit(),
                started=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), load_before=load_average(),
                threads=torch.get_num_threads())
 
@@ -173,11 +174,9 @@ def merge(source: Path, path: Path = RESULTS, note: str = "") -> list[str]:
         script = next(m["script"] for m in BEGIN.finditer(source.read_text()) if m["slug"] == slug)
         block = (f'<!-- BEGIN RESULTS section="{slug}" script="{script}" -->{inner}'
                  f'<!-- END RESULTS section="{slug}" -->\n')
-        pattern = re.compile(rf'^<!-- BEGIN RESULTS section="{re.escape(slug)}" .*?'
-                             rf'^<!-- END RESULTS section="{re.escape(slug)}" -->\n', re.S | re.M)
-        text = pattern.sub(lambda _m: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block
+        text = _put_section(text, slug, block)
         copied.append(slug)
-    path.write_text(text.rstrip() + "\n")
+    path.write_text(text)
     return copied
 
 

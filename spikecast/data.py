@@ -219,16 +219,8 @@ def cifar10_tensors(
         FileNotFoundError: the image folder is missing (message names the path
             and ``SPIKECAST_SHARED``).
     """
-    if split not in CIFAR10_SPLITS:
-        raise ValueError(f"split must be one of {', '.join(repr(s) for s in CIFAR10_SPLITS)}, got {split!r}")
-    folder = Path(root).expanduser() if root is not None else cifar10_root()
-    decoded_split = _split_cache(str((folder / ("test" if split == "test" else "train")).resolve()))
-    indices = _split_members(split, decoded_split, limit, per_class)
-    if len(indices) == 0:
-        return torch.zeros(0, 3, 32, 32), torch.zeros(0, dtype=torch.int64)
-    x = normalise_uint8(torch.from_numpy(decoded_split.get(indices)))
-    y = torch.from_numpy(decoded_split.labels[indices].copy())
-    return x, y
+    images, labels = cifar10_uint8(split, limit=limit, root=root, per_class=per_class)
+    return normalise_uint8(images), labels
 
 
 def normalise_uint8(images: Tensor) -> Tensor:
@@ -241,24 +233,20 @@ def normalise_uint8(images: Tensor) -> Tensor:
 
 
 def cifar10_uint8(split: Split = "test", limit: Optional[int] = None,
-                  root: Optional[Union[str, Path]] = None) -> tuple[Tensor, Tensor]:
-    """The images :func:`cifar10_tensors` would return, before normalisation: uint8 ``[N, H, W, 3]``
-    (4x smaller, e.g. to ship a fixed image set to another machine) and labels."""
+                  root: Optional[Union[str, Path]] = None, per_class: Optional[int] = None) -> tuple[Tensor, Tensor]:
+    """The images :func:`cifar10_tensors` returns, before normalisation: uint8 ``[N, H, W, 3]``
+    (4x smaller, e.g. to ship a fixed image set to another machine) and labels; same arguments."""
     if split not in CIFAR10_SPLITS:
         raise ValueError(f"split must be one of {', '.join(repr(s) for s in CIFAR10_SPLITS)}, got {split!r}")
     folder = Path(root).expanduser() if root is not None else cifar10_root()
     decoded_split = _split_cache(str((folder / ("test" if split == "test" else "train")).resolve()))
-    indices = _split_members(split, decoded_split, limit, None)
-    return torch.from_numpy(decoded_split.get(indices)), torch.from_numpy(decoded_split.labels[indices].copy())
-
-
-def _split_members(split: str, decoded_split: _DecodedSplit, limit: Optional[int], per_class: Optional[int]
-                   ) -> np.ndarray:
-    members = (np.arange(len(decoded_split.files)) if split == "test"
+    indices = (np.arange(len(decoded_split.files)) if split == "test"
                else cifar10_split_indices(split, decoded_split.labels))
-    if limit is None and per_class is None:
-        return members
-    return members[balanced_indices(decoded_split.labels[members], limit=limit, per_class=per_class)]
+    if limit is not None or per_class is not None:
+        indices = indices[balanced_indices(decoded_split.labels[indices], limit=limit, per_class=per_class)]
+    if len(indices) == 0:
+        return torch.zeros(0, 32, 32, 3, dtype=torch.uint8), torch.zeros(0, dtype=torch.int64)
+    return torch.from_numpy(decoded_split.get(indices)), torch.from_numpy(decoded_split.labels[indices].copy())
 
 
 class TensorBatches:
