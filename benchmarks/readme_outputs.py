@@ -12,6 +12,7 @@ with a line naming the commit. ``--only SUBSTRING`` runs the blocks whose comman
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
@@ -20,7 +21,8 @@ from pathlib import Path
 
 import results_file
 
-README = results_file.ROOT / "README.md"
+# SPIKECAST_README: rewrite another checkout's README (regenerate.py --at runs this from a worktree)
+README = Path(os.environ.get("SPIKECAST_README") or results_file.ROOT / "README.md")
 BLOCK = re.compile(r"(?P<open><!-- output: (?P<command>.+?) -->\n)(?P<body>.*?)(?P<close><!-- /output -->)", re.S)
 
 

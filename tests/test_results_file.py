@@ -67,6 +67,46 @@ def _numbers(text: str) -> set[str]:
     return {n.replace(",", "") for n in NUMBER.findall(text)}
 
 
+def _regenerate():
+    _results_file()
+    spec = importlib.util.spec_from_file_location("regenerate", ROOT / "benchmarks" / "regenerate.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["regenerate"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_regenerate_names_the_command_of_every_section():
+    """benchmarks/regenerate.py is the one list of commands: every section of RESULTS.md is written by
+    one of its steps, with the script that the section's markers name, and every step it lists exists."""
+    rf, rg = _results_file(), _regenerate()
+    text = RESULTS.read_text()
+    by_section = {s: step for step in rg.STEPS for s in step.sections}
+    for match in rf.BEGIN.finditer(text):
+        step = by_section.get(match["slug"])
+        assert step is not None, f"section {match['slug']} has no command in benchmarks/regenerate.py"
+        assert step.command.split()[1] == match["script"], f"section {match['slug']}: regenerate.py runs " \
+                                                           f"{step.command.split()[1]}, markers name {match['script']}"
+    for step in rg.STEPS:
+        assert (ROOT / step.command.split()[1]).is_file(), step.command
+        missing = [s for s in step.sections if s not in rg.NOT_A_SECTION and s not in rf.sections(RESULTS)]
+        assert not missing, f"regenerate.py lists sections RESULTS.md lacks: {missing}"
+    assert rg.main(["--list"]) == 0
+    with pytest.raises(SystemExit):
+        rg.main(["--only", "no-such-section"])
+
+
+def test_regenerate_check_reads_each_sections_commit(tmp_path, monkeypatch):
+    rf, rg = _results_file(), _regenerate()
+    path = tmp_path / "RESULTS.md"
+    run = rf.Run(script="benchmarks/bench_x.py", command="python benchmarks/bench_x.py", commit="abc1234",
+                 started="2026-11-30 12:00 UTC", load_before="0.00 / 0.00 / 0.00", threads=2)
+    run.write("one", "One", "1.00%", path)
+    run.commit = "abc1234 (dirty: 1 file)"
+    run.write("two", "Two", "2.00%", path)
+    assert rg.section_commits(path) == {"one": "abc1234", "two": "abc1234 (dirty: 1 file)"}
+
+
 def test_readme_numbers_come_from_results():
     rf = _results_file()
     sections = rf.sections(RESULTS)
