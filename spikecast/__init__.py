@@ -9,6 +9,8 @@
     snn4 = spikecast.finetune("zoo:cifar10-resnet20", (x, y))  # QCFS fine-tune for T=4 (resumable)
     snn8bit = spikecast.quantize_weights(snn4, bits=8)
     spikecast.report(spikecast.build_report(model, snn, data), "report/")  # JSON, Markdown, HTML + plots
+    snn = spikecast.convert(model, data, profile="nir"); spikecast.to_nir(snn, "snn.nir")  # NIR, exactly
+    snn = spikecast.from_nir("other.nir")                # a NIR graph written by another tool
 """
 
 from spikecast.pipeline import convert
@@ -20,6 +22,7 @@ from spikecast.runtime.network import SimulationConfig, SpikingNetwork
 from spikecast.validate import ValidationResult, validate
 from spikecast.train import FinetuneConfig, TrainConfig, finetune
 from spikecast.quant import quantize_weights
+from spikecast.export.nir import from_nir, to_nir
 from spikecast.reporting import Report, build_report, write_report
 
 from spikecast import data, zoo  # noqa: E402  (spikecast.zoo.create_model works after `import spikecast`)
@@ -40,7 +43,7 @@ def load(path, device=None) -> SpikingNetwork:
 
 __all__ = [
     "convert", "Recipe", "recipe_of", "validate", "load", "inspect", "finetune", "FinetuneConfig", "TrainConfig", "quantize_weights",
-    "report", "build_report", "Report", "SpikingNetwork", "SimulationConfig", "IFNeuron",
+    "to_nir", "from_nir", "report", "build_report", "Report", "SpikingNetwork", "SimulationConfig", "IFNeuron",
     "ValidationResult", "InspectionReport", "SpikecastError", "TraceError", "UnsupportedOperationError", "CalibrationError",
     "__version__",
 ]

@@ -30,13 +30,11 @@ class UnsupportedSite:
 class UnsupportedOperationError(SpikecastError):
     """One or more operations of the model have no spiking equivalent."""
 
-    def __init__(self, sites: list[UnsupportedSite]):
+    def __init__(self, sites: list[UnsupportedSite], action: str = "be converted to a spiking network",
+                 hint: str = "Run `spikecast inspect` on the model to see what happens to every operation."):
         self.sites = list(sites)
         lines = "\n".join(f"  - {s}" for s in self.sites)
-        super().__init__(
-            f"{len(self.sites)} operation(s) cannot be converted to a spiking network:\n{lines}\n"
-            "Run `spikecast inspect` on the model to see what happens to every operation."
-        )
+        super().__init__(f"{len(self.sites)} operation(s) cannot {action}:\n{lines}\n{hint}")
 
 
 class CalibrationError(SpikecastError):

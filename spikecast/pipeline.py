@@ -24,6 +24,7 @@ from spikecast.convert.spiking import to_spiking
 from spikecast.data import input_channel_guard
 from spikecast.devices import DeviceLike, resolve_device
 from spikecast.errors import CalibrationError
+from spikecast.export.nir import nir_form
 from spikecast.graph.normalize import normalize
 from spikecast.graph.sites import site_nodes
 from spikecast.graph.trace import trace
@@ -92,6 +93,11 @@ def build_snn(graph: fx.GraphModule, images: CalibrationSet, recipe: Recipe, *, 
         snn = snn.to(device)
     if recipe.correction != "none" and snn.neurons():
         snn = correct(snn, thresholds, images, recipe.correction_config(), progress=progress, device=device)
+    if recipe.profile == "nir":
+        # in NIR units (thresholds 1, weights rescaled): exports weight for weight, round trips exactly
+        snn = nir_form(snn, example=images.images[:1])
+        if device is not None:
+            snn = snn.to(device)
     snn.metadata["seconds"] = round(time.perf_counter() - started, 3)
     return snn
 

@@ -34,6 +34,15 @@ from spikecast.nn.simulation import DEFAULT_BUDGET, SimulationConfig
 #: Calibration images kept when the caller does not say (the calibration set is bounded).
 DEFAULT_CALIB_IMAGES = DEFAULT_MAX_IMAGES
 
+#: Conversion profiles: ``"default"`` (spikecast's neurons: signed spikes, half-threshold start,
+#: expectation compensation...) and ``"nir"`` (only what a NIR ``IF`` node carries exactly: binary
+#: spikes, reset by subtraction, membrane 0 at the start, constant input currents - the bias
+#: correction's per-channel current becomes a layer bias; no initial-charge correction).
+PROFILES = ("default", "nir")
+#: The recipe fields the ``"nir"`` profile fixes (a recipe with another value is refused).
+NIR_PROFILE = {"signed": False, "levels": 1, "v_init": 0.0, "mask_ratio": 0.0, "compensate": False,
+               "encoding": "analog"}
+
 #: Old keyword names still accepted (with a DeprecationWarning): they named the wrong stage.
 DEPRECATED_NAMES = {"method": "thresholds", "calibration": "correction"}
 
@@ -50,6 +59,10 @@ class Recipe:
     non-linear ops with expectation compensation; ``False`` refuses them).
     Correction: ``correction`` is the layer-wise post-conversion correction with the ANN as teacher
     (``"none"``, ``"light"``, ``"advanced"``).
+    Profile: ``profile="nir"`` builds a network that a NIR file carries exactly (the fields in
+    :data:`NIR_PROFILE`, which :func:`build_recipe` sets when ``profile="nir"`` is given; the
+    correction then skips the initial-charge step, and the result is in NIR units: thresholds 1,
+    see :func:`spikecast.export.nir.nir_form`).
     Simulation: ``timesteps`` is the budget T calibrated for (and the default T of ``snn(x)``),
     ``encoding`` the input code. Data: ``calib_images`` bounds the calibration set (the images
     kept, chosen by content, from however many the calibration data holds).
@@ -69,8 +82,15 @@ class Recipe:
     compensate: bool = True
     encoding: str = "analog"
     calib_images: int = DEFAULT_CALIB_IMAGES
+    profile: str = "default"
 
     def __post_init__(self):
+        if self.profile not in PROFILES:
+            raise ValueError(f"recipe: unknown profile {self.profile!r}; choose one of {PROFILES}")
+        if self.profile == "nir":
+            wrong = [f"{k}={getattr(self, k)!r} (needs {v!r})" for k, v in NIR_PROFILE.items() if getattr(self, k) != v]
+            if wrong:
+                raise ValueError("recipe: profile='nir' needs what a NIR IF node carries; got " + ", ".join(wrong))
         if isinstance(self.timesteps, bool) or int(self.timesteps) != self.timesteps or self.timesteps < 1:
             raise ValueError(f"recipe: timesteps must be a positive integer, got {self.timesteps!r}")
         if self.thresholds not in METHODS:
@@ -97,7 +117,8 @@ class Recipe:
                             mask_seed=self.mask_seed, signed=self.signed, levels=self.levels)
 
     def correction_config(self) -> CorrectionConfig:
-        return CorrectionConfig(level=self.correction, timesteps=self.timesteps)
+        # a NIR file has no initial membrane potential: the nir profile corrects with currents only
+        return CorrectionConfig(level=self.correction, timesteps=self.timesteps, potential=self.profile != "nir")
 
     def simulation_config(self, input_scale: float = 1.0) -> SimulationConfig:
         return SimulationConfig(timesteps=self.timesteps, encoding=self.encoding, input_scale=input_scale)
@@ -131,6 +152,8 @@ def build_recipe(recipe: Optional[Recipe] = None, **settings: Any) -> Recipe:
     if recipe is not None and not isinstance(recipe, Recipe):
         raise TypeError(f"recipe must be a spikecast Recipe, got {type(recipe).__name__}")
     changes = {}
+    if settings.get("profile") == "nir":
+        changes.update(NIR_PROFILE)  # the profile's fields first; explicit settings may only repeat them
     for key, value in settings.items():
         if key in DEPRECATED_NAMES:
             new = DEPRECATED_NAMES[key]

@@ -292,3 +292,23 @@ def test_fused_kernel_equals_eager_step(monkeypatch, signed):
     if not neuron_module._compile_state["enabled"]:
         pytest.skip("torch.compile is unavailable on this machine (the eager path is what runs)")
     assert torch.equal(eager, fused)
+
+
+def test_reset_to_zero_loses_the_surplus_charge():
+    """reset='zero' (NIR's IF as specified): fire at v >= theta, then v = 0; forward equals step."""
+    neuron = IFNeuron(1.0, "n", v_init=0.0, reset="zero")
+    current = torch.tensor([0.7, 1.5, 0.3])
+    outs = [neuron(current).clone() for _ in range(3)]
+    # 0.7: v 0.7, 1.4 -> fire -> 0, 0.7 (soft reset: 0.4, 1.1 -> fires again); 1.5: every step; 0.3: never
+    assert torch.equal(torch.stack(outs), torch.tensor([[0., 1., 0.], [1., 1., 0.], [0., 1., 0.]]))
+    state = neuron.initial_state(current)
+    for expected in outs:
+        out, state = neuron.step(current, state)
+        assert torch.equal(out, expected)
+    soft = IFNeuron(1.0, "s", v_init=0.0)
+    assert float(sum(soft(current) for _ in range(3))[0]) == 2.0 and float(sum(outs)[0]) == 1.0
+    assert IFNeuron.from_config(neuron.config(), {"threshold": neuron.threshold}).reset_mode == "zero"
+    with pytest.raises(ValueError, match="binary"):
+        IFNeuron(1.0, "b", signed=True, reset="zero")
+    with pytest.raises(ValueError, match="reset must be"):
+        IFNeuron(1.0, "c", reset="hard")

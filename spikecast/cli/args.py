@@ -17,7 +17,7 @@ from typing import Optional
 from spikecast.jobs import parse_timesteps
 from spikecast.nn.encoding import ENCODINGS
 from spikecast.nn.simulation import DEFAULT_EVAL_TIMESTEPS
-from spikecast.recipe import Recipe
+from spikecast.recipe import PROFILES, Recipe, build_recipe
 
 __all__ = ["parse_timesteps", "parse_shape", "parse_floats", "parse_confidences", "positive_int", "int_flag",
            "Deprecated",
@@ -32,7 +32,7 @@ CORRECTIONS = ("none", "light", "advanced")
 EVAL_DEFAULT = ",".join(str(t) for t in DEFAULT_EVAL_TIMESTEPS)
 #: Recipe fields with a flag of the same name, read by :func:`recipe_from` (``timesteps`` too).
 RECIPE_FLAGS = ("thresholds", "percentile", "per_channel", "correction", "signed", "levels", "v_init", "mask_ratio",
-                "mask_seed", "compensate", "encoding", "calib_images")
+                "mask_seed", "compensate", "encoding", "calib_images", "profile")
 
 
 def note(text: str) -> None:
@@ -173,6 +173,9 @@ def add_recipe_args(p) -> None:
     p.add_argument("--encoding", choices=ENCODINGS, help="input encoding (default analog)")
     p.add_argument("--calib-images", type=positive_int, metavar="N",
                    help=f"class-balanced calibration images (default {r.calib_images})")
+    p.add_argument("--profile", choices=PROFILES,
+                   help="nir: only what a NIR IF node carries (binary spikes, zero start, no compensation), in NIR "
+                        f"units, for `spikecast export --nir` (default {r.profile})")
 
 
 def _is_list(text: Optional[str]) -> bool:
@@ -207,7 +210,7 @@ def recipe_from(args, base: Recipe = Recipe()) -> Recipe:
             given[name] = value
     if getattr(args, "timesteps", None) is not None:
         given["timesteps"] = int_flag("--timesteps", args.timesteps)
-    recipe = base.replace(**given)
+    recipe = build_recipe(base, **given)  # (profile="nir" brings its fields)
     if "percentile" in given and recipe.thresholds != "percentile":
         raise ValueError(f"--percentile applies to --thresholds percentile (the thresholds are {recipe.thresholds})")
     if "mask_seed" in given and not recipe.mask_ratio:

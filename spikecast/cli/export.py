@@ -1,4 +1,5 @@
-"""``spikecast export``: ONNX files of the ANN, the int8 ANN (onnxruntime) and the SNN step graph."""
+"""``spikecast export``: ONNX files of the ANN, the int8 ANN (onnxruntime) and the SNN step graph; the
+SNN as a NIR file (``--nir``), checked in the NIR readers installed (sinabs, snnTorch)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from spikecast.cli.args import EXIT_OK, add_model_args, parse_shape, positive_in
 from spikecast.cli.common import calibration_images, model_from, normalisation, out_path, say
 from spikecast.datasets import parse_data_spec
 from spikecast.export import OnnxSpikingNetwork, export_ann, export_snn_step, quantize_ann_int8, run_ann
+from spikecast.export import nir_readers
+from spikecast.export.nir import POOLINGS, to_nir
 from spikecast.jobs import check_model_runs, load_data, origin_of
 from spikecast.models import data_defaults
 from spikecast.pipeline import prepare
@@ -25,6 +28,11 @@ def register(sub, parents) -> None:
     add_model_args(p)
     p.add_argument("--snn", metavar="SNN_DIR", help="a saved SNN to export as a step graph")
     p.add_argument("--int8", action="store_true", help="also write the static int8 QDQ ANN (needs --data)")
+    p.add_argument("--nir", action="store_true",
+                   help="--snn: also write DIR/snn.nir (NIR; convert with --profile nir); with --data, run it in the "
+                        "NIR readers installed (sinabs, snnTorch) against spikecast")
+    p.add_argument("--nir-pooling", choices=POOLINGS, default="avg",
+                   help="--nir: AvgPool2d nodes (snnTorch reads them) or SumPool2d (sinabs reads them) (default avg)")
     p.add_argument("--data", metavar="SPEC", help="evaluation / calibration data (checks the exports)")
     p.add_argument("--eval-images", type=positive_int, metavar="N", help="--data: images for the checks (default 1000)")
     p.add_argument("--calib-images", type=positive_int, metavar="N", help="--int8: calibration images (default 512)")
@@ -55,6 +63,8 @@ def _check_flags(args) -> None:
         raise ValueError("--input-shape is for exporting without data: with --data the shape is the data's")
     if args.calib_images is not None and not args.int8:
         raise ValueError("--calib-images sets the int8 calibration: add --int8")
+    if args.nir and not args.snn:
+        raise ValueError("--nir exports a spiking network: add --snn SNN_DIR")
     if args.check_timesteps is not None and not args.snn:
         raise ValueError("--check-timesteps checks the SNN step graph: add --snn SNN_DIR")
 
@@ -99,6 +109,17 @@ def run(args) -> int:
             written.append(int8_path)
             logits = run_ann(int8_path, x)
             rows.append(("ANN int8 (QDQ), onnxruntime", _top1(logits, y), ""))
+    if snn is not None and args.nir:
+        nir_path = to_nir(snn, out / "snn.nir", pooling=args.nir_pooling, example=example[:1])
+        written.append(nir_path)
+        if x is not None:
+            T = args.check_timesteps or 16
+            for c in nir_readers.check(snn, x, T, out / "nir-check"):
+                counts = min(c.identical_counts.values(), default=c.images)
+                rows.append((f"SNN NIR x T={T}, {c.reader} ({c.settings})", None,
+                             f"same top-1 {c.same_prediction}/{c.images}, identical per-layer spike counts on >= "
+                             f"{counts}/{c.images} images in each of {len(c.identical_counts)} layers, max abs output "
+                             f"diff {c.max_output_difference:.1e}"))
     if snn is not None:
         step_path = export_snn_step(snn, out / "snn_step.onnx", example=example)
         written.append(step_path)

@@ -70,6 +70,14 @@ def _binary_step(v, current, bias, theta):
     return out, v - out
 
 
+def _binary_zero_step(v, current, bias, theta):
+    """Binary neuron with reset to zero (NIR's ``IF`` as the spec writes it): the charge above the
+    threshold is lost when the neuron fires."""
+    v = v + current + bias
+    fired = v >= theta
+    return torch.where(fired, theta, torch.zeros_like(v)), torch.where(fired, torch.zeros_like(v), v)
+
+
 def _signed_step(v, emitted, current, bias, theta):
     v = v + current + bias
     # take back a spike already sent when the membrane fell below the rounding band [0, theta)
@@ -210,8 +218,16 @@ def eager_steps() -> Iterator[None]:
         _compile_state["enabled"] = before
 
 
+#: How a binary neuron's membrane is reset when it fires: by subtracting the threshold (what
+#: conversion needs: the surplus charge is kept) or to zero (NIR's ``IF`` node as specified).
+RESETS = ("subtract", "zero")
+
+
 class IFNeuron(StatefulModule):
     """Integrate-and-fire neuron with soft reset; one call = one time step.
+
+    ``reset="zero"`` (binary neurons only) resets the membrane to 0 instead: the neuron of a NIR
+    ``IF`` node as the NIR spec defines it, for graphs imported from other tools.
 
     State (:class:`StatefulModule`): the membrane ``v`` and, for signed neurons, the net charge
     ``emitted`` so far.
@@ -222,8 +238,12 @@ class IFNeuron(StatefulModule):
 
     def __init__(self, threshold, name: str = "", *, v_init: float = 0.5, upper: Optional[float] = None,
                  mask_ratio: float = 0.0, mask_seed: int = 0, mask_rescale: bool = True, signed: bool = False,
-                 bipolar: bool = False, levels: int = 1):
+                 bipolar: bool = False, levels: int = 1, reset: str = "subtract"):
         super().__init__()
+        if reset not in RESETS:
+            raise ValueError(f"neuron {name!r}: reset must be one of {RESETS}, got {reset!r}")
+        if reset == "zero" and (signed or bipolar or int(levels) != 1):
+            raise ValueError(f"neuron {name!r}: reset='zero' is for binary neurons (one positive spike per step)")
         if not 0.0 <= mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
         if int(levels) != levels or int(levels) < 1:
@@ -241,6 +261,7 @@ class IFNeuron(StatefulModule):
         self.bipolar = bool(bipolar)
         self.signed = bool(signed) and not self.bipolar  # a bipolar neuron has negative spikes anyway
         self.levels = int(levels)
+        self.reset_mode = reset  # "subtract" (soft reset, conversion's) or "zero" (NIR IF's spec reset)
         self.record = False  # count spikes (for firing rates); off in the hot path by default
         self.register_buffer("bias", None)
         self.register_buffer("v_offset", None)
@@ -308,6 +329,9 @@ class IFNeuron(StatefulModule):
         if self.bipolar:
             out, v = _bipolar_step(state[0], current, bias, self.threshold)
             return out, (v,)
+        if self.reset_mode == "zero":
+            out, v = _binary_zero_step(state[0], current, bias, self.threshold)
+            return out, (v,)
         if self.signed:
             out, v, emitted = _signed_step(state[0], state[1], current, bias, self.threshold)
             return out, (v, emitted)
@@ -321,6 +345,9 @@ class IFNeuron(StatefulModule):
         if self.v is None:
             self.set_state(self.initial_state(current))
         training = current.requires_grad and torch.is_grad_enabled()
+        if training and self.reset_mode == "zero":
+            raise NotImplementedError(f"neuron {self.name!r}: surrogate-gradient training of reset='zero' neurons "
+                                      "is not supported")
         if training and self.levels > 1:
             raise NotImplementedError(f"neuron {self.name!r}: surrogate-gradient training of multi-level "
                                       "neurons is not supported (convert with levels=1 to fine-tune)")
@@ -340,6 +367,9 @@ class IFNeuron(StatefulModule):
             return self._finish(out)
         if self.bipolar:
             out, self.v = run_fused(_bipolar_step, self.v, current, bias, theta)
+            return self._finish(out)
+        if self.reset_mode == "zero":
+            out, self.v = run_fused(_binary_zero_step, self.v, current, bias, theta)
             return self._finish(out)
         if _compile_state["enabled"] and current.numel() >= COMPILE_MIN_ELEMENTS:
             if self.signed:
@@ -380,7 +410,7 @@ class IFNeuron(StatefulModule):
     def config(self) -> dict:
         return {"name": self.name, "v_init": self.v_init, "upper": self.upper, "mask_ratio": self.mask_ratio,
                 "mask_seed": self.mask_seed, "mask_rescale": self.mask_rescale, "signed": self.signed,
-                "bipolar": self.bipolar, "levels": self.levels}
+                "bipolar": self.bipolar, "levels": self.levels, "reset": self.reset_mode}
 
     def twin(self, threshold: torch.Tensor) -> "IFNeuron":
         """A fresh neuron with this one's settings (no corrections) and another threshold."""
@@ -398,4 +428,5 @@ class IFNeuron(StatefulModule):
         extra = "".join(f", {k}=per-channel" for k in ("bias", "v_offset") if getattr(self, k) is not None)
         kind = "".join(f", {k}=True" for k in ("signed", "bipolar") if getattr(self, k))
         kind += f", levels={self.levels}" if self.levels > 1 else ""
+        kind += f", reset={self.reset_mode!r}" if self.reset_mode != "subtract" else ""
         return f"name={self.name!r}, threshold={th}, v_init={self.v_init}, mask_ratio={self.mask_ratio}{kind}{extra}"

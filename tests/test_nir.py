@@ -1,0 +1,185 @@
+"""NIR export / import (spikecast.export.nir) and the other simulators that read NIR.
+
+* the ``"nir"`` profile converts into NIR units; ``to_nir`` -> ``from_nir`` is bit-identical;
+* what NIR cannot carry is refused with every offender's module path;
+* the IF nodes state their semantics; thresholds are 1;
+* sinabs (with the reader settings of READER_SETTINGS) gives identical spike counts per layer and
+  image and identical predictions on all 450 digits test images; snnTorch's deviation is measured;
+* a NIR graph written by sinabs imports, runs like sinabs, and validates against its ANN;
+* residual networks: skips (identity and the option-A shortcut) export as 1x1 convolutions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import spikecast
+from spikecast.errors import UnsupportedOperationError
+from spikecast.export import nir_readers
+from spikecast.export.nir import IF_SEMANTICS, from_nir, nir_form, to_nir, to_nir_graph
+from spikecast.recipe import NIR_PROFILE, Recipe, build_recipe
+from spikecast.zoo.digits import digits_tensors
+
+nir = pytest.importorskip("nir")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    x, _ = digits_tensors("train")
+    xt, yt = digits_tensors("test")
+    return x, xt, yt
+
+
+@pytest.fixture(scope="module")
+def nir_snn(digits):
+    x, _, _ = digits
+    return spikecast.convert("zoo:digits-cnn", calib=(x,), progress=False, profile="nir", timesteps=16,
+                             correction="light")
+
+
+def test_nir_profile_fixes_its_fields_and_refuses_conflicts():
+    recipe = build_recipe(profile="nir")
+    assert all(getattr(recipe, k) == v for k, v in NIR_PROFILE.items())
+    assert recipe.correction_config().potential is False and Recipe().correction_config().potential is True
+    with pytest.raises(ValueError, match="signed=True"):
+        build_recipe(profile="nir", signed=True)
+    with pytest.raises(ValueError, match="unknown profile"):
+        Recipe(profile="loihi")
+
+
+def test_round_trip_is_bit_identical(nir_snn, digits, tmp_path):
+    _, xt, _ = digits
+    assert all(torch.all(n.threshold == 1) for n in nir_snn.neurons().values())
+    path = to_nir(nir_snn, tmp_path / "digits.nir")
+    back = from_nir(path)
+    a, b = nir_snn.simulate(xt, [4, 16]), back.simulate(xt, [4, 16])
+    assert all(torch.equal(a[t], b[t]) for t in (4, 16))
+    assert back.metadata["recipe"] == nir_snn.metadata["recipe"]  # the recipe travels in the graph metadata
+    # and the re-export writes the same weights
+    first, second = to_nir_graph(nir_snn), to_nir_graph(back)
+    for name, node in first.nodes.items():
+        if hasattr(node, "weight"):
+            assert np.array_equal(node.weight, second.nodes[name].weight), name
+
+
+def test_profile_stays_close_to_the_unnormalised_network(digits):
+    """nir_form only rescales: the network before it and after it agree on every prediction."""
+    x, xt, _ = digits
+    raw = spikecast.convert("zoo:digits-cnn", calib=(x,), progress=False, correction="none", signed=False,
+                            v_init=0.0, compensate=False)
+    formed = nir_form(raw)
+    a, b = raw.simulate(xt, 16), formed.simulate(xt, 16)
+    assert torch.equal(a.argmax(-1), b.argmax(-1))
+    assert float((a - b).abs().max()) < 1e-4
+
+
+def test_what_nir_cannot_carry_is_refused_by_module_path(digits):
+    x, _, _ = digits
+    snn = spikecast.convert("zoo:digits-cnn", calib=(x,), progress=False, correction="none")  # signed, v0 = theta/2
+    with pytest.raises(UnsupportedOperationError) as info:
+        to_nir_graph(snn)
+    text = str(info.value)
+    assert "cannot be exported to NIR" in text
+    for path in ("features.2", "features.5", "classifier.2"):
+        assert path in text
+    assert "signed" in text and "initial membrane potential" in text
+    assert len(info.value.sites) == 3  # the consequences downstream are not listed again
+
+
+def test_if_nodes_state_their_semantics(nir_snn, tmp_path):
+    graph = nir.read(to_nir(nir_snn, tmp_path / "d.nir", pooling="sum"))
+    kinds = {type(n).__name__ for n in graph.nodes.values()}
+    assert {"Input", "Conv2d", "IF", "SumPool2d", "Flatten", "Affine", "Output"} <= kinds
+    for node in graph.nodes.values():
+        if isinstance(node, nir.IF):
+            assert np.all(node.v_threshold == 1) and np.all(node.r == 1) and np.all(node.v_reset == 0)
+            for key in ("reset", "v_initial", "spikes_per_step", "fire"):
+                assert node.metadata[key] == IF_SEMANTICS[key]
+
+
+def test_sinabs_runs_the_file_spike_for_spike(nir_snn, digits, tmp_path):
+    pytest.importorskip("sinabs")
+    _, xt, _ = digits
+    [result] = nir_readers.check(nir_snn, xt, 32, tmp_path, which=["sinabs"])
+    assert result.images == 450 and result.same_prediction == 450
+    assert result.identical_counts == {k: 450 for k in result.identical_counts} and len(result.identical_counts) == 3
+    assert result.max_output_difference < 1e-4
+    # the importer's own defaults (several spikes per step, a membrane floor) do not
+    [loose] = nir_readers.check(nir_snn, xt, 32, tmp_path, which=["sinabs"], exact=False)
+    assert not loose.identical
+
+
+def test_snntorch_deviation_is_measured(nir_snn, digits, tmp_path):
+    pytest.importorskip("snntorch")
+    _, xt, _ = digits
+    [result] = nir_readers.check(nir_snn, xt, 16, tmp_path, which=["snntorch"])
+    assert result.same_prediction >= 445  # strict v > threshold and another order of additions: rare flips
+    total = sum(result.count_difference.values())
+    assert total <= 1e-3 * float(sum(v.sum() for v in nir_readers.spikecast_run(nir_snn, xt, 16).spikes.values()))
+
+
+def test_graph_written_by_sinabs_imports_and_validates():
+    sinabs = pytest.importorskip("sinabs")
+    import sinabs.layers as sl
+    from sinabs.activation import SingleSpike
+
+    torch.manual_seed(0)
+    batch, T = 20, 16
+    conv, fc1, fc2 = nn.Conv2d(1, 4, 3, padding=1), nn.Linear(64, 8), nn.Linear(8, 3)
+    model = nn.Sequential(conv, sl.IAFSqueeze(batch_size=batch, spike_fn=SingleSpike, spike_threshold=1.0),
+                          sl.SumPool2d(2), nn.Flatten(), fc1,
+                          sl.IAFSqueeze(batch_size=batch, spike_fn=SingleSpike, spike_threshold=0.5), fc2)
+    x = torch.rand(batch, 1, 8, 8) * 2
+    steps = x.unsqueeze(1).expand(batch, T, 1, 8, 8).reshape(batch * T, 1, 8, 8)
+    graph = sinabs.to_nir(model, steps[:batch])
+    for m in model.modules():
+        if isinstance(m, sl.IAFSqueeze):
+            m.reset_states()
+    with torch.no_grad():
+        ref = model(steps).reshape(batch, T, -1).mean(1)
+    snn = from_nir(graph, reset="subtract")  # sinabs' IAF resets by subtraction (its graph does not say so)
+    assert float((snn.simulate(x, T) - ref).abs().max()) < 1e-5
+    ann = nn.Sequential(conv, nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(), fc1, nn.ReLU(), fc2)
+    result = spikecast.validate(ann, snn, (x, torch.zeros(batch, dtype=torch.long)), timesteps=[4, 16],
+                                progress=False)
+    assert set(result.snn_accuracy) == {4, 16}
+    # without a stated reset, an IF node resets to v_reset as the NIR spec says
+    spec = from_nir(graph)
+    assert all(n.reset_mode == "zero" for n in spec.neurons().values())
+
+
+def test_leaky_neurons_and_bad_files_are_refused(tmp_path):
+    graph = nir.NIRGraph(nodes={"input": nir.Input(input_type={"input": np.array([3])}),
+                                "lif": nir.LIF(tau=np.ones(3), r=np.ones(3), v_leak=np.zeros(3),
+                                               v_threshold=np.ones(3)),
+                                "output": nir.Output(output_type={"output": np.array([3])})},
+                         edges=[("input", "lif"), ("lif", "output")])
+    with pytest.raises(ValueError, match="lif \\(LIF\\)"):
+        from_nir(graph)
+    bad = tmp_path / "not.nir"
+    bad.write_text("hello")
+    with pytest.raises(ValueError, match="not a readable NIR file"):
+        from_nir(bad)
+    with pytest.raises(FileNotFoundError):
+        from_nir(tmp_path / "missing.nir")
+
+
+def test_residual_skips_export_as_one_by_one_convolutions(tmp_path):
+    """A small option-A residual block (identity skip and strided skip with zero channels)."""
+    from spikecast.zoo.cifar_resnet import BasicBlock
+
+    torch.manual_seed(0)
+    ann = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                        BasicBlock(4, 4, 1), BasicBlock(4, 8, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(8, 5)).eval()
+    x = torch.randn(64, 3, 8, 8)
+    snn = spikecast.convert(ann, calib=(x,), progress=False, profile="nir", timesteps=8, correction="none")
+    graph = to_nir_graph(snn)
+    skips = [n for name, n in graph.nodes.items() if name.endswith("_skip")]
+    assert len(skips) == 2 and {tuple(n.stride) for n in skips} == {(1, 1), (2, 2)}
+    path = to_nir(snn, tmp_path / "res.nir")
+    back = from_nir(path)
+    assert torch.equal(snn.simulate(x, 8), back.simulate(x, 8))
