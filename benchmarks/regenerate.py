@@ -49,6 +49,8 @@ STEPS: tuple[Step, ...] = (
     Step(("calibration-headline",), "python benchmarks/bench_calibration.py headline", "gpu", 0.5),
     Step(("modern-cifar",), "python benchmarks/bench_modern_cifar.py", "gpu", 2.0),
     Step(("finetune-resnet20", "finetune-resnet32"), "python benchmarks/bench_finetune.py", "gpu", 2.5),
+    Step(("nir-profile",), "python benchmarks/bench_nir.py profile", "cpu", 1.0),
+    Step(("nir-readers",), "python benchmarks/bench_nir.py readers", "cpu", 0.5),
     Step(("headline-guard",), "python benchmarks/bench_calibration.py guard", "cpu", 0.1),
     Step(("calibration-memory",), "python benchmarks/bench_calibration_memory.py", "cpu", 0.1),
     Step(("coverage-timm-relu", "coverage-timm-modern"), "python benchmarks/bench_coverage.py --suite all", "cpu",

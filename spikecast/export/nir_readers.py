@@ -84,7 +84,13 @@ def _counter(counts: dict, key: str, batch: int) -> Callable:
 
 
 def run_sinabs(source, x: torch.Tensor, timesteps: int, *, exact: bool = True, batch_size: int = 50) -> ReaderRun:
-    """The NIR network in sinabs (its importer, ``sinabs.from_nir``), ``timesteps`` steps of ``x``."""
+    """The NIR network in sinabs, ``timesteps`` steps of ``x``.
+
+    ``exact=False``: ``sinabs.from_nir`` as it is. ``exact=True``: sinabs' own node mapping
+    (``sinabs.nir._import_sinabs_module``) wired by ``nirtorch.nir_to_torch`` - ``sinabs.from_nir``
+    goes through nirtorch's legacy ``load``, whose executor runs the nodes of a branching graph
+    (residual skips) out of order - and every ``IAFSqueeze`` set to ``SingleSpike`` without a
+    membrane floor."""
     import sinabs
     import sinabs.layers as sl
     from sinabs.activation import SingleSpike
@@ -94,7 +100,7 @@ def run_sinabs(source, x: torch.Tensor, timesteps: int, *, exact: bool = True, b
     for i in range(0, len(x), batch_size):
         xb = x[i:i + batch_size]
         n = len(xb)
-        model = sinabs.from_nir(graph, batch_size=n)
+        model = _sinabs_fx(graph, n) if exact else sinabs.from_nir(graph, batch_size=n)
         counts: dict[str, torch.Tensor] = {}
         for name, module in model.named_modules():
             if isinstance(module, sl.IAFSqueeze):
@@ -111,8 +117,19 @@ def run_sinabs(source, x: torch.Tensor, timesteps: int, *, exact: bool = True, b
         outputs.append(out.reshape(n, timesteps, *out.shape[1:]).sum(1) / timesteps)
         for k, v in counts.items():
             spikes.setdefault(k, []).append(v)
-    settings = ("SingleSpike, min_v_mem=None" if exact else "importer defaults (MultiSpike, min_v_mem=-v_threshold)")
+    settings = ("nirtorch.nir_to_torch with sinabs' node map, SingleSpike, min_v_mem=None" if exact
+                else "sinabs.from_nir defaults (MultiSpike, min_v_mem=-v_threshold)")
     return ReaderRun("sinabs", torch.cat(outputs), {k: torch.cat(v) for k, v in spikes.items()}, settings)
+
+
+def _sinabs_fx(graph, batch_size: int) -> torch.nn.Module:
+    import nirtorch
+    from sinabs import nir as sinabs_nir
+
+    nir = _require_nir()
+    build = (lambda node: sinabs_nir._import_sinabs_module(node, batch_size=batch_size, num_timesteps=None))
+    kinds = (nir.Affine, nir.Conv1d, nir.Conv2d, nir.LI, nir.IF, nir.LIF, nir.SumPool2d, nir.Flatten)
+    return nirtorch.nir_to_torch(graph, {kind: build for kind in kinds})
 
 
 def _time_counter(counts: dict, key: str, batch: int, timesteps: int) -> Callable:

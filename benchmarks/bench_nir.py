@@ -1,0 +1,169 @@
+"""NIR: does the exported file run the same elsewhere, and what does the NIR profile cost?
+
+``readers`` (section ``nir-readers``): the digits CNN (all 450 test images) and the CIFAR-10
+ResNet-20 (the first ``--images`` class-balanced test images), each converted with
+``profile="nir"`` (``Recipe`` fields written out below; calibration on unlabeled train images),
+exported with :func:`spikecast.to_nir`, and run for ``--timesteps`` steps in every NIR reader
+installed (sinabs, snnTorch) through the reader's own importer, both with its defaults and with the
+reader settings of ``spikecast.export.nir.READER_SETTINGS``. Each row: images with the same
+prediction as spikecast's runtime, and per IF layer the images whose spike count is identical
+(the table gives the layer with the fewest), the total absolute spike-count difference, and the
+largest output difference. A reader that cannot run the file says why.
+
+``profile`` (section ``nir-profile``): ResNet-20 top-1 on the full test set with the NIR profile and
+with the default recipe, each calibrated for T = 16 / 32 / 64 separately (512 unlabeled train
+images, the recipes' default thresholds and correction); no choice is made here, both recipes
+are fixed before the run.
+
+    python benchmarks/bench_nir.py readers
+    python benchmarks/bench_nir.py profile
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+import spikecast
+from spikecast.data import TensorBatches
+from spikecast.export import nir_readers
+from spikecast.recipe import Recipe, build_recipe
+from spikecast.zoo import create_model
+from spikecast.zoo.digits import digits_tensors
+
+import results_file
+from bench_data import cifar10
+
+
+def recipe_text(recipe: Recipe) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in recipe.to_dict().items())
+
+
+def reader_rows(label: str, snn, x, T: int, folder: Path) -> list[str]:
+    reference = nir_readers.spikecast_run(snn, x, T)
+    layers = len(reference.spikes)
+    total = sum(float(v.sum()) for v in reference.spikes.values())
+    rows = [f"| {label} | spikecast runtime (reference) | {len(x)} / {len(x)} | {layers} layers, all {len(x)} | 0 "
+            f"(of {total:,.0f} spikes) | 0 |"]
+    for name, fn in nir_readers.readers().items():
+        path = spikecast.to_nir(snn, folder / f"{label.split()[0]}-{nir_readers.READER_POOLING[name]}.nir",
+                                pooling=nir_readers.READER_POOLING[name])
+        for exact in (False, True):
+            started = time.perf_counter()
+            try:
+                c = nir_readers.compare(reference, fn(path, x, T, exact=exact))
+            except Exception as exc:  # noqa: BLE001 - a reader that cannot run the file is a result
+                last = traceback.extract_tb(exc.__traceback__)[-1]
+                rows.append(f"| {label} | {name}, {'reader settings' if exact else 'importer defaults'} | does not "
+                            f"run: `{type(exc).__name__}: {str(exc).splitlines()[0][:120]}` (in "
+                            f"{Path(last.filename).name}:{last.lineno}) | | | |")
+                print(rows[-1], flush=True)
+                continue
+            fewest = min(c.identical_counts.values())
+            worst = min(c.identical_counts, key=c.identical_counts.get)
+            rows.append(f"| {label} | {name}: {c.settings} | {c.same_prediction} / {c.images} | fewest {fewest} / "
+                        f"{c.images} (`{worst}`) | {sum(c.count_difference.values()):,.0f} | "
+                        f"{c.max_output_difference:.1e} ({time.perf_counter() - started:.0f} s) |")
+            print(rows[-1], flush=True)
+    return rows
+
+
+def readers(args, run) -> None:
+    header = ["| network | simulator | same top-1 | images with identical spike count, per IF layer | "
+              "total spike-count difference | max output difference |", "|---|---|---:|---|---:|---:|"]
+    rows: list[str] = []
+    recipes = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        x_train, _ = digits_tensors("train")
+        x_test, _ = digits_tensors("test")
+        recipes["digits-cnn"] = build_recipe(profile="nir", timesteps=args.timesteps)
+        snn = spikecast.convert("zoo:digits-cnn", calib=(x_train,), recipe=recipes["digits-cnn"], progress=False)
+        rows += reader_rows(f"digits-cnn ({len(x_test)} test images)", snn, x_test, args.timesteps, folder)
+        x_cal, _ = cifar10("train", 512)
+        x, _ = cifar10("test", args.images)
+        recipes["cifar10-resnet20"] = build_recipe(profile="nir", timesteps=args.timesteps)
+        snn = spikecast.convert(create_model("cifar10-resnet20", pretrained=True), calib=(x_cal,),
+                                recipe=recipes["cifar10-resnet20"], progress=False)
+        rows += reader_rows(f"cifar10-resnet20 ({len(x)} test images)", snn, x, args.timesteps, folder)
+    installed = ", ".join(f"{m} {_version(m)}" for m in ("nir", "nirtorch", "sinabs", "snntorch"))
+    body = "\n".join([
+        f"Each network converted with `profile=\"nir\"` for T={args.timesteps} and exported with `spikecast.to_nir` "
+        f"(sinabs gets `SumPool2d` nodes, snnTorch `AvgPool2d`: each importer reads only one), then run for "
+        f"T={args.timesteps} steps with the same analog input at every step. Recipes: "
+        + "; ".join(f"{k}: `{recipe_text(r)}`" for k, r in recipes.items()) + f". Packages: {installed}.",
+        "", "Reader settings (`spikecast.export.nir.READER_SETTINGS`): "
+        + "; ".join(f"**{k}**: {v}" for k, v in spikecast.export.READER_SETTINGS.items()) + ".",
+        "", *header, *rows])
+    if not args.no_write:
+        run.write("nir-readers", "NIR files in other simulators (sinabs, snnTorch)", body)
+    print(body)
+
+
+def _version(module: str) -> str:
+    try:
+        return importlib.metadata.version(module)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def profile(args, run) -> None:
+    ann = create_model("cifar10-resnet20", pretrained=True)
+    x_cal, _ = cifar10("train", 512)
+    x, y = cifar10("test", args.images if args.images < 10000 else None)
+    with torch.inference_mode():
+        ann_acc = float(torch.cat([ann(x[i:i + 500]).argmax(-1) for i in range(0, len(x), 500)]).eq(y).float().mean())
+    budgets = [int(t) for t in args.budgets.split(",")]
+    recipes = {"NIR profile": lambda T: build_recipe(profile="nir", timesteps=T),
+               "default recipe": lambda T: Recipe(timesteps=T)}
+    rows = []
+    for label, make in recipes.items():
+        accs, secs = {}, []
+        for T in budgets:
+            started = time.perf_counter()
+            snn = spikecast.convert(ann, calib=(x_cal,), recipe=make(T), progress=False)
+            secs.append(time.perf_counter() - started)
+            res = spikecast.validate(ann, snn, TensorBatches(x, y, batch_size=250), timesteps=[T], progress=False)
+            accs[T] = res.snn_accuracy[T]
+            print(label, T, accs[T], flush=True)
+        rows.append(f"| {label} | " + " | ".join(f"{100 * accs[T]:.2f}%" for T in budgets)
+                    + f" | {min(secs):.0f}-{max(secs):.0f} s |")
+    header = ["| recipe | " + " | ".join(f"T={T}" for T in budgets) + " | conversion |",
+              "|---|" + "---:|" * len(budgets) + "---|"]
+    body = "\n".join([
+        f"cifar10-resnet20 (ANN top-1 {100 * ann_acc:.2f}% on these {len(x)} test images), SNN top-1 of a network "
+        f"calibrated for each T (512 unlabeled train images). NIR profile: `{recipe_text(build_recipe(profile='nir'))}` "
+        f"(timesteps per column); default recipe: `{recipe_text(Recipe())}`. Both fixed before the run; nothing is "
+        "chosen here. The NIR profile's neurons send one binary spike per step from a membrane that starts at 0 "
+        "(the default's start at half the threshold and may take a spike back), and its correction is a per-channel "
+        "current only (a NIR bias).", "", *header, *rows])
+    if not args.no_write:
+        run.write("nir-profile", "NIR profile: accuracy cost on CIFAR-10 ResNet-20", body)
+    print(body)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("mode", choices=("readers", "profile"))
+    parser.add_argument("--images", type=int, default=None,
+                        help="test images (readers: default 1000; profile: default 10000, the full test set)")
+    parser.add_argument("--timesteps", type=int, default=32, help="readers: T of the conversion and the runs")
+    parser.add_argument("--budgets", default="16,32,64", help="profile: the T each network is calibrated for")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    if args.images is None:
+        args.images = 1000 if args.mode == "readers" else 10000
+    run = results_file.start(threads=args.threads)
+    torch.manual_seed(0)
+    (readers if args.mode == "readers" else profile)(args, run)
+
+
+if __name__ == "__main__":
+    main()
