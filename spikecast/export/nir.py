@@ -82,9 +82,10 @@ READER_SETTINGS: dict[str, str] = {
                "sinabs.activation.SingleSpike and min_v_mem = None (its importer uses MultiSpike and a floor "
                "at -v_threshold); pooling='sum' (its importer reads SumPool2d, not AvgPool2d)"),
     "snntorch": ("snntorch.import_nir.import_from_nir(graph); then replace every snn.Leaky by snn.Leaky(beta=1.0, "
-                 "threshold=<same>, init_hidden=True, reset_mechanism='subtract', reset_delay=False) (its importer maps "
+                 "threshold=<same>, init_hidden=True, reset_mechanism='subtract', reset_delay=True) (its importer maps "
                  "IF to Leaky(beta=0.9, init_hidden=False): a leak the spec does not have, and (spk, mem) tuples the "
-                 "next layer cannot take) and every nn.Flatten(s, e) by nn.Flatten(s + 1, e + 1) (it passes NIR's "
+                 "next layer cannot take; reset_delay=True: with False it subtracts a pending reset before deciding to fire) "
+                 "and every nn.Flatten(s, e) by nn.Flatten(s + 1, e + 1) (it passes NIR's "
                  "batch-free dims to torch); pooling='avg' (it reads AvgPool2d, not SumPool2d); it fires when "
                  "v > threshold (strict)"),
 }

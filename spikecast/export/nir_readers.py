@@ -14,8 +14,10 @@ same record :func:`spikecast_run` makes of spikecast's own runtime.
   tuples, which the next layer of a feed-forward graph cannot take (1.0.0: the imported graph does
   not run); and ``Flatten`` nodes get NIR's dimensions (which exclude the batch) as torch
   dimensions, so ``start_dim=0`` flattens the batch too. ``exact=True`` replaces each ``Leaky`` by
-  ``snn.Leaky(beta=1.0, init_hidden=True, reset_mechanism="subtract", reset_delay=False)`` with
-  the node's threshold and shifts the ``Flatten`` dimensions by one; snnTorch then still fires on
+  ``snn.Leaky(beta=1.0, init_hidden=True, reset_mechanism="subtract", reset_delay=True)`` with
+  the node's threshold and shifts the ``Flatten`` dimensions by one (``reset_delay=False`` would
+  subtract the threshold of a spike still pending from the previous step before deciding whether
+  to fire, i.e. fire at ``v > 2 * threshold`` in that case); snnTorch then still fires on
   ``v > threshold`` (strict), where the spikecast semantics say ``>=``.
 
 The readers are optional extras (``pip install "spikecast[nir]"``).
@@ -174,7 +176,7 @@ def run_snntorch(source, x: torch.Tensor, timesteps: int, *, exact: bool = True,
         outputs.append(total / timesteps)
         for k, v in counts.items():
             spikes.setdefault(k, []).append(v)
-    settings = ("Leaky(beta=1.0, init_hidden=True, reset_mechanism='subtract', reset_delay=False), Flatten dims + 1"
+    settings = ("Leaky(beta=1.0, init_hidden=True, reset_mechanism='subtract', reset_delay=True), Flatten dims + 1"
                 if exact
                 else "importer defaults (Leaky(beta=0.9, init_hidden=False))")
     return ReaderRun("snntorch", torch.cat(outputs), {k: torch.cat(v) for k, v in spikes.items()}, settings)
