@@ -49,6 +49,7 @@ from spikecast.graph.trace import module_path, op_name, trace
 from spikecast.models import ModelLike, default_input_shape, resolve_model
 from spikecast.nn.encoding import ENCODINGS
 from spikecast.nn.maxpool import SpikingMaxPool
+from spikecast.targets import TargetReport, check_target
 
 # Row kinds (``InspectionRow.kind``), stable strings for programs reading ``to_dict()``.
 STATIC, WEIGHTED, AFFINE, NEURON = "static", "weighted", "affine", "neuron"
@@ -88,6 +89,7 @@ class InspectionReport:
     rows: list[InspectionRow] = field(default_factory=list)
     unsupported: list[UnsupportedSite] = field(default_factory=list)
     compensate: bool = True
+    target: Optional[TargetReport] = None  # a hardware-target check, when asked for
 
     @property
     def ok(self) -> bool:
@@ -182,6 +184,8 @@ class InspectionReport:
             lines += [f"  - {site}" for site in self.unsupported]
         if self.notes:
             lines += ["", *self.notes]
+        if self.target is not None:
+            lines += ["", self.target.table(markdown)]
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -196,6 +200,7 @@ class InspectionReport:
             "notes": self.notes,
             "rows": [asdict(r) for r in self.rows],
             "unsupported": [asdict(s) for s in self.unsupported],
+            "target": None if self.target is None else self.target.to_dict(),
         }
 
     def __str__(self) -> str:
@@ -291,7 +296,8 @@ def _describe(gm: fx.GraphModule, node: fx.Node, varying: set[fx.Node], bad: dic
 
 def inspect(model: ModelLike, input_shape: Optional[Sequence[int]] = None, example: Optional[torch.Tensor] = None,
             checkpoint: Optional[Union[str, Path]] = None, pretrained: Optional[bool] = None,
-            encoding: str = "analog", compensate: bool = True, trust_checkpoint: bool = False) -> InspectionReport:
+            encoding: str = "analog", compensate: bool = True, trust_checkpoint: bool = False,
+            target: Optional[str] = None) -> InspectionReport:
     """Trace and normalise ``model`` and report what conversion will do with every operation.
 
     Args:
@@ -307,6 +313,8 @@ def inspect(model: ModelLike, input_shape: Optional[Sequence[int]] = None, examp
             default); ``False`` lists them as unsupported (``convert(..., compensate=False)``).
         trust_checkpoint: allow a checkpoint that holds pickled Python objects to run its code
             when loaded (only for files you trust; default: refused with a clear error).
+        target: a hardware target (``"speck"``): ``report.target`` then says, layer by layer,
+            what fits it and what does not (:mod:`spikecast.targets`).
 
     Returns:
         An :class:`InspectionReport`; ``report.ok`` is False when any op cannot be converted, and
@@ -350,4 +358,6 @@ def inspect(model: ModelLike, input_shape: Optional[Sequence[int]] = None, examp
         report.rows.append(InspectionRow(index=len(report.rows) + 1, path=module_path(node), op=op,
                                          action=action, kind=kind, node=node.name, folded_bn=folded,
                                          neuron=neuron, spike_driven=driven, macs=macs.get(node.name)))
+    if target is not None:
+        report.target = check_target(gm, example, target, spiking_input=input_varies)
     return report

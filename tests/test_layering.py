@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("spikecast.calibrate",),    # calibration set, statistics, thresholds
     ("spikecast.convert",),      # calibrated graph -> spiking graph, layer-wise correction
     ("spikecast.runtime",),      # SpikingNetwork: simulation, save / load
-    ("spikecast.quant", "spikecast.distributed", "spikecast.validate", "spikecast.inspection",
+    ("spikecast.quant", "spikecast.distributed", "spikecast.validate", "spikecast.inspection", "spikecast.targets",
      "spikecast.export"),
     ("spikecast.recipe", "spikecast.pipeline"),  # one recipe, convert()
     ("spikecast.train",),

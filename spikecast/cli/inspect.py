@@ -10,6 +10,7 @@ from spikecast.cli.common import say
 from spikecast.inspection import inspect
 from spikecast.models import parse_model_ref
 from spikecast.nn.encoding import ENCODINGS
+from spikecast.targets import TARGETS
 
 
 def register(sub, parents) -> None:
@@ -23,6 +24,9 @@ def register(sub, parents) -> None:
     p.add_argument("--compensate", action=argparse.BooleanOptionalAction, default=True,
                    help="non-linear ops inside the spiking part run with expectation compensation (default); "
                         "--no-compensate lists them as unsupported")
+    p.add_argument("--target", choices=sorted(TARGETS),
+                   help="also check a hardware target: which layers fit its cores, what does not and why "
+                        "(exit code 1 when it does not fit)")
     output = p.add_mutually_exclusive_group()
     output.add_argument("--text", action="store_true", help="aligned text instead of a Markdown table")
     output.add_argument("--json", action="store_true", help="machine-readable JSON")
@@ -33,9 +37,10 @@ def run(args) -> int:
     # weights are not needed for the graph: only the ones asked for are loaded
     report = inspect(parse_model_ref(args.model), input_shape=parse_shape(args.input_shape),
                      checkpoint=args.checkpoint, pretrained=args.pretrained, encoding=args.encoding,
-                     compensate=args.compensate, trust_checkpoint=args.trust_checkpoint)
+                     compensate=args.compensate, trust_checkpoint=args.trust_checkpoint, target=args.target)
     if args.json:
         say(json.dumps(report.to_dict(), indent=2))
     else:
         say(report.table(markdown=not args.text))
-    return EXIT_OK if report.ok else EXIT_MISSED
+    fits = report.target is None or report.target.fits
+    return EXIT_OK if report.ok and fits else EXIT_MISSED
