@@ -183,3 +183,19 @@ def test_residual_skips_export_as_one_by_one_convolutions(tmp_path):
     path = to_nir(snn, tmp_path / "res.nir")
     back = from_nir(path)
     assert torch.equal(snn.simulate(x, 8), back.simulate(x, 8))
+
+
+def test_cli_export_nir_runs_the_readers(nir_snn, tmp_path, capsys):
+    from spikecast.cli import main
+
+    nir_snn.save(tmp_path / "snn")  # a saved network no longer carries the traced input shape
+    code = main(["export", "--snn", str(tmp_path / "snn"), "--nir", "--data", "digits:test", "--eval-images", "60",
+                 "--check-timesteps", "8", "--out", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    assert code == 0 and (tmp_path / "out" / "snn.nir").is_file()
+    assert "sinabs" in out and "same top-1 60/60" in out
+    back = from_nir(tmp_path / "out" / "snn.nir")
+    x, _ = digits_tensors("test")
+    assert torch.equal(back.simulate(x[:60], 8), nir_snn.simulate(x[:60], 8))
+    assert main(["export", "--model", "zoo:digits-cnn", "--nir", "--out", str(tmp_path / "o2")]) == 2
+    assert "--nir exports a spiking network" in capsys.readouterr().err

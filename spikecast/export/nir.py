@@ -471,9 +471,12 @@ def _shapes(snn: SpikingNetwork, example: Optional[torch.Tensor]) -> dict[str, t
     placeholder = next(n for n in gm.graph.nodes if n.op == "placeholder")
     if example is None:
         val = placeholder.meta.get("val")
-        if val is None or not hasattr(val, "shape"):
+        if val is not None and hasattr(val, "shape"):
+            example = torch.zeros((1, *(int(d) for d in val.shape[1:])))
+        elif snn.metadata.get("nir_input_shape"):  # read from a NIR file (and maybe saved since)
+            example = torch.zeros((1, *(int(d) for d in snn.metadata["nir_input_shape"])))
+        else:
             raise ValueError("the network does not record its input shape: pass example= (one input batch)")
-        example = torch.zeros((1, *(int(d) for d in val.shape[1:])))
     shapes: dict[str, tuple[int, ...]] = {}
 
     class Recorder(fx.Interpreter):

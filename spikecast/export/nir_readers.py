@@ -256,6 +256,7 @@ def check(snn: SpikingNetwork, x: torch.Tensor, timesteps: int, folder, *, exact
     for name, fn in readers().items():
         if which is not None and name not in which:
             continue
-        path = to_nir(snn, folder / f"network-{READER_POOLING[name]}.nir", pooling=READER_POOLING[name])
+        path = to_nir(snn, folder / f"network-{READER_POOLING[name]}.nir", pooling=READER_POOLING[name],
+                      example=x[:1])
         out.append(compare(reference, fn(path, x, timesteps, exact=exact)))
     return out
