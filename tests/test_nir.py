@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 import spikecast
+from spikecast.cli import main
 from spikecast.errors import UnsupportedOperationError
 from spikecast.export import nir_readers
 from spikecast.export.nir import IF_SEMANTICS, from_nir, nir_form, to_nir, to_nir_graph
@@ -186,10 +187,9 @@ def test_residual_skips_export_as_one_by_one_convolutions(tmp_path):
 
 
 def test_cli_export_nir_runs_the_readers(nir_snn, tmp_path, capsys):
-    from spikecast.cli import main
-
     nir_snn.save(tmp_path / "snn")  # a saved network no longer carries the traced input shape
-    code = main(["export", "--snn", str(tmp_path / "snn"), "--nir", "--data", "digits:test", "--eval-images", "60",
+    code = main(["export", "--snn", str(tmp_path / "snn"), "--model", "zoo:digits-cnn", "--nir", "--data", "digits:test",
+                 "--eval-images", "60",
                  "--check-timesteps", "8", "--out", str(tmp_path / "out")])
     out = capsys.readouterr().out
     assert code == 0 and (tmp_path / "out" / "snn.nir").is_file()
