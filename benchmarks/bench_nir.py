@@ -122,7 +122,20 @@ def profile(args, run) -> None:
     budgets = [int(t) for t in args.budgets.split(",")]
     recipes = {"NIR profile": lambda T: build_recipe(profile="nir", timesteps=T),
                "default recipe": lambda T: Recipe(timesteps=T)}
-    rows = []
+    header = ["| recipe | " + " | ".join(f"T={T}" for T in budgets) + " | conversion |",
+              "|---|" + "---:|" * len(budgets) + "---|"]
+    rows: list[str] = []
+
+    def body() -> str:
+        return "\n".join([
+            f"cifar10-resnet20 (ANN top-1 {100 * ann_acc:.2f}% on these {len(x)} test images), SNN top-1 of a network "
+            f"calibrated for each T (512 unlabeled train images). NIR profile: "
+            f"`{recipe_text(build_recipe(profile='nir'))}` (timesteps per column); default recipe: "
+            f"`{recipe_text(Recipe())}`. Both fixed before the run; nothing is chosen here. The NIR profile's neurons "
+            "send one binary spike per step from a membrane that starts at 0 (the default's start at half the "
+            "threshold and may take a spike back), and its correction is a per-channel current only (a NIR bias).",
+            "", *header, *rows])
+
     for label, make in recipes.items():
         accs, secs = {}, []
         for T in budgets:
@@ -134,18 +147,11 @@ def profile(args, run) -> None:
             print(label, T, accs[T], flush=True)
         rows.append(f"| {label} | " + " | ".join(f"{100 * accs[T]:.2f}%" for T in budgets)
                     + f" | {min(secs):.0f}-{max(secs):.0f} s |")
-    header = ["| recipe | " + " | ".join(f"T={T}" for T in budgets) + " | conversion |",
-              "|---|" + "---:|" * len(budgets) + "---|"]
-    body = "\n".join([
-        f"cifar10-resnet20 (ANN top-1 {100 * ann_acc:.2f}% on these {len(x)} test images), SNN top-1 of a network "
-        f"calibrated for each T (512 unlabeled train images). NIR profile: `{recipe_text(build_recipe(profile='nir'))}` "
-        f"(timesteps per column); default recipe: `{recipe_text(Recipe())}`. Both fixed before the run; nothing is "
-        "chosen here. The NIR profile's neurons send one binary spike per step from a membrane that starts at 0 "
-        "(the default's start at half the threshold and may take a spike back), and its correction is a per-channel "
-        "current only (a NIR bias).", "", *header, *rows])
-    if not args.no_write:
-        run.write("nir-profile", "NIR profile: accuracy cost on CIFAR-10 ResNet-20", body)
-    print(body)
+        if not args.no_write:  # after every row: a run cut short leaves what it measured, marked partial
+            final = len(rows) == len(recipes)
+            run.write("nir-profile", "NIR profile: accuracy cost on CIFAR-10 ResNet-20",
+                      body() + ("" if final else "\n\n**Partial: the run had not finished when this was written.**"))
+    print(body())
 
 
 def main() -> None:
