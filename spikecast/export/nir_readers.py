@@ -116,12 +116,25 @@ def run_sinabs(source, x: torch.Tensor, timesteps: int, *, exact: bool = True, b
         with torch.no_grad():
             out = model(steps)
         out = out[0] if isinstance(out, tuple) else out
+        expected = _output_size(graph)
+        if expected is not None and out[0].numel() != expected:
+            raise RuntimeError(f"the model returned a tensor of shape {tuple(out.shape)} per (image, step), not the graph's "
+                               f"Output ({expected} values): its executor runs the nodes of a branching graph out of order")
         outputs.append(out.reshape(n, timesteps, *out.shape[1:]).sum(1) / timesteps)
         for k, v in counts.items():
             spikes.setdefault(k, []).append(v)
     settings = ("nirtorch.nir_to_torch with sinabs' node map, SingleSpike, min_v_mem=None" if exact
                 else "sinabs.from_nir defaults (MultiSpike, min_v_mem=-v_threshold)")
     return ReaderRun("sinabs", torch.cat(outputs), {k: torch.cat(v) for k, v in spikes.items()}, settings)
+
+
+def _output_size(graph) -> Optional[int]:
+    nir = _require_nir()
+    for node in graph.nodes.values():
+        if isinstance(node, nir.Output):
+            shape = node.output_type.get("output")
+            return int(torch.tensor(shape).prod()) if shape is not None else None
+    return None
 
 
 def _sinabs_fx(graph, batch_size: int) -> torch.nn.Module:
