@@ -2,7 +2,9 @@
 
 ``readers`` (section ``nir-readers``): the digits CNN (all 450 test images) and the CIFAR-10
 ResNet-20 (the first ``--images`` class-balanced test images), each converted with
-``profile="nir"`` (``Recipe`` fields written out below; calibration on unlabeled train images),
+``profile="nir", weight_bits=--weight-bits`` (default 8: weights on a power-of-two grid, inputs
+rounded to a grid, so every sum is exact in float32 whatever order a reader adds in; ``Recipe``
+fields written out below; calibration on unlabeled train images),
 exported with :func:`spikecast.to_nir`, and run for ``--timesteps`` steps in every NIR reader
 installed (sinabs, snnTorch) through the reader's own importer, both with its defaults and with the
 reader settings of ``spikecast.export.nir.READER_SETTINGS``. Each row: images with the same
@@ -10,8 +12,8 @@ prediction as spikecast's runtime, and per IF layer the images whose spike count
 (the table gives the layer with the fewest), the total absolute spike-count difference, and the
 largest output difference. A reader that cannot run the file says why.
 
-``profile`` (section ``nir-profile``): ResNet-20 top-1 on the full test set with the NIR profile and
-with the default recipe, each calibrated for T = 16 / 32 / 64 separately (512 unlabeled train
+``profile`` (section ``nir-profile``): ResNet-20 top-1 on the full test set with the NIR profile
+(float weights, and with the 8-bit weight grid) and with the default recipe, each calibrated for T = 16 / 32 / 64 separately (512 unlabeled train
 images, the recipes' default thresholds and correction); no choice is made here, both recipes
 are fixed before the run.
 
@@ -33,6 +35,7 @@ import torch
 import spikecast
 from spikecast.data import TensorBatches
 from spikecast.export import nir_readers
+from spikecast.export.nir import on_input_grid
 from spikecast.recipe import Recipe, build_recipe
 from spikecast.zoo import create_model
 from spikecast.zoo.digits import digits_tensors
@@ -83,20 +86,26 @@ def readers(args, run) -> None:
         folder = Path(tmp)
         x_train, _ = digits_tensors("train")
         x_test, _ = digits_tensors("test")
-        recipes["digits-cnn"] = build_recipe(profile="nir", timesteps=args.timesteps)
+        bits = args.weight_bits or None
+        recipes["digits-cnn"] = build_recipe(profile="nir", timesteps=args.timesteps, weight_bits=bits)
         snn = spikecast.convert("zoo:digits-cnn", calib=(x_train,), recipe=recipes["digits-cnn"], progress=False)
-        rows += reader_rows(f"digits-cnn ({len(x_test)} test images)", snn, x_test, args.timesteps, folder)
+        rows += reader_rows(f"digits-cnn ({len(x_test)} test images)", snn, _grid(x_test, x_train, bits),
+                            args.timesteps, folder)
         x_cal, _ = cifar10("train", 512)
         x, _ = cifar10("test", args.images)
-        recipes["cifar10-resnet20"] = build_recipe(profile="nir", timesteps=args.timesteps)
+        recipes["cifar10-resnet20"] = build_recipe(profile="nir", timesteps=args.timesteps, weight_bits=bits)
         snn = spikecast.convert(create_model("cifar10-resnet20", pretrained=True), calib=(x_cal,),
                                 recipe=recipes["cifar10-resnet20"], progress=False)
-        rows += reader_rows(f"cifar10-resnet20 ({len(x)} test images)", snn, x, args.timesteps, folder)
+        rows += reader_rows(f"cifar10-resnet20 ({len(x)} test images)", snn, _grid(x, x_cal, bits), args.timesteps,
+                            folder)
     installed = ", ".join(f"{m} {_version(m)}" for m in ("nir", "nirtorch", "sinabs", "snntorch"))
     body = "\n".join([
         f"Each network converted with `profile=\"nir\"` for T={args.timesteps} and exported with `spikecast.to_nir` "
         f"(sinabs gets `SumPool2d` nodes, snnTorch `AvgPool2d`: each importer reads only one), then run for "
-        f"T={args.timesteps} steps with the same analog input at every step. Recipes: "
+        f"T={args.timesteps} steps with the same analog input at every step"
+        + (f" (rounded by `on_input_grid(x, {args.weight_bits}, limit)` with `limit` the largest |value| of the "
+           "calibration images, so that with the weights on a grid every sum is exact in float32)"
+           if args.weight_bits else "") + ". Recipes: "
         + "; ".join(f"{k}: `{recipe_text(r)}`" for k, r in recipes.items()) + f". Packages: {installed}.",
         "", "Reader settings (`spikecast.export.nir.READER_SETTINGS`): "
         + "; ".join(f"**{k}**: {v}" for k, v in spikecast.export.READER_SETTINGS.items()) + ".",
@@ -104,6 +113,10 @@ def readers(args, run) -> None:
     if not args.no_write:
         run.write("nir-readers", "NIR files in other simulators (sinabs, snnTorch)", body)
     print(body)
+
+
+def _grid(x: torch.Tensor, calibration: torch.Tensor, bits) -> torch.Tensor:
+    return on_input_grid(x, bits, limit=float(calibration.abs().max())) if bits else x
 
 
 def _version(module: str) -> str:
@@ -121,6 +134,8 @@ def profile(args, run) -> None:
         ann_acc = float(torch.cat([ann(x[i:i + 500]).argmax(-1) for i in range(0, len(x), 500)]).eq(y).float().mean())
     budgets = [int(t) for t in args.budgets.split(",")]
     recipes = {"NIR profile": lambda T: build_recipe(profile="nir", timesteps=T),
+               "NIR profile, 8-bit weight grid (input on an 8-bit grid)":
+                   lambda T: build_recipe(profile="nir", timesteps=T, weight_bits=8),
                "default recipe": lambda T: Recipe(timesteps=T)}
     header = ["| recipe | " + " | ".join(f"T={T}" for T in budgets) + " | conversion |",
               "|---|" + "---:|" * len(budgets) + "---|"]
@@ -131,7 +146,9 @@ def profile(args, run) -> None:
             f"cifar10-resnet20 (ANN top-1 {100 * ann_acc:.2f}% on these {len(x)} test images), SNN top-1 of a network "
             f"calibrated for each T (512 unlabeled train images). NIR profile: "
             f"`{recipe_text(build_recipe(profile='nir'))}` (timesteps per column); default recipe: "
-            f"`{recipe_text(Recipe())}`. Both fixed before the run; nothing is chosen here. The NIR profile's neurons "
+            f"`{recipe_text(Recipe())}`; the grid row adds `weight_bits=8` and rounds the input with "
+            "`on_input_grid(x, 8, limit)` (limit: the largest |value| of the calibration images). All fixed before "
+            "the run; nothing is chosen here. The NIR profile's neurons "
             "send one binary spike per step from a membrane that starts at 0 (the default's start at half the "
             "threshold and may take a spike back), and its correction is a per-channel current only (a NIR bias).",
             "", *header, *rows])
@@ -142,7 +159,8 @@ def profile(args, run) -> None:
             started = time.perf_counter()
             snn = spikecast.convert(ann, calib=(x_cal,), recipe=make(T), progress=False)
             secs.append(time.perf_counter() - started)
-            res = spikecast.validate(ann, snn, TensorBatches(x, y, batch_size=250), timesteps=[T], progress=False)
+            x_in = _grid(x, x_cal, 8) if make(T).weight_bits else x
+            res = spikecast.validate(ann, snn, TensorBatches(x_in, y, batch_size=250), timesteps=[T], progress=False)
             accs[T] = res.snn_accuracy[T]
             print(label, T, accs[T], flush=True)
         rows.append(f"| {label} | " + " | ".join(f"{100 * accs[T]:.2f}%" for T in budgets)
@@ -161,6 +179,8 @@ def main() -> None:
                         help="test images (readers: default 1000; profile: default 10000, the full test set)")
     parser.add_argument("--timesteps", type=int, default=32, help="readers: T of the conversion and the runs")
     parser.add_argument("--budgets", default="16,32,64", help="profile: the T each network is calibrated for")
+    parser.add_argument("--weight-bits", type=int, default=8,
+                        help="readers: the NIR profile's weight_bits (weights on a power-of-two grid; 0 = float)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()

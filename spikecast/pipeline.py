@@ -95,7 +95,7 @@ def build_snn(graph: fx.GraphModule, images: CalibrationSet, recipe: Recipe, *, 
         snn = correct(snn, thresholds, images, recipe.correction_config(), progress=progress, device=device)
     if recipe.profile == "nir":
         # in NIR units (thresholds 1, weights rescaled): exports weight for weight, round trips exactly
-        snn = nir_form(snn, example=images.images[:1])
+        snn = nir_form(snn, example=images.images[:1], weight_bits=recipe.weight_bits)
         if device is not None:
             snn = snn.to(device)
     snn.metadata["seconds"] = round(time.perf_counter() - started, 3)

@@ -62,7 +62,9 @@ class Recipe:
     Profile: ``profile="nir"`` builds a network that a NIR file carries exactly (the fields in
     :data:`NIR_PROFILE`, which :func:`build_recipe` sets when ``profile="nir"`` is given; the
     correction then skips the initial-charge step, and the result is in NIR units: thresholds 1,
-    see :func:`spikecast.export.nir.nir_form`).
+    see :func:`spikecast.export.nir.nir_form`); ``weight_bits`` (nir profile only) puts each
+    layer's weights and biases on a power-of-two grid of that many bits, so every reader computes
+    the same membranes bit for bit (inputs on a grid too: ``spikecast.export.nir.on_input_grid``).
     Simulation: ``timesteps`` is the budget T calibrated for (and the default T of ``snn(x)``),
     ``encoding`` the input code. Data: ``calib_images`` bounds the calibration set (the images
     kept, chosen by content, from however many the calibration data holds).
@@ -83,10 +85,18 @@ class Recipe:
     encoding: str = "analog"
     calib_images: int = DEFAULT_CALIB_IMAGES
     profile: str = "default"
+    weight_bits: Optional[int] = None
 
     def __post_init__(self):
         if self.profile not in PROFILES:
             raise ValueError(f"recipe: unknown profile {self.profile!r}; choose one of {PROFILES}")
+        if self.weight_bits is not None:
+            if self.profile != "nir":
+                raise ValueError("recipe: weight_bits (weights on a power-of-two grid) belongs to profile='nir'; "
+                                 "for other networks use spikecast.quantize_weights")
+            if isinstance(self.weight_bits, bool) or int(self.weight_bits) != self.weight_bits \
+                    or not 2 <= self.weight_bits <= 16:
+                raise ValueError(f"recipe: weight_bits must be an integer in 2..16, got {self.weight_bits!r}")
         if self.profile == "nir":
             wrong = [f"{k}={getattr(self, k)!r} (needs {v!r})" for k, v in NIR_PROFILE.items() if getattr(self, k) != v]
             if wrong:

@@ -32,7 +32,7 @@ CORRECTIONS = ("none", "light", "advanced")
 EVAL_DEFAULT = ",".join(str(t) for t in DEFAULT_EVAL_TIMESTEPS)
 #: Recipe fields with a flag of the same name, read by :func:`recipe_from` (``timesteps`` too).
 RECIPE_FLAGS = ("thresholds", "percentile", "per_channel", "correction", "signed", "levels", "v_init", "mask_ratio",
-                "mask_seed", "compensate", "encoding", "calib_images", "profile")
+                "mask_seed", "compensate", "encoding", "calib_images", "profile", "weight_bits")
 
 
 def note(text: str) -> None:
@@ -176,6 +176,9 @@ def add_recipe_args(p) -> None:
     p.add_argument("--profile", choices=PROFILES,
                    help="nir: only what a NIR IF node carries (binary spikes, zero start, no compensation), in NIR "
                         f"units, for `spikecast export --nir` (default {r.profile})")
+    p.add_argument("--weight-bits", type=positive_int, metavar="B",
+                   help="--profile nir: weights and biases on a power-of-two grid of B bits per layer (every NIR "
+                        "reader then computes the same membranes bit for bit; 8 = Speck's resolution)")
 
 
 def _is_list(text: Optional[str]) -> bool:

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import math
 import operator
 import os
 import re
@@ -782,13 +783,49 @@ def _jsonable(value):
     return value if isinstance(value, (str, int, float, bool)) or value is None else str(value)
 
 
-def nir_form(snn: SpikingNetwork, *, example: Optional[torch.Tensor] = None) -> SpikingNetwork:
+def nir_form(snn: SpikingNetwork, *, example: Optional[torch.Tensor] = None,
+             weight_bits: Optional[int] = None) -> SpikingNetwork:
     """``snn`` rewritten as NIR runs it (thresholds 1, weights scaled, skips as 1x1 convolutions):
     ``from_nir(to_nir_graph(snn))`` with ``snn``'s metadata. Its outputs equal ``snn``'s up to float
     rounding of the rescaled weights, and it exports to NIR weight for weight (bit-identical round
-    trip). The last step of ``convert(..., profile="nir")``."""
+    trip). The last step of ``convert(..., profile="nir")``.
+
+    ``weight_bits``: put every layer's weights on a power-of-two grid ``k * 2^-s`` with ``|k| <
+    2^(bits-1)`` (``s`` per layer, from its largest weight) and its biases on the same grid. With
+    spikes of 0 / 1 and thresholds of 1, every sum a neuron sees is then exact in float32 in any
+    order, so any reader computes the same membranes bit for bit (inputs on a grid too:
+    :func:`on_input_grid`), and the weights have the resolution of an 8-bit chip such as Speck."""
     graph = to_nir_graph(snn, pooling="avg", example=example)
+    if weight_bits is not None:
+        _to_grid(graph, int(weight_bits))
     out = from_nir(graph, metadata=dict(snn.metadata))
     out.config = snn.config
     out._build_split()
     return out
+
+
+def _to_grid(graph, bits: int) -> None:
+    nir = _require_nir()
+    if not 2 <= bits <= 16:
+        raise ValueError(f"weight_bits must be in 2..16, got {bits}")
+    for node in graph.nodes.values():
+        if isinstance(node, (nir.Conv2d, nir.Conv1d, nir.Affine, nir.Linear)):
+            w = np.asarray(node.weight, dtype=np.float64)
+            top = float(np.abs(w).max())
+            if top == 0:
+                continue
+            shift = math.floor(math.log2((2 ** (bits - 1) - 1) / top))
+            node.weight = (np.round(w * 2.0 ** shift) / 2.0 ** shift).astype(np.float32)
+            if getattr(node, "bias", None) is not None:
+                node.bias = (np.round(np.asarray(node.bias, dtype=np.float64) * 2.0 ** shift)
+                             / 2.0 ** shift).astype(np.float32)
+            node.metadata = {**(node.metadata or {}), "weight_grid": f"k * 2^-{shift}, |k| < 2^{bits - 1}"}
+
+
+def on_input_grid(x: torch.Tensor, bits: int = 8, limit: Optional[float] = None) -> torch.Tensor:
+    """``x`` rounded to a power-of-two grid with ``bits`` signed bits over ``[-limit, limit]``
+    (default: the largest ``|x|``): with weights on a grid too (``weight_bits``), the first layer's
+    currents are exact in any runtime."""
+    limit = float(x.abs().max()) if limit is None else float(limit)
+    shift = math.floor(math.log2((2 ** (bits - 1) - 1) / limit)) if limit > 0 else 0
+    return torch.round(x * 2.0 ** shift) / 2.0 ** shift
