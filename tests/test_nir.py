@@ -199,3 +199,26 @@ def test_cli_export_nir_runs_the_readers(nir_snn, tmp_path, capsys):
     assert torch.equal(back.simulate(x[:60], 8), nir_snn.simulate(x[:60], 8))
     assert main(["export", "--model", "zoo:digits-cnn", "--nir", "--out", str(tmp_path / "o2")]) == 2
     assert "--nir exports a spiking network" in capsys.readouterr().err
+
+
+def test_weight_grid_makes_every_sum_exact(digits, tmp_path):
+    """weight_bits=8: each layer's weights and biases are k * 2^-s with |k| < 128; with the input on a
+    grid, the network's currents do not depend on the order of the additions (here: float64 vs float32)."""
+    from spikecast.export.nir import on_input_grid
+
+    x, xt, _ = digits
+    snn = spikecast.convert("zoo:digits-cnn", calib=(x,), progress=False, profile="nir", timesteps=8,
+                            correction="light", weight_bits=8)
+    graph = to_nir_graph(snn)
+    for name, node in graph.nodes.items():
+        if hasattr(node, "weight"):
+            shift = int(np.floor(np.log2(127 / np.abs(node.weight).max())))
+            k = node.weight.astype(np.float64) * 2.0 ** shift
+            assert np.array_equal(k, np.round(k)) and np.abs(k).max() < 128, name
+    xq = on_input_grid(xt, 8, limit=float(x.abs().max()))
+    assert torch.equal(on_input_grid(xq, 8, limit=float(x.abs().max())), xq)
+    out32 = snn.simulate(xq, 8)
+    out64 = from_nir(to_nir(snn, tmp_path / "g.nir")).double().simulate(xq.double(), 8)
+    assert torch.equal(out32.double(), out64)
+    with pytest.raises(ValueError, match="belongs to profile='nir'"):
+        Recipe(weight_bits=8)
