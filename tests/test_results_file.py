@@ -87,10 +87,8 @@ def test_regenerate_names_the_command_of_every_section():
         assert step is not None, f"section {match['slug']} has no command in benchmarks/regenerate.py"
         assert step.command.split()[1] == match["script"], f"section {match['slug']}: regenerate.py runs " \
                                                            f"{step.command.split()[1]}, markers name {match['script']}"
-    for step in rg.STEPS:
+    for step in rg.STEPS:  # (a section a new script has not written yet may be missing: --check lists it)
         assert (ROOT / step.command.split()[1]).is_file(), step.command
-        missing = [s for s in step.sections if s not in rg.NOT_A_SECTION and s not in rf.sections(RESULTS)]
-        assert not missing, f"regenerate.py lists sections RESULTS.md lacks: {missing}"
     assert rg.main(["--list"]) == 0
     with pytest.raises(SystemExit):
         rg.main(["--only", "no-such-section"])

@@ -87,8 +87,9 @@ READER_SETTINGS: dict[str, str] = {
                  "IF to Leaky(beta=0.9, init_hidden=False): a leak the spec does not have, and (spk, mem) tuples the "
                  "next layer cannot take; reset_delay=True: with False it subtracts a pending reset before deciding to fire) "
                  "and every nn.Flatten(s, e) by nn.Flatten(s + 1, e + 1) (it passes NIR's "
-                 "batch-free dims to torch); pooling='avg' (it reads AvgPool2d, not SumPool2d); it fires when "
-                 "v > threshold (strict)"),
+                 "batch-free dims to torch); threshold = the largest float32 below the node's (it fires when "
+                 "v > threshold, strictly: on the weight grid membranes land exactly on the threshold); "
+                 "pooling='avg' (it reads AvgPool2d, not SumPool2d)"),
 }
 
 POOLINGS = ("avg", "sum")

@@ -15,10 +15,11 @@ same record :func:`spikecast_run` makes of spikecast's own runtime.
   not run); and ``Flatten`` nodes get NIR's dimensions (which exclude the batch) as torch
   dimensions, so ``start_dim=0`` flattens the batch too. ``exact=True`` replaces each ``Leaky`` by
   ``snn.Leaky(beta=1.0, init_hidden=True, reset_mechanism="subtract", reset_delay=True)`` with
-  the node's threshold and shifts the ``Flatten`` dimensions by one (``reset_delay=False`` would
+  the largest float32 below the node's threshold (snnTorch fires on ``v > threshold``, the
+  semantics say ``v >= threshold``) and shifts the ``Flatten`` dimensions by one (``reset_delay=False`` would
   subtract the threshold of a spike still pending from the previous step before deciding whether
-  to fire, i.e. fire at ``v > 2 * threshold`` in that case); snnTorch then still fires on
-  ``v > threshold`` (strict), where the spikecast semantics say ``>=``.
+  to fire, i.e. fire at ``v > 2 * threshold`` in that case). Its reset then subtracts that
+  slightly smaller threshold: a drift of T float32 steps at most, far below the weight grid.
 
 The readers are optional extras (``pip install "spikecast[nir]"``).
 """
@@ -30,6 +31,7 @@ from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 
 from spikecast.export.nir import _require_nir, to_nir
@@ -172,7 +174,9 @@ def run_snntorch(source, x: torch.Tensor, timesteps: int, *, exact: bool = True,
                                                                module.end_dim + 1 if module.end_dim >= 0 else -1))
         for name, module in leaky:
             if exact:
-                threshold = float(module.threshold)
+                # snnTorch fires on v > threshold; the semantics say v >= threshold: the largest float32
+                # below it gives the same decisions (on the weight grid no membrane lies in between)
+                threshold = float(np.nextafter(np.float32(float(module.threshold)), np.float32(0)))
                 module = snn.Leaky(beta=1.0, threshold=threshold, init_hidden=True, reset_mechanism="subtract",
                                    reset_delay=True)
                 _set_submodule(net, name, module)
@@ -189,7 +193,8 @@ def run_snntorch(source, x: torch.Tensor, timesteps: int, *, exact: bool = True,
         outputs.append(total / timesteps)
         for k, v in counts.items():
             spikes.setdefault(k, []).append(v)
-    settings = ("Leaky(beta=1.0, init_hidden=True, reset_mechanism='subtract', reset_delay=True), Flatten dims + 1"
+    settings = ("Leaky(beta=1.0, threshold=nextafter(threshold, 0), init_hidden=True, reset_mechanism='subtract', "
+                "reset_delay=True), Flatten dims + 1"
                 if exact
                 else "importer defaults (Leaky(beta=0.9, init_hidden=False))")
     return ReaderRun("snntorch", torch.cat(outputs), {k: torch.cat(v) for k, v in spikes.items()}, settings)
