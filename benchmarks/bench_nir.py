@@ -133,10 +133,10 @@ def profile(args, run) -> None:
     with torch.inference_mode():
         ann_acc = float(torch.cat([ann(x[i:i + 500]).argmax(-1) for i in range(0, len(x), 500)]).eq(y).float().mean())
     budgets = [int(t) for t in args.budgets.split(",")]
-    recipes = {"NIR profile": lambda T: build_recipe(profile="nir", timesteps=T),
-               "NIR profile, 8-bit weight grid (input on an 8-bit grid)":
+    recipes = {"NIR profile, 8-bit weight grid (input on an 8-bit grid)":
                    lambda T: build_recipe(profile="nir", timesteps=T, weight_bits=8),
-               "default recipe": lambda T: Recipe(timesteps=T)}
+               "default recipe": lambda T: Recipe(timesteps=T),
+               "NIR profile, float weights": lambda T: build_recipe(profile="nir", timesteps=T)}
     header = ["| recipe | " + " | ".join(f"T={T}" for T in budgets) + " | conversion |",
               "|---|" + "---:|" * len(budgets) + "---|"]
     rows: list[str] = []
