@@ -183,6 +183,7 @@ def spikecast_recipes(budget: int):
         compensate=False,  # refuse any op that would need compensation: the SNN is IF neurons + affine ops only
         encoding="analog",  # the image is the input current of every step, as in SpikingJelly
         calib_images=CALIB_IMAGES,
+        profile="default", weight_bits=None,  # spikecast's own neurons, float weights
     )
     r1 = Recipe(**like_for_like)
     r1h = Recipe(**{**like_for_like, "v_init": 0.5})
