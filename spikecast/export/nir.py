@@ -79,17 +79,19 @@ IF_SEMANTICS: dict[str, Any] = {
 #: How to make each reader run an exported file with :data:`IF_SEMANTICS` (measured by
 #: ``benchmarks/bench_nir.py`` and ``tests/test_nir.py``).
 READER_SETTINGS: dict[str, str] = {
-    "sinabs": ("sinabs.from_nir(graph, batch_size=B); then on every IAFSqueeze: spike_fn = "
-               "sinabs.activation.SingleSpike and min_v_mem = None (its importer uses MultiSpike and a floor "
-               "at -v_threshold); pooling='sum' (its importer reads SumPool2d, not AvgPool2d)"),
+    "sinabs": ("load with nirtorch.nir_to_torch(graph, {node type: lambda n: sinabs.nir._import_sinabs_module(n, "
+               "batch_size=B, num_timesteps=None)}) instead of sinabs.from_nir (which goes through nirtorch's legacy "
+               "load, whose executor runs a branching graph - residual skips - out of order); then on every "
+               "IAFSqueeze: spike_fn = sinabs.activation.SingleSpike and min_v_mem = None (its importer uses "
+               "MultiSpike and a floor at -v_threshold); export with pooling='sum' (it reads SumPool2d, not "
+               "AvgPool2d)"),
     "snntorch": ("snntorch.import_nir.import_from_nir(graph); then replace every snn.Leaky by snn.Leaky(beta=1.0, "
-                 "threshold=<same>, init_hidden=True, reset_mechanism='subtract', reset_delay=True) (its importer maps "
-                 "IF to Leaky(beta=0.9, init_hidden=False): a leak the spec does not have, and (spk, mem) tuples the "
-                 "next layer cannot take; reset_delay=True: with False it subtracts a pending reset before deciding to fire) "
-                 "and every nn.Flatten(s, e) by nn.Flatten(s + 1, e + 1) (it passes NIR's "
-                 "batch-free dims to torch); threshold = the largest float32 below the node's (it fires when "
-                 "v > threshold, strictly: on the weight grid membranes land exactly on the threshold); "
-                 "pooling='avg' (it reads AvgPool2d, not SumPool2d)"),
+                 "threshold=nextafter(threshold, 0), init_hidden=True, reset_mechanism='subtract', reset_delay=True) "
+                 "(its importer maps IF to Leaky(beta=0.9, init_hidden=False): a leak the spec does not have, and "
+                 "(spk, mem) tuples the next layer cannot take; it fires when v > threshold, strictly, and on the "
+                 "weight grid membranes land exactly on the threshold; with reset_delay=False it subtracts a pending "
+                 "reset before deciding to fire) and every nn.Flatten(s, e) by nn.Flatten(s + 1, e + 1) (it passes "
+                 "NIR's batch-free dims to torch); export with pooling='avg' (it reads AvgPool2d, not SumPool2d)"),
 }
 
 POOLINGS = ("avg", "sum")
