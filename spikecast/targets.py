@@ -154,17 +154,7 @@ def check_target(gm: fx.GraphModule, example: torch.Tensor, target: str = "speck
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; known: {', '.join(TARGETS)}")
     spec = TARGETS[target]
-    shapes: dict[str, tuple[int, ...]] = {}
-
-    class Recorder(fx.Interpreter):
-        def run_node(self, n):
-            value = super().run_node(n)
-            if isinstance(value, torch.Tensor):
-                shapes[n.name] = tuple(value.shape[1:])
-            return value
-
-    with torch.inference_mode():
-        Recorder(gm).run(example[:1])
+    shapes = {name: shape[1:] for name, shape in ops.node_shapes(gm, example[:1]).items()}
     report = TargetReport(target=target, source=spec.source,
                           quantisation=f"weights and biases {spec.weight_bits}-bit signed, thresholds and membrane "
                                        f"potentials {spec.state_bits}-bit signed, one scale per layer")

@@ -154,7 +154,7 @@ class _Exporter:
         self.problems.append(UnsupportedSite(where, what, node.name, reason))
 
     def attr(self, node) -> torch.Tensor:
-        return getattr_path(self.gm, str(node.target)).detach().double().cpu()
+        return operator.attrgetter(str(node.target))(self.gm).detach().double().cpu()
 
     def per_sample(self, node: fx.Node) -> tuple[int, ...]:
         return tuple(self.shapes[node.name][1:])
@@ -461,13 +461,6 @@ def _version() -> str:
         return ""
 
 
-def getattr_path(root: nn.Module, target: str):
-    obj = root
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
 def _shapes(snn: SpikingNetwork, example: Optional[torch.Tensor]) -> dict[str, tuple[int, ...]]:
     """Output shape of every node, from one step on ``example`` (default: the placeholder's recorded
     shape with a batch of 1)."""
@@ -481,20 +474,10 @@ def _shapes(snn: SpikingNetwork, example: Optional[torch.Tensor]) -> dict[str, t
             example = torch.zeros((1, *(int(d) for d in snn.metadata["nir_input_shape"])))
         else:
             raise ValueError("the network does not record its input shape: pass example= (one input batch)")
-    shapes: dict[str, tuple[int, ...]] = {}
-
-    class Recorder(fx.Interpreter):
-        def run_node(self, n):
-            value = super().run_node(n)
-            if isinstance(value, torch.Tensor):
-                shapes[n.name] = tuple(value.shape)
-            return value
-
     device = next((t.device for t in gm.buffers()), torch.device("cpu"))
-    with torch.inference_mode():
-        snn.reset()
-        Recorder(gm).run(example[:1].to(device))
-        snn.reset()
+    snn.reset()
+    shapes = ops.node_shapes(gm, example[:1].to(device))
+    snn.reset()  # the run stepped the neurons once
     return shapes
 
 

@@ -170,7 +170,7 @@ def run_snntorch(source, x: torch.Tensor, timesteps: int, *, exact: bool = True,
         if exact:  # its importer passes NIR's Flatten dims (which exclude the batch) to torch as they are
             for name, module in list(net.named_modules()):
                 if isinstance(module, torch.nn.Flatten) and module.start_dim >= 0:
-                    _set_submodule(net, name, torch.nn.Flatten(module.start_dim + 1,
+                    net.set_submodule(name, torch.nn.Flatten(module.start_dim + 1,
                                                                module.end_dim + 1 if module.end_dim >= 0 else -1))
         for name, module in leaky:
             if exact:
@@ -179,7 +179,7 @@ def run_snntorch(source, x: torch.Tensor, timesteps: int, *, exact: bool = True,
                 threshold = float(np.nextafter(np.float32(float(module.threshold)), np.float32(0)))
                 module = snn.Leaky(beta=1.0, threshold=threshold, init_hidden=True, reset_mechanism="subtract",
                                    reset_delay=True)
-                _set_submodule(net, name, module)
+                net.set_submodule(name, module)
             module.register_forward_hook(_leaky_counter(counts, layer_key(name), len(xb)))
         for _, module in net.named_modules():
             if isinstance(module, snn.Leaky) and module.init_hidden:
@@ -205,14 +205,6 @@ def _leaky_counter(counts: dict, key: str, batch: int) -> Callable:
         spk = output[0] if isinstance(output, tuple) else output
         counts[key] += (spk != 0).reshape(batch, -1).sum(1).double()
     return hook
-
-
-def _set_submodule(root: torch.nn.Module, name: str, module: torch.nn.Module) -> None:
-    *parents, leaf = name.split(".")
-    parent = root
-    for p in parents:
-        parent = getattr(parent, p)
-    setattr(parent, leaf, module)
 
 
 @dataclass

@@ -170,3 +170,19 @@ def node_macs(gm: fx.GraphModule, *inputs) -> dict[str, float]:
     with torch.inference_mode():
         Counter(gm).run(*inputs)
     return out
+
+
+def node_shapes(gm: fx.GraphModule, *inputs) -> dict[str, tuple[int, ...]]:
+    """Output shape of every tensor-valued node of ``gm``, from one run on ``inputs``."""
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    class Recorder(fx.Interpreter):
+        def run_node(self, n):
+            value = super().run_node(n)
+            if isinstance(value, torch.Tensor):
+                shapes[n.name] = tuple(value.shape)
+            return value
+
+    with torch.inference_mode():
+        Recorder(gm).run(*inputs)
+    return shapes
