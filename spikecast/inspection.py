@@ -313,7 +313,8 @@ def inspect(model: ModelLike, input_shape: Optional[Sequence[int]] = None, examp
             default); ``False`` lists them as unsupported (``convert(..., compensate=False)``).
         trust_checkpoint: allow a checkpoint that holds pickled Python objects to run its code
             when loaded (only for files you trust; default: refused with a clear error).
-        target: a hardware target (``"speck"``): ``report.target`` then says, layer by layer,
+        target: a hardware target (``"speck"``, ``"xylo-audio2"``, ``"xylo-imu"``,
+            ``"xylo-audio3"``): ``report.target`` then says, layer by layer,
             what fits it and what does not (:mod:`spikecast.targets`).
 
     Returns:

@@ -7,7 +7,7 @@ from torch import nn
 
 from spikecast.cli import main
 from spikecast.inspection import inspect
-from spikecast.targets import SPECK
+from spikecast.targets import SPECK, XYLO_AUDIO2
 
 
 def test_digits_cnn_on_speck_layer_by_layer():
@@ -45,5 +45,40 @@ def test_cli_inspect_target(capsys):
     code = main(["inspect", "zoo:digits-cnn", "--target", "speck", "--text"])
     out = capsys.readouterr().out
     assert code == 1 and "Target speck: does NOT fit (3 of 4 layers placed)" in out
+    assert main(["inspect", "zoo:digits-cnn", "--target", "xylo-audio2", "--text"]) == 1
+    assert "input channels 64 / 16, hidden neurons 3,136 / 1,000" in capsys.readouterr().out
     assert main(["inspect", "zoo:digits-cnn", "--target", "loihi"]) == 2
     assert "invalid choice: 'loihi'" in capsys.readouterr().err
+
+
+def test_a_small_network_fits_xylo_as_dense_matrices():
+    # a conv unrolled to one neuron per channel and position; the pooling folds into the next matrix
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(16, 8),
+                        nn.ReLU())
+    report = inspect(net, input_shape=(1, 4, 4), encoding="poisson", target="xylo-audio2").target
+    assert report.fits and not report.problems
+    conv, fc = report.layers
+    assert (conv.neurons, conv.dense_weights, conv.role) == (64, 16 * 64, "hidden")
+    assert (fc.neurons, fc.dense_weights, fc.pooling, fc.role) == (8, 64 * 8, None, "output") and conv.pooling == 2
+    assert "input channels 16 / 16, hidden neurons 64 / 1,000, output neurons 8 / 8" in report.table()
+
+
+def test_xylo_limits_by_module_path():
+    wide = nn.Sequential(nn.Linear(17, XYLO_AUDIO2.hidden_neurons - 10), nn.ReLU(), nn.Linear(990, 20), nn.ReLU(),
+                         nn.Linear(20, 9), nn.ReLU())
+    report = inspect(wide, input_shape=(17,), encoding="poisson", target="xylo-audio2").target
+    assert not report.fits
+    assert "0: reads 17 input channels; xylo-audio2 has 16" in report.problems
+    assert report.layers[0].role == "hidden" and report.layers[0].fits
+    assert "hidden neurons used up (1,010 needed so far, 1,000 on the chip)" in report.layers[1].problems
+    assert report.layers[2].problems == ["9 output neurons; xylo-audio2 has 8"]
+    assert inspect(wide, input_shape=(17,), encoding="poisson", target="xylo-imu").target.layers[2].role == "output"
+
+
+def test_resnet20_on_xylo_skips_are_weights_but_it_is_far_too_big():
+    report = inspect("zoo:cifar10-resnet20", target="xylo-imu").target
+    # residual sums and the option-A shortcut are linear: extra weight matrices, not problems
+    assert not any("shortcut" in p or "residual" in p for p in report.problems)
+    assert sum(layer.skips for layer in report.layers) == 9
+    assert report.layers[0].neurons == 16 * 32 * 32 and not report.layers[0].fits
+    assert any("3,072 input channels" in p for p in report.problems) and any("analog" in p for p in report.problems)
