@@ -17,6 +17,7 @@ from spikecast.convert.compensation import compensated_nodes
 from spikecast.graph.normalize import fresh_copy
 from spikecast.nn import neuron as neuron_module
 from spikecast.nn.compensation import ExpectationDifference, RunningMean
+from spikecast.nn.leaky import LeakyNeuron
 from spikecast.nn.maxpool import SpikingMaxPool
 from spikecast.nn.neuron import IFNeuron, _binary_step, run_fused
 from spikecast.nn.stateful import STATEFUL_TYPES, StatefulModule
@@ -46,7 +47,18 @@ MODULES = {
     "maxpool-padded": lambda: SpikingMaxPool("max_pool2d", [[3, 3], [2, 2], [1, 1]], "pool"),
     "running-mean": lambda: RunningMean("mean"),
     "difference": lambda: ExpectationDifference("diff"),
+    "lif": lambda: _leaky(),
+    "cuba-lif-subtract": lambda: _leaky(tau_syn=torch.full((4, 1, 1), 2e-3), w_in=torch.full((4, 1, 1), 1.5),
+                                        reset="subtract"),
 }
+
+
+def _leaky(**kw) -> LeakyNeuron:
+    g = torch.Generator().manual_seed(3)
+    shape = (4, 1, 1)  # per channel, broadcast over positions
+    return LeakyNeuron(tau_mem=torch.rand(shape, generator=g) * 4e-3 + 1e-3, r=torch.full(shape, 2.0),
+                       v_leak=torch.full(shape, 0.1), v_threshold=torch.rand(shape, generator=g) + 0.5,
+                       v_reset=torch.zeros(shape), dt=1e-3, name="leaky", **kw)
 
 
 def _inputs(steps: int = 7) -> list[torch.Tensor]:

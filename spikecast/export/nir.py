@@ -32,8 +32,13 @@ them.
 ``Linear``, ``Scale``, ``AvgPool2d``, ``SumPool2d``, ``Flatten`` and ``IF`` (reset as its metadata
 states, else the spec's reset to ``v_reset``; only ``v_reset = 0``) become a
 :class:`~spikecast.runtime.network.SpikingNetwork` that ``validate``, ``report`` and the energy
-model use like a converted one. Leaky neurons (``LIF``, ``CubaLIF``, ``LI``) are refused with the
-node names: their discretisation differs from reader to reader.
+model use like a converted one. ``LIF`` and ``CubaLIF`` nodes become
+:class:`~spikecast.nn.leaky.LeakyNeuron` modules: NIR states them as differential equations, so
+the caller gives the time step (``dt=``; snnTorch writes its neurons for ``dt = 1e-4``) and they
+run with forward Euler (:mod:`spikecast.nn.leaky`), resetting as their metadata states, else to
+``v_reset`` as the spec says. ``to_nir`` writes them back as they were read (with ``dt`` and the
+reset in their metadata). Other leaky or delay nodes (``LI``, ``CubaLI``, ``I``, ``Delay``,
+``Threshold``) are refused with their node names.
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ from torch import nn
 from spikecast.errors import UnsupportedOperationError, UnsupportedSite
 from spikecast.graph import ops
 from spikecast.graph.trace import module_path, op_name
+from spikecast.nn.leaky import LeakyNeuron
 from spikecast.nn.neuron import IFNeuron
 from spikecast.nn.simulation import SimulationConfig
 from spikecast.runtime.network import SpikingNetwork
@@ -236,6 +242,9 @@ class _Exporter:
 
     def neuron(self, node: fx.Node, neuron: IFNeuron) -> None:
         nir = _require_nir()
+        if isinstance(neuron, LeakyNeuron):
+            self.leaky(node, neuron)
+            return
         reasons = []
         if neuron.signed or neuron.bipolar or neuron.levels != 1:
             reasons.append("signed, bipolar and multi-level neurons have no NIR node (convert with profile='nir': "
@@ -264,6 +273,28 @@ class _Exporter:
                                   metadata={**IF_SEMANTICS, "spikecast_name": neuron.name})
         self.edges.extend((s, name) for s in sources)
         self.values[node] = _Value(name, _expand(theta, shape), shape)
+
+    def leaky(self, node: fx.Node, neuron: LeakyNeuron) -> None:
+        """A LIF / CubaLIF read from NIR, written back as it was read (it sends spikes of 1)."""
+        nir = _require_nir()
+        shape = self.per_sample(node)
+        name = self.name(neuron.name or str(node.target))
+        sources = self.emit_terms(node.args[0], torch.ones(shape[0], dtype=torch.float64), None, name)
+        if sources is None:
+            return
+        p = {k: None if v is None else v.detach().cpu().numpy().astype(np.float32)
+             for k, v in neuron.nir_parameters().items()}
+        meta = {"reset": neuron.reset_mode, "dt": neuron.dt, "spikecast_name": neuron.name,
+                "integration": "forward Euler, synaptic current before the membrane (spikecast.nn.leaky)"}
+        if neuron.synaptic:
+            self.nodes[name] = nir.CubaLIF(tau_syn=p["tau_syn"], tau_mem=p["tau_mem"], r=p["r"], v_leak=p["v_leak"],
+                                           v_threshold=p["v_threshold"], v_reset=p["v_reset"], w_in=p["w_in"],
+                                           metadata=meta)
+        else:
+            self.nodes[name] = nir.LIF(tau=p["tau_mem"], r=p["r"], v_leak=p["v_leak"], v_threshold=p["v_threshold"],
+                                       v_reset=p["v_reset"], metadata=meta)
+        self.edges.extend((s, name) for s in sources)
+        self.values[node] = _Value(name, torch.ones(shape, dtype=torch.float64), shape)
 
     def emit_terms(self, node: fx.Node, theta: torch.Tensor, bias: Optional[torch.Tensor], dest: str):
         """NIR nodes for the summands of ``node`` (the input current of ``dest``), each divided by the
@@ -584,16 +615,21 @@ def _warn_readers() -> None:
 
 
 # ------------------------------------------------------------------------------------ import
-_LEAKY = ("LIF", "CubaLIF", "LI", "CubaLI", "I", "Delay", "Threshold")
+_UNSUPPORTED = ("LI", "CubaLI", "I", "Delay", "Threshold")
+_LEAKY = ("LIF", "CubaLIF")
 
 
-def from_nir(source, *, reset: Optional[str] = None, metadata: Optional[dict] = None) -> SpikingNetwork:
+def from_nir(source, *, reset: Optional[str] = None, dt: Optional[float] = None,
+             metadata: Optional[dict] = None) -> SpikingNetwork:
     """A :class:`SpikingNetwork` from a NIR file or ``nir.NIRGraph``.
 
-    ``reset``: how ``IF`` neurons reset (``"subtract"`` or ``"zero"``); default: what the node's
-    metadata states (spikecast writes ``"subtract"``), else the spec's reset to ``v_reset``
-    (``"zero"``; only ``v_reset = 0`` is supported). A node type spikecast cannot run exactly is
-    refused with the names of the offending nodes.
+    ``reset``: how the neurons reset (``"subtract"`` or ``"zero"``); default: what each node's
+    metadata states (spikecast writes ``"subtract"`` for ``IF``), else the spec's reset to
+    ``v_reset`` (``"zero"``; for ``IF`` only ``v_reset = 0`` is supported). ``dt``: the time step
+    in seconds that ``LIF`` / ``CubaLIF`` nodes are simulated with (forward Euler,
+    :mod:`spikecast.nn.leaky`); needed when the graph has them, unless their metadata states it
+    (spikecast writes it). A node type spikecast cannot run exactly is refused with the names of
+    the offending nodes.
     """
     nir = _require_nir()
     if isinstance(source, (str, os.PathLike)):
@@ -609,13 +645,15 @@ def from_nir(source, *, reset: Optional[str] = None, metadata: Optional[dict] = 
         graph, origin = source, "<NIRGraph>"
     if reset not in (None, "subtract", "zero"):
         raise ValueError(f"reset must be 'subtract' or 'zero', got {reset!r}")
-    return _Importer(graph, reset, origin).build(metadata)
+    if dt is not None and not (isinstance(dt, (int, float)) and math.isfinite(dt) and dt > 0):
+        raise ValueError(f"dt must be a positive number of seconds, got {dt!r}")
+    return _Importer(graph, reset, origin, dt).build(metadata)
 
 
 class _Importer:
-    def __init__(self, graph, reset: Optional[str], origin: str):
+    def __init__(self, graph, reset: Optional[str], origin: str, dt: Optional[float] = None):
         self.nir = _require_nir()
-        self.graph, self.reset, self.origin = graph, reset, origin
+        self.graph, self.reset, self.origin, self.dt = graph, reset, origin, dt
         self.root = nn.Module()
         self.root.add_module("sites", nn.Module())
         self.fx = fx.Graph()
@@ -656,10 +694,16 @@ class _Importer:
     def build(self, metadata: Optional[dict]) -> SpikingNetwork:
         nir = self.nir
         bad = [f"{name} ({type(node).__name__})" for name, node in self.graph.nodes.items()
-               if type(node).__name__ in _LEAKY or isinstance(node, nir.NIRGraph)]
+               if type(node).__name__ in _UNSUPPORTED or isinstance(node, nir.NIRGraph)]
         if bad:
-            raise ValueError(f"{self.origin}: cannot run these NIR nodes exactly (leaky neurons, delays and "
-                             f"sub-graphs are not supported): {', '.join(bad)}")
+            raise ValueError(f"{self.origin}: cannot run these NIR nodes exactly (leaky integrators without "
+                             f"spikes, delays and sub-graphs are not supported): {', '.join(bad)}")
+        undated = [name for name, node in self.graph.nodes.items() if type(node).__name__ in _LEAKY
+                   and self.dt is None and "dt" not in (getattr(node, "metadata", {}) or {})]
+        if undated:
+            raise ValueError(f"{self.origin}: leaky neurons {', '.join(undated)} are differential equations: give "
+                             "the time step to simulate them with, from_nir(..., dt=SECONDS) (snnTorch writes its "
+                             "neurons for dt=1e-4)")
         incoming = {name: [a for a, b in self.graph.edges if b == name] for name in self.graph.nodes}
         inputs, output = [], None
         for name in self.order():
@@ -729,6 +773,8 @@ class _Importer:
             return self.call(aten.flatten.using_ints, x, start, end, name=name)
         if isinstance(node, nir.IF):
             return self.neuron(name, node, x)
+        if isinstance(node, (nir.LIF, nir.CubaLIF)):
+            return self.leaky(name, node, x)
         raise ValueError(f"{self.origin}: node {name}: NIR node type {type(node).__name__} is not supported")
 
     def neuron(self, name: str, node, x: fx.Node) -> fx.Node:
@@ -743,13 +789,31 @@ class _Importer:
         theta = torch.as_tensor(np.asarray(node.v_threshold, dtype=np.float32))
         if theta.numel() > 1 and torch.all(theta == theta.reshape(-1)[0]):
             theta = theta.reshape(-1)[0]
+        neuron = IFNeuron(theta, meta.get("spikecast_name") or name, v_init=0.0, reset=reset)
+        return self.site(name, neuron, x, theta)
+
+    def leaky(self, name: str, node, x: fx.Node) -> fx.Node:
+        meta = getattr(node, "metadata", {}) or {}
+        reset = self.reset or ("subtract" if meta.get("reset") == "subtract" else "zero")
+        cuba = isinstance(node, self.nir.CubaLIF)
+        dt = self.dt if self.dt is not None else float(meta["dt"])
+        try:
+            neuron = LeakyNeuron(tau_mem=node.tau_mem if cuba else node.tau, r=node.r, v_leak=node.v_leak,
+                                 v_threshold=node.v_threshold, v_reset=node.v_reset, dt=dt,
+                                 tau_syn=node.tau_syn if cuba else None, w_in=node.w_in if cuba else None,
+                                 reset=reset, name=meta.get("spikecast_name") or name)
+        except ValueError as exc:
+            raise ValueError(f"{self.origin}: node {name} ({type(node).__name__}): {exc}") from None
+        return self.site(name, neuron, x, None)
+
+    def site(self, name: str, neuron: IFNeuron, x: fx.Node, theta: Optional[torch.Tensor]) -> fx.Node:
+        """``neuron`` as ``sites.<name>`` on ``x``; an IF neuron's output (``theta``) scaled to NIR's spikes of 1."""
         attr = re.sub(r"\W+", "_", name).strip("_") or "neuron"
         while hasattr(self.root.sites, attr):
             attr += "_"
-        neuron = IFNeuron(theta, meta.get("spikecast_name") or name, v_init=0.0, reset=reset)
         self.root.sites.add_module(attr, neuron)
         out = self.fx.call_module(f"sites.{attr}", (x,))
-        if not torch.all(theta == 1):
+        if theta is not None and not torch.all(theta == 1):
             # NIR spikes are 1; spikecast's neuron sends theta (theta / theta is exactly 1)
             out = self.call(aten.div.Tensor, out, self.const(theta, name + "_threshold"))
         return out

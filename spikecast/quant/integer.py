@@ -31,6 +31,7 @@ from typing import Any, Optional
 import torch
 import torch.fx as fx
 
+from spikecast.nn.leaky import LeakyNeuron
 from spikecast.nn.neuron import IFNeuron
 from spikecast.data import as_loader, split_batch
 from spikecast.graph.normalize import fresh_copy
@@ -72,6 +73,10 @@ def integer_network(snn: SpikingNetwork, calib: Any = None, *, bits: int = 8, in
         raise ValueError(f"bits must be one of {BITS}, got {bits}")
     if not 2 <= input_bits <= 16:
         raise ValueError(f"input_bits must be between 2 and 16, got {input_bits}")
+    leaky = [name for name, n in snn.neurons().items() if isinstance(n, LeakyNeuron)]
+    if leaky:
+        raise ValueError("integer arithmetic is derived for IF neurons that send their threshold; leaky neurons (read "
+                         f"from NIR) send 1 and decay: {', '.join(repr(m) for m in leaky[:5])}")
     masked = [name for name, n in snn.neurons().items() if n.mask_ratio > 0]
     if masked:
         raise ValueError("integer arithmetic needs spikes of exactly +-threshold; neurons with random spike masking: "
