@@ -12,10 +12,13 @@ prediction as spikecast's runtime, and per IF layer the images whose spike count
 (the table gives the layer with the fewest), the total absolute spike-count difference, and the
 largest output difference. A reader that cannot run the file says why.
 
-``profile`` (section ``nir-profile``): ResNet-20 top-1 on the full test set with the NIR profile
-(float weights, and with the 8-bit weight grid) and with the default recipe, each calibrated for T = 16 / 32 / 64 separately (512 unlabeled train
-images, the recipes' default thresholds and correction); no choice is made here, both recipes
-are fixed before the run.
+``profile`` (section ``nir-profile``): ResNet-20 top-1 on the full test set with the default
+recipe and the NIR profile (float weights, and with the 8-bit weight grid the readers run;
+``--no-grid`` leaves that row out), each calibrated for T = 16 / 32 / 64 separately (512 unlabeled train images, the recipes'
+default thresholds and correction); no choice is made here, the recipes are fixed before the
+run. On 2 CPU cores this takes about 1.5 hours, so every cell is kept in
+``--work`` as soon as it is measured and a later run of the same commit resumes
+(``regenerate.py --at COMMIT --only nir-profile``).
 
     python benchmarks/bench_nir.py readers
     python benchmarks/bench_nir.py profile
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import json
 import tempfile
 import time
 import traceback
@@ -133,42 +137,69 @@ def profile(args, run) -> None:
     with torch.inference_mode():
         ann_acc = float(torch.cat([ann(x[i:i + 500]).argmax(-1) for i in range(0, len(x), 500)]).eq(y).float().mean())
     budgets = [int(t) for t in args.budgets.split(",")]
-    recipes = {"NIR profile, 8-bit weight grid (input on an 8-bit grid)":
-                   lambda T: build_recipe(profile="nir", timesteps=T, weight_bits=8),
-               "default recipe": lambda T: Recipe(timesteps=T),
-               "NIR profile, float weights": lambda T: build_recipe(profile="nir", timesteps=T)}
+    recipes = {"default recipe": lambda T: Recipe(timesteps=T),
+               "NIR profile (float weights)": lambda T: build_recipe(profile="nir", timesteps=T)}
+    if args.grid:
+        recipes["NIR profile, 8-bit weight grid (input on an 8-bit grid)"] = \
+            lambda T: build_recipe(profile="nir", timesteps=T, weight_bits=8)
+    # Every cell (recipe, T) is kept in --work as soon as it is measured, stamped with the commit:
+    # a run cut short resumes from the cells of the same commit (a cell of another commit is measured again).
+    work = Path(args.work).expanduser()
+    work.mkdir(parents=True, exist_ok=True)
+    commit = results_file.git_commit()
+    cells: dict[tuple[str, int], dict] = {}
+    for file in sorted(work.glob("cell-*.json")):
+        cell = json.loads(file.read_text())
+        if cell.get("commit") == commit and cell.get("images") == len(x):
+            cells[(cell["recipe"], int(cell["T"]))] = cell
     header = ["| recipe | " + " | ".join(f"T={T}" for T in budgets) + " | conversion |",
               "|---|" + "---:|" * len(budgets) + "---|"]
-    rows: list[str] = []
 
     def body() -> str:
+        rows = []
+        for label in recipes:
+            got = [cells.get((label, T)) for T in budgets]
+            secs = [c["convert_s"] for c in got if c]
+            rows.append(f"| {label} | " + " | ".join(f"{100 * c['top1']:.2f}%" if c else "not yet measured"
+                                                    for c in got)
+                        + (f" | {min(secs):.0f}-{max(secs):.0f} s |" if secs else " | |"))
+        sittings = sorted({c["sitting"] for c in cells.values()})
+        missing = len(recipes) * len(budgets) - sum((label, T) in cells for label in recipes for T in budgets)
         return "\n".join([
             f"cifar10-resnet20 (ANN top-1 {100 * ann_acc:.2f}% on these {len(x)} test images), SNN top-1 of a network "
             f"calibrated for each T (512 unlabeled train images). NIR profile: "
             f"`{recipe_text(build_recipe(profile='nir'))}` (timesteps per column); default recipe: "
-            f"`{recipe_text(Recipe())}`; the grid row adds `weight_bits=8` and rounds the input with "
-            "`on_input_grid(x, 8, limit)` (limit: the largest |value| of the calibration images). All fixed before "
-            "the run; nothing is chosen here. The NIR profile's neurons "
+            f"`{recipe_text(Recipe())}`"
+            + ("; the grid row adds `weight_bits=8` and rounds the input with `on_input_grid(x, 8, limit)` (limit: "
+               "the largest |value| of the calibration images)" if args.grid else "")
+            + ". All fixed before the run; nothing is chosen here. The NIR profile's neurons "
             "send one binary spike per step from a membrane that starts at 0 (the default's start at half the "
-            "threshold and may take a spike back), and its correction is a per-channel current only (a NIR bias).",
-            "", *header, *rows])
+            "threshold and may take a spike back), and its correction is a per-channel current only (a NIR bias). "
+            f"Cells measured at this commit in {len(sittings)} sitting{'s' if len(sittings) != 1 else ''} "
+            f"(started {', '.join(sittings)}; the Run line gives the last).",
+            "", *header, *rows]
+            + ([] if not missing else ["", f"**Partial: {missing} cell{'s' if missing != 1 else ''} not measured yet "
+                                           "(the run resumes from --work).**"]))
 
-    for label, make in recipes.items():
-        accs, secs = {}, []
-        for T in budgets:
-            started = time.perf_counter()
-            snn = spikecast.convert(ann, calib=(x_cal,), recipe=make(T), progress=False)
-            secs.append(time.perf_counter() - started)
-            x_in = _grid(x, x_cal, 8) if make(T).weight_bits else x
-            res = spikecast.validate(ann, snn, TensorBatches(x_in, y, batch_size=250), timesteps=[T], progress=False)
-            accs[T] = res.snn_accuracy[T]
-            print(label, T, accs[T], flush=True)
-        rows.append(f"| {label} | " + " | ".join(f"{100 * accs[T]:.2f}%" for T in budgets)
-                    + f" | {min(secs):.0f}-{max(secs):.0f} s |")
-        if not args.no_write:  # after every row: a run cut short leaves what it measured, marked partial
-            final = len(rows) == len(recipes)
-            run.write("nir-profile", "NIR profile: accuracy cost on CIFAR-10 ResNet-20",
-                      body() + ("" if final else "\n\n**Partial: the run had not finished when this was written.**"))
+    order = [(label, T) for T in budgets for label in recipes]  # every recipe at the small T first
+    for label, T in order:
+        if (label, T) in cells:
+            continue
+        recipe = recipes[label](T)
+        started = time.perf_counter()
+        snn = spikecast.convert(ann, calib=(x_cal,), recipe=recipe, progress=False)
+        convert_s = time.perf_counter() - started
+        x_in = _grid(x, x_cal, 8) if recipe.weight_bits else x
+        res = spikecast.validate(ann, snn, TensorBatches(x_in, y, batch_size=250), timesteps=[T], progress=False)
+        cells[(label, T)] = cell = {"recipe": label, "T": T, "top1": res.snn_accuracy[T], "convert_s": convert_s,
+                                    "eval_s": time.perf_counter() - started - convert_s, "images": len(x),
+                                    "commit": commit, "sitting": run.started}
+        (work / f"cell-{len(list(work.glob('cell-*.json'))):03d}.json").write_text(json.dumps(cell))
+        print(label, T, cell["top1"], f"{cell['eval_s']:.0f} s", flush=True)
+        if not args.no_write:  # after every cell: a run cut short leaves what it measured, marked partial
+            run.write("nir-profile", "NIR profile: accuracy cost on CIFAR-10 ResNet-20", body())
+    if not args.no_write:
+        run.write("nir-profile", "NIR profile: accuracy cost on CIFAR-10 ResNet-20", body())
     print(body())
 
 
@@ -179,6 +210,10 @@ def main() -> None:
                         help="test images (readers: default 1000; profile: default 10000, the full test set)")
     parser.add_argument("--timesteps", type=int, default=32, help="readers: T of the conversion and the runs")
     parser.add_argument("--budgets", default="16,32,64", help="profile: the T each network is calibrated for")
+    parser.add_argument("--grid", action=argparse.BooleanOptionalAction, default=True,
+                        help="profile: also the NIR profile with the 8-bit weight grid (what the readers run; default)")
+    parser.add_argument("--work", default="~/.cache/spikecast/bench-work/nir-profile",
+                        help="profile: where measured cells are kept, so a run cut short resumes (same commit only)")
     parser.add_argument("--weight-bits", type=int, default=8,
                         help="readers: the NIR profile's weight_bits (weights on a power-of-two grid; 0 = float)")
     parser.add_argument("--threads", type=int, default=2)
