@@ -66,7 +66,7 @@ DATA_SEED = 0  # torch.Generator of the calibration images, then the evaluation 
 # Every Recipe field, pinned. timesteps is the largest T evaluated (with thresholds="max" it only sets
 # the default T of snn(x); calib_images equals the images given, so every one is kept).
 RELU_SETTINGS = dict(timesteps=256, thresholds="max", percentile=99.99, per_channel=False, correction="none",
-                     signed=True, levels=1, v_init=0.5, mask_ratio=0.0, mask_sites=None, mask_seed=0,
+                     correction_form="current", signed=True, levels=1, v_init=0.5, mask_ratio=0.0, mask_sites=None, mask_seed=0,
                      compensate=True, encoding="analog", calib_images=16, profile="default", weight_bits=None)
 MODERN_SETTINGS = dict(RELU_SETTINGS, timesteps=64)
 

@@ -178,7 +178,7 @@ def spikecast_recipes(budget: int):
     like_for_like = dict(
         timesteps=budget,  # only snn(x)'s default T here: percentile ignores it, no correction runs
         thresholds="percentile", percentile=PERCENTILE, per_channel=False,
-        correction="none", signed=False, levels=1, v_init=0.0,
+        correction="none", correction_form="current", signed=False, levels=1, v_init=0.0,
         mask_ratio=0.0, mask_sites=None, mask_seed=0,
         compensate=False,  # refuse any op that would need compensation: the SNN is IF neurons + affine ops only
         encoding="analog",  # the image is the input current of every step, as in SpikingJelly

@@ -26,7 +26,7 @@ from typing import Any, Optional
 
 from spikecast.calibrate.sample import DEFAULT_MAX_IMAGES
 from spikecast.calibrate.thresholds import DEFAULT_PERCENTILE, METHODS, CalibrationConfig
-from spikecast.convert.correction import LEVELS, CorrectionConfig
+from spikecast.convert.correction import FORMS, LEVELS, CorrectionConfig
 from spikecast.convert.spiking import NeuronConfig
 from spikecast.nn.encoding import ENCODINGS
 from spikecast.nn.simulation import DEFAULT_BUDGET, SimulationConfig
@@ -58,7 +58,9 @@ class Recipe:
     (initial potential / threshold), random spike masking (``mask_*``), ``compensate`` (run
     non-linear ops with expectation compensation; ``False`` refuses them).
     Correction: ``correction`` is the layer-wise post-conversion correction with the ANN as teacher
-    (``"none"``, ``"light"``, ``"advanced"``).
+    (``"none"``, ``"light"``, ``"advanced"``); ``correction_form`` ``"current"`` (a per-step
+    current plus initial charge) or ``"charge"`` (initial charge only: it fades over longer runs,
+    so a network corrected for a small T keeps its accuracy at larger T; what QCFS fine-tuning uses).
     Profile: ``profile="nir"`` builds a network that a NIR file carries exactly (the fields in
     :data:`NIR_PROFILE`, which :func:`build_recipe` sets when ``profile="nir"`` is given; the
     correction then skips the initial-charge step, and the result is in NIR units: thresholds 1,
@@ -75,6 +77,7 @@ class Recipe:
     percentile: float = DEFAULT_PERCENTILE
     per_channel: bool = False
     correction: str = "advanced"
+    correction_form: str = "current"
     signed: bool = True
     levels: int = 1
     v_init: float = 0.5
@@ -107,6 +110,11 @@ class Recipe:
             raise ValueError(f"recipe: unknown thresholds method {self.thresholds!r}; choose one of {METHODS}")
         if self.correction not in LEVELS:
             raise ValueError(f"recipe: unknown correction {self.correction!r}; choose one of {LEVELS}")
+        if self.correction_form not in FORMS:
+            raise ValueError(f"recipe: unknown correction_form {self.correction_form!r}; choose one of {FORMS}")
+        if self.profile == "nir" and self.correction_form == "charge":
+            raise ValueError("recipe: profile='nir' has no initial membrane charge (a NIR IF node starts at 0); use "
+                             "correction_form='current'")
         if self.encoding not in ENCODINGS:
             raise ValueError(f"recipe: unknown encoding {self.encoding!r}; choose one of {ENCODINGS}")
         if int(self.calib_images) != self.calib_images or self.calib_images < 1:
@@ -128,7 +136,8 @@ class Recipe:
 
     def correction_config(self) -> CorrectionConfig:
         # a NIR file has no initial membrane potential: the nir profile corrects with currents only
-        return CorrectionConfig(level=self.correction, timesteps=self.timesteps, potential=self.profile != "nir")
+        return CorrectionConfig(level=self.correction, timesteps=self.timesteps, potential=self.profile != "nir",
+                                form=self.correction_form)
 
     def simulation_config(self, input_scale: float = 1.0) -> SimulationConfig:
         return SimulationConfig(timesteps=self.timesteps, encoding=self.encoding, input_scale=input_scale)

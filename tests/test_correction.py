@@ -137,6 +137,36 @@ def test_potential_and_refinement_set_their_parameters_and_save_load(tmp_path):
     assert torch.equal(snn(held_out), again(held_out))
 
 
+def test_charge_form_corrects_with_initial_charge_only():
+    model, calib, held_out = _model_and_data()
+    T = 4
+    gm = prepare(model, calib[:2])
+    calibrated, _ = calibrate(gm, calib, CalibrationConfig(), progress=False)
+    plain = SpikingNetwork(to_spiking(calibrated, NeuronConfig(signed=True)), SimulationConfig(timesteps=T))
+    charged = correct(plain, calibrated, calib, CorrectionConfig(level="light", timesteps=T, form="charge"),
+                      progress=False)
+    assert all(n.bias is None and n.v_offset is not None for n in charged.neurons().values())
+    assert charged.metadata["correction"]["form"] == "charge"
+    # at its budget it corrects as well as the current form does (layer errors of the first T steps)
+    before = _layer_errors(plain, calibrated, held_out, T)
+    after = _layer_errors(charged, calibrated, held_out, T)
+    assert sum(after.values()) < 0.7 * sum(before.values()), (before, after)
+    # a charge given once fades: over a long run the rates tend to the uncorrected network's, while
+    # the current form keeps adding T's correction at every step
+    current = correct(plain, calibrated, calib, CorrectionConfig(level="light", timesteps=T), progress=False)
+
+    def drift(snn, steps):
+        ours, base = _site_rates(snn, held_out, steps), _site_rates(plain, held_out, steps)
+        return sum(float((ours[n] - base[n]).abs().mean()) for n in base)
+
+    assert drift(charged, 16 * T) < 0.3 * drift(charged, T)
+    assert drift(charged, 16 * T) < 0.5 * drift(current, 16 * T)
+    with pytest.raises(ValueError, match="correction form"):
+        CorrectionConfig(form="voltage")
+    with pytest.raises(ValueError, match="no initial membrane charge"):
+        spikecast.Recipe(profile="nir", signed=False, v_init=0.0, compensate=False, correction_form="charge")
+
+
 def test_correction_is_deterministic_and_independent_of_batch_order():
     model, calib, _ = _model_and_data()
     perm = torch.randperm(len(calib), generator=torch.Generator().manual_seed(3))

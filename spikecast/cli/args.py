@@ -29,10 +29,11 @@ __all__ = ["parse_timesteps", "parse_shape", "parse_floats", "parse_confidences"
 EXIT_OK, EXIT_MISSED, EXIT_ERROR = 0, 1, 2
 THRESHOLDS = ("mse", "percentile", "max")
 CORRECTIONS = ("none", "light", "advanced")
+CORRECTION_FORMS = ("current", "charge")
 EVAL_DEFAULT = ",".join(str(t) for t in DEFAULT_EVAL_TIMESTEPS)
 #: Recipe fields with a flag of the same name, read by :func:`recipe_from` (``timesteps`` too).
-RECIPE_FLAGS = ("thresholds", "percentile", "per_channel", "correction", "signed", "levels", "v_init", "mask_ratio",
-                "mask_seed", "compensate", "encoding", "calib_images", "profile", "weight_bits")
+RECIPE_FLAGS = ("thresholds", "percentile", "per_channel", "correction", "correction_form", "signed", "levels", "v_init",
+                "mask_ratio", "mask_seed", "compensate", "encoding", "calib_images", "profile", "weight_bits")
 
 
 def note(text: str) -> None:
@@ -158,6 +159,9 @@ def add_recipe_args(p) -> None:
                    help="layer-wise correction with the ANN as teacher: light = bias + potential, advanced = + "
                         f"threshold refinement (default {r.correction})")
     p.add_argument("--calibration", choices=CORRECTIONS, dest="correction", action=Deprecated, new="--correction")
+    p.add_argument("--correction-form", choices=CORRECTION_FORMS,
+                   help="current: per-step currents sized for --timesteps (plus initial charge); charge: initial "
+                        f"charge only, which fades in longer runs (default {r.correction_form})")
     p.add_argument("--signed", action=argparse.BooleanOptionalAction, default=None,
                    help="signed neurons: a neuron may take back a spike it sent on a transient (default on; "
                         "--no-signed for binary spikes)")

@@ -6,8 +6,8 @@ import argparse
 import shutil
 import time
 
-from spikecast.cli.args import (CORRECTIONS, THRESHOLDS, Deprecated, add_data_args, add_eval_args, add_model_args,
-                                eval_timesteps, int_flag, note, parse_confidences,
+from spikecast.cli.args import (CORRECTION_FORMS, CORRECTIONS, THRESHOLDS, Deprecated, add_data_args, add_eval_args,
+                                add_model_args, eval_timesteps, int_flag, note, parse_confidences,
                                 positive_int)
 from spikecast.cli.common import device_of, exit_code, model_from, normalisation, out_path, say
 from spikecast.data import TensorBatches
@@ -48,6 +48,9 @@ def register(sub, parents) -> None:
     p.add_argument("--correction", choices=CORRECTIONS, default="light",
                    help="correction after conversion, with the fine-tuned ANN as teacher (default light)")
     p.add_argument("--calibration", choices=CORRECTIONS, dest="correction", action=Deprecated, new="--correction")
+    p.add_argument("--correction-form", choices=CORRECTION_FORMS, default="charge",
+                   help="charge (default): the correction as initial charge, so the network keeps its accuracy in "
+                        "runs longer than T; current: per-step currents sized for T")
     p.add_argument("--signed", action=argparse.BooleanOptionalAction, default=True,
                    help="signed neurons (default on; --no-signed for binary spikes)")
     p.add_argument("--bptt-window", type=positive_int, metavar="K",
@@ -81,7 +84,7 @@ def _config(args) -> FinetuneConfig:
     train = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, weight_decay=args.weight_decay,
                         seed=args.seed)
     return FinetuneConfig(method=args.method, levels=levels, timesteps=timesteps, bptt_window=args.bptt_window,
-                          correction=args.correction, thresholds=args.thresholds or "mse", signed=args.signed,
+                          correction=args.correction, correction_form=args.correction_form, thresholds=args.thresholds or "mse", signed=args.signed,
                           calib_images=args.calib_images, train=train)
 
 

@@ -13,6 +13,12 @@ output rate compared with the ANN activation at the same site:
 * **potential correction** (``light``): a second look after the bias correction; the error that
   remains is given once as initial charge ``T * e_c / s_c`` (``IFNeuron.v_offset``) - it acts on
   the first steps, where the transient error lives.
+* ``form="charge"`` gives both corrections as initial charge instead (the bias pass's error
+  ``T * e_c / s_c`` too): right for a network whose error at ``T`` is a start-up deficit - a QCFS
+  network matches its quantised ANN exactly in steady state, so its error is the time deeper
+  layers wait for input - and it fades over longer runs instead of adding ``T``'s transient
+  correction at every step (with ``form="current"`` a QCFS ResNet-32 corrected for T=4 falls to
+  chance at T=32: per-step currents of up to a third of the threshold).
 * **threshold refinement** (``advanced``): before the corrections, the input currents of the
   neuron are recorded on a subset of images for all ``T`` steps, and each channel's threshold is
   rescaled by the factor (from ``refine_scales``) that minimises the squared error between the
@@ -47,6 +53,7 @@ from spikecast.convert.layerwise import LayerwiseSimulation
 from spikecast.nn.simulation import SimulationConfig
 
 LEVELS = ("none", "light", "advanced")
+FORMS = ("current", "charge")
 MIN_SLOPE = 0.25
 
 
@@ -62,6 +69,7 @@ class CorrectionConfig:
     timesteps: int = 32
     bias: bool = True
     potential: bool = True
+    form: str = "current"  # "current": per-step bias + remaining charge; "charge": initial charge only (anytime)
     refine_images: int = 64  # images whose currents are recorded for the threshold refinement
     refine_scales: tuple[float, ...] = (0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.25)
     batch_size: int = 256
@@ -73,6 +81,8 @@ class CorrectionConfig:
             raise ValueError(f"unknown calibration level {self.level!r}; choose one of {LEVELS}")
         if int(self.timesteps) < 1:
             raise ValueError(f"timesteps must be >= 1, got {self.timesteps}")
+        if self.form not in FORMS:
+            raise ValueError(f"unknown correction form {self.form!r}; choose one of {FORMS}")
 
     @property
     def runs_bias(self) -> bool:
@@ -243,14 +253,24 @@ def correct_graph(snn_graph: fx.GraphModule, ann_graph: fx.GraphModule, images: 
                 error = target - sim.run(k)
                 entry["error_before"] = float(error.abs().mean())
                 bar.advance()
-                if config.runs_bias:
-                    bias = _per_channel(error / slope, nd).to(dev)
-                    neuron.set_correction(bias, None)
-                if config.runs_potential:
+                if config.form == "charge":  # every pass adds initial charge; no per-step current
+                    charge = None
+                    for p in range(config.runs_bias + config.runs_potential):
+                        if p:
+                            error = target - sim.run(k)
+                            bar.advance()
+                        step = _per_channel(error / slope * T, nd).to(dev)
+                        charge = step if charge is None else charge + step
+                        neuron.set_correction(None, charge)
+                else:
                     if config.runs_bias:
-                        error = target - sim.run(k)
-                        bar.advance()
-                    neuron.set_correction(bias, _per_channel(error / slope * T, nd).to(dev))
+                        bias = _per_channel(error / slope, nd).to(dev)
+                        neuron.set_correction(bias, None)
+                    if config.runs_potential:
+                        if config.runs_bias:
+                            error = target - sim.run(k)
+                            bar.advance()
+                        neuron.set_correction(bias, _per_channel(error / slope * T, nd).to(dev))
             rate = sim.commit(k)
             entry["error_after"] = float((target - rate).abs().mean())
             if float(rate.abs().sum()) == 0.0:
@@ -260,6 +280,6 @@ def correct_graph(snn_graph: fx.GraphModule, ann_graph: fx.GraphModule, images: 
     if silent:
         warnings.warn(f"{len(silent)} neuron(s) never fired during correction at T={T}: "
                       + ", ".join(silent[:10]) + (" ..." if len(silent) > 10 else ""), stacklevel=2)
-    return out, {"level": config.level, "timesteps": T, "bias": config.runs_bias,
+    return out, {"level": config.level, "timesteps": T, "form": config.form, "bias": config.runs_bias,
                  "potential": config.runs_potential, "refine": config.runs_refine,
                  "images": len(x), "seconds": round(time.perf_counter() - started, 3), "sites": report}

@@ -51,7 +51,10 @@ class FinetuneConfig:
 
     ``levels``: QCFS levels ``L`` (the SNN's default T). ``timesteps``: surrogate route, steps of
     BPTT (and the SNN's default T). ``correction``: correction after conversion (``"none"`` /
-    ``"light"`` / ``"advanced"``), with the fine-tuned ANN as teacher. ``thresholds``:
+    ``"light"`` / ``"advanced"``), with the fine-tuned ANN as teacher; ``correction_form``
+    ``"charge"`` (default: initial charge only, so the network keeps its accuracy when run longer
+    than ``levels`` steps; a QCFS network's error at ``T = L`` is a start-up deficit) or
+    ``"current"`` (per-step currents sized for ``T``). ``thresholds``:
     how the initial QCFS clips are chosen (the names are the :class:`Recipe`'s). ``calib_images``: unlabeled images for calibration.
     """
 
@@ -60,6 +63,7 @@ class FinetuneConfig:
     timesteps: int = 4
     bptt_window: Optional[int] = None
     correction: str = "light"
+    correction_form: str = "charge"
     thresholds: str = "mse"
     signed: bool = Recipe().signed
     calib_images: int = 512
@@ -79,7 +83,8 @@ class FinetuneConfig:
         budget ``T = levels`` (QCFS) or ``timesteps`` (surrogate), ``thresholds`` (QCFS: the
         clips' initial values), ``correction``."""
         return Recipe(timesteps=int(self.levels if self.method == "qcfs" else self.timesteps),
-                      thresholds=self.thresholds, correction=self.correction, signed=self.signed,
+                      thresholds=self.thresholds, correction=self.correction, correction_form=self.correction_form,
+                      signed=self.signed,
                       calib_images=int(self.calib_images))
 
 
