@@ -88,8 +88,11 @@ def run_model(name: str, args, work: Path, run) -> None:
     rows: list[str] = []
     notes: list[str] = []
 
+    anytime = FinetuneConfig().anytime
     settings = (f"QCFS L={args.levels} for {args.qcfs_epochs:g} epoch(s) (lr {args.lr:g}, correction "
-                f"`{args.correction}` after conversion), then surrogate BPTT at T={args.levels} for "
+                f"`{args.correction}` after conversion, as initial charge: `correction_form="
+                f"'{FinetuneConfig().correction_form}'`), then surrogate BPTT for T={args.levels} with the loss at "
+                f"{', '.join(f'T={args.levels * k}' for k in range(1, anytime + 1))} (`anytime={anytime}`) for "
                 f"{args.surrogate_epochs:g} epoch(s) (lr {args.surrogate_lr:g}); SGD momentum 0.9, cosine schedule, "
                 f"crop + flip, batch {args.batch_size}")
 

@@ -166,6 +166,24 @@ def test_surrogate_bptt_trains_and_truncation_bounds_the_graph(tiny):
     assert out.shape == (4, 3) and torch.isfinite(out).all()
 
 
+def test_anytime_loss_trains_at_every_multiple_of_the_budget(tiny, monkeypatch):
+    x, y = toy_data(32)
+    snn = spikecast.convert(tiny, calib=x, timesteps=3, correction="none", progress=False)
+    losses, runs = [], []
+    real_loss, real_steps = F.cross_entropy, SpikingNetwork.steps
+    monkeypatch.setattr(F, "cross_entropy", lambda logits, target: losses.append(1) or real_loss(logits, target))
+    monkeypatch.setattr(SpikingNetwork, "steps", lambda self, x, t: runs.append(int(t)) or real_steps(self, x, t))
+    for anytime in (1, 3):
+        losses.clear(), runs.clear()
+        cfg = FinetuneConfig(method="surrogate", timesteps=3, anytime=anytime,
+                             train=TrainConfig(epochs=1, lr=0.01, batch_size=32))
+        tuned = finetune(snn, (x, y), cfg, progress=False)
+        assert runs[0] == 3 * anytime and len(losses) == anytime  # one batch: the loss at T, 2T, ... anytime*T
+        assert tuned.config.timesteps == 3  # the budget stays T
+    with pytest.raises(ValueError, match="anytime must be a positive integer"):
+        FinetuneConfig(method="surrogate", anytime=0)
+
+
 # ------------------------------------------------------------------------------------ loop: resume
 @pytest.mark.parametrize("method", ["qcfs", "surrogate"])
 def test_interrupted_finetune_resumes_to_the_same_weights(tiny, tmp_path, method):

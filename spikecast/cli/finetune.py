@@ -55,6 +55,9 @@ def register(sub, parents) -> None:
                    help="signed neurons (default on; --no-signed for binary spikes)")
     p.add_argument("--bptt-window", type=positive_int, metavar="K",
                    help="surrogate: truncate BPTT to windows of K steps")
+    p.add_argument("--anytime", type=positive_int, metavar="K",
+                   help="surrogate: also take the loss at 2T..K*T steps, so the SNN stays right when run longer "
+                        "(default 2; 1 trains for T only)")
     p.add_argument("--init-snn", metavar="SNN_DIR", help="surrogate: start from this saved SNN instead of converting")
     p.add_argument("--restart", action="store_true", help="ignore (delete) existing checkpoints")
     p.add_argument("--out", default="spikecast-finetune", metavar="DIR")
@@ -76,7 +79,7 @@ def _config(args) -> FinetuneConfig:
             timesteps, levels = levels, None
     else:
         for flag, value in (("--timesteps", timesteps), ("--bptt-window", args.bptt_window),
-                            ("--init-snn", args.init_snn)):
+                            ("--anytime", args.anytime), ("--init-snn", args.init_snn)):
             if value is not None:
                 raise ValueError(f"{flag} belongs to --method surrogate (QCFS's SNN runs T = --levels steps)")
     levels = levels or 4
@@ -84,8 +87,9 @@ def _config(args) -> FinetuneConfig:
     train = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, weight_decay=args.weight_decay,
                         seed=args.seed)
     return FinetuneConfig(method=args.method, levels=levels, timesteps=timesteps, bptt_window=args.bptt_window,
-                          correction=args.correction, correction_form=args.correction_form, thresholds=args.thresholds or "mse", signed=args.signed,
-                          calib_images=args.calib_images, train=train)
+                          anytime=args.anytime or FinetuneConfig.anytime, correction=args.correction,
+                          correction_form=args.correction_form, thresholds=args.thresholds or "mse",
+                          signed=args.signed, calib_images=args.calib_images, train=train)
 
 
 def run(args) -> int:
