@@ -3,6 +3,8 @@ and weight quantisation."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -201,6 +203,12 @@ def test_interrupted_finetune_resumes_to_the_same_weights(tiny, tmp_path, method
     assert len(resumed.metadata["finetune"]["history"]) == 3
     for (k, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), k
+    if method == "qcfs":  # the correction runs after training: another correction resumes the same weights
+        again = finetune(tiny, (x, y), replace(cfg, correction="light", correction_form="current"),
+                         checkpoint_dir=ckpt, progress=False, calib=x)
+        for (k, a), (_, b) in zip(full.state_dict().items(), again.state_dict().items()):
+            if "sites." not in k:  # the neurons carry the new correction
+                assert torch.equal(a, b), k
     # a different run must not pick up this checkpoint
     other = FinetuneConfig(method=method, levels=8, timesteps=3, correction="none",
                            train=TrainConfig(epochs=3, lr=0.02, batch_size=32))

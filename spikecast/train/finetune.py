@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import time
 import warnings
-from dataclasses import dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Optional, Union
 
@@ -248,7 +248,13 @@ def with_settings(config: FinetuneConfig, settings: dict) -> FinetuneConfig:
 
 
 def _fingerprint(config: FinetuneConfig, source: str, data_size) -> dict:
-    return {"source": source, "config": repr(config), "data": str(data_size)}
+    """What a checkpoint belongs to. QCFS's correction runs after training, so a checkpoint serves
+    every correction setting (the surrogate route corrects its starting network: it counts)."""
+    settings = asdict(config)
+    if config.method == "qcfs":
+        settings.pop("correction")
+        settings.pop("correction_form")
+    return {"source": source, "config": repr(settings), "data": str(data_size)}
 
 
 def _data_size(train_data) -> str:
