@@ -205,7 +205,7 @@ def headline(args, run) -> None:
     def write() -> None:  # after every network, so a run cut short keeps a complete table of what it did
         body = "\n".join([
             f"`spikecast.convert(model, calib=images, timesteps=T)` with nothing else set - the default recipe "
-            f"({default.thresholds} thresholds, {default.correction} correction, "
+            f"({default.thresholds} thresholds, {default.correction_used} correction, "
             f"{'signed' if default.signed else 'binary'} neurons), chosen on the validation split (section "
             f"*Calibration ablation (validation split)*); {len(x_cal)} class-balanced train images (labels "
             f"unused); SNN top-1 on {len(y_test)} **test** images, read once for this table. A network calibrated "

@@ -22,6 +22,7 @@ from typing import Any, Literal, Optional, Union
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import DataError, DataNotFoundError
@@ -29,6 +30,7 @@ from .paths import SHARED_ENV_VAR, shared_dir
 from .zoo.registry import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
+    "augment_batch",
     "CIFAR10_CLASSES",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -406,3 +408,20 @@ class input_channel_guard:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def augment_batch(x: torch.Tensor, generator: torch.Generator, flip: bool = True) -> torch.Tensor:
+    """Random crop after zero padding by 1/8 of the height (4 px at 32 px), random horizontal flip."""
+    n, _, h, w = x.shape
+    pad = max(1, h // 8)
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    rows = (dy[:, None] + torch.arange(h)[None, :])  # [n, h]
+    cols = (dx[:, None] + torch.arange(w)[None, :])  # [n, w]
+    idx = torch.arange(n)[:, None, None]
+    out = padded.permute(0, 2, 3, 1)[idx, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    if flip:
+        flipped = torch.rand(n, generator=generator) < 0.5
+        out[flipped] = out[flipped].flip(-1)
+    return out.contiguous()

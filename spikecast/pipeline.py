@@ -29,6 +29,7 @@ from spikecast.graph.normalize import normalize
 from spikecast.graph.sites import site_nodes
 from spikecast.graph.trace import trace
 from spikecast.models import ModelLike, resolve_model
+from spikecast.quant.reconstruct import reconstruct
 from spikecast.recipe import Recipe, build_recipe
 from spikecast.runtime.network import SpikingNetwork
 
@@ -65,7 +66,9 @@ def build_snn(graph: fx.GraphModule, images: CalibrationSet, recipe: Recipe, *, 
 
     Stages: thresholds on every site (``recipe.calibration_config()``) unless ``calibrated`` (the
     graph's sites already have thresholds, e.g. fine-tuned QCFS clips; ``stats`` then are the
-    statistics to record, if any), neurons (``recipe.neuron_config()``), simulation settings
+    statistics to record, if any), the label-free reconstruction when ``recipe.reconstructs``
+    (not for a ``calibrated`` graph; recorded as ``metadata["reconstruction"]``), neurons
+    (``recipe.neuron_config()``), simulation settings
     (Poisson input scale from the calibration set), then the layer-wise correction
     (``recipe.correction_config()``) with ``graph`` (calibrated) as teacher. ``started``: a
     ``time.perf_counter()`` value to count ``metadata["seconds"]`` from (default: now).
@@ -76,6 +79,11 @@ def build_snn(graph: fx.GraphModule, images: CalibrationSet, recipe: Recipe, *, 
         stats = stats or {}
     else:
         thresholds, stats = calibrate(graph, images, recipe.calibration_config(), progress=progress, device=device)
+    reconstruction = None
+    if recipe.reconstructs and not calibrated:  # a calibrated graph (fine-tuned clips) is already trained
+        thresholds, reconstruction = reconstruct(graph, thresholds, images, recipe.timesteps * int(recipe.levels),
+                                                 recipe.reconstruction_config(), shift=recipe.v_init,
+                                                 device=device, progress=progress)
     input_scale = images.input_scale() if recipe.encoding == "poisson" else 1.0
     snn_graph = to_spiking(thresholds, recipe.neuron_config(), input_varies=recipe.encoding != "analog",
                            compensate=recipe.compensate)
@@ -88,10 +96,12 @@ def build_snn(graph: fx.GraphModule, images: CalibrationSet, recipe: Recipe, *, 
         "calibration_set": images.to_dict(),
         "sites": [stats[k].to_dict() for k in stats],
     }
+    if reconstruction is not None:
+        metadata["reconstruction"] = reconstruction
     snn = SpikingNetwork(snn_graph, recipe.simulation_config(input_scale), metadata)
     if device is not None:
         snn = snn.to(device)
-    if recipe.correction != "none" and snn.neurons():
+    if recipe.correction_used != "none" and snn.neurons():
         snn = correct(snn, thresholds, images, recipe.correction_config(), progress=progress, device=device)
     if recipe.profile == "nir":
         # in NIR units (thresholds 1, weights rescaled): exports weight for weight, round trips exactly
@@ -128,7 +138,8 @@ def convert(
             sample of at most ``recipe.calib_images`` images chosen by content, so the result does
             not depend on its order or batching. Labels are ignored.
         recipe: a :class:`~spikecast.recipe.Recipe` (default: ``Recipe()``, spikecast's default
-            recipe: mse thresholds, advanced correction, signed neurons, T=32, 512 images).
+            recipe: mse thresholds, advanced correction, signed neurons, T=32, 512 images;
+            reconstruction at T <= 8).
         checkpoint: local weights file (.pth/.pt/.th/.safetensors) to load into the model.
         pretrained: load the model's default weights (zoo: default True; timm: False, needs
             internet when True).
@@ -140,7 +151,9 @@ def convert(
             ``timesteps``, ``thresholds`` (``"max"`` / ``"percentile"`` / ``"mse"``),
             ``percentile``, ``per_channel``, ``correction`` (``"none"`` / ``"light"`` /
             ``"advanced"``), ``signed``, ``levels``, ``v_init``, ``mask_ratio``, ``mask_sites``,
-            ``mask_seed``, ``compensate``, ``encoding``, ``calib_images``. The old names
+            ``mask_seed``, ``compensate``, ``encoding``, ``calib_images``, ``reconstruct``
+            (``"auto"``: train the quantised twin against the ANN on the calibration images when
+            ``timesteps * levels <= 8``; ``"on"`` / ``"off"``), ``reconstruct_steps``. The old names
             ``method=`` and ``calibration=`` still work (DeprecationWarning).
 
     Returns:

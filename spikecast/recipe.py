@@ -30,6 +30,7 @@ from spikecast.convert.correction import FORMS, LEVELS, CorrectionConfig
 from spikecast.convert.spiking import NeuronConfig
 from spikecast.nn.encoding import ENCODINGS
 from spikecast.nn.simulation import DEFAULT_BUDGET, SimulationConfig
+from spikecast.quant.reconstruct import ReconstructionConfig
 
 #: Calibration images kept when the caller does not say (the calibration set is bounded).
 DEFAULT_CALIB_IMAGES = DEFAULT_MAX_IMAGES
@@ -42,6 +43,12 @@ PROFILES = ("default", "nir")
 #: The recipe fields the ``"nir"`` profile fixes (a recipe with another value is refused).
 NIR_PROFILE = {"signed": False, "levels": 1, "v_init": 0.0, "mask_ratio": 0.0, "compensate": False,
                "encoding": "analog"}
+
+#: ``reconstruct`` modes: ``"auto"`` reconstructs when a neuron resolves at most
+#: :data:`AUTO_RECONSTRUCT_LEVELS` values in its budget (``timesteps * levels``, default profile
+#: only), where thresholds alone lose the most; ``"on"`` / ``"off"`` force it.
+RECONSTRUCT_MODES = ("auto", "on", "off")
+AUTO_RECONSTRUCT_LEVELS = 8
 
 #: Old keyword names still accepted (with a DeprecationWarning): they named the wrong stage.
 DEPRECATED_NAMES = {"method": "thresholds", "calibration": "correction"}
@@ -58,15 +65,22 @@ class Recipe:
     (initial potential / threshold), random spike masking (``mask_*``), ``compensate`` (run
     non-linear ops with expectation compensation; ``False`` refuses them).
     Correction: ``correction`` is the layer-wise post-conversion correction with the ANN as teacher
-    (``"none"``, ``"light"``, ``"advanced"``); ``correction_form`` ``"current"`` (a per-step
-    current plus initial charge) or ``"charge"`` (initial charge only: it fades over longer runs,
-    so a network corrected for a small T keeps its accuracy at larger T; what QCFS fine-tuning uses).
+    (``"none"``, ``"light"``, ``"advanced"``; ``"auto"``: ``"light"`` after a reconstruction, else
+    ``"advanced"``); ``correction_form`` ``"current"`` (a per-step current plus initial charge) or
+    ``"charge"`` (initial charge only: it fades over longer runs, so a network corrected for a small
+    T keeps its accuracy at larger T; what QCFS fine-tuning uses; ``"auto"``: ``"charge"`` after a
+    reconstruction, else ``"current"``). :attr:`correction_used` / :attr:`correction_form_used`
+    give the resolved values.
     Profile: ``profile="nir"`` builds a network that a NIR file carries exactly (the fields in
     :data:`NIR_PROFILE`, which :func:`build_recipe` sets when ``profile="nir"`` is given; the
     correction then skips the initial-charge step, and the result is in NIR units: thresholds 1,
     see :func:`spikecast.export.nir.nir_form`); ``weight_bits`` (nir profile only) puts each
     layer's weights and biases on a power-of-two grid of that many bits, so every reader computes
     the same membranes bit for bit (inputs on a grid too: ``spikecast.export.nir.on_input_grid``).
+    Reconstruction: ``reconstruct`` trains the network's quantised twin (QCFS, ``timesteps *
+    levels`` levels) against the ANN on the calibration images for ``reconstruct_steps`` steps -
+    no labels - before conversion (:mod:`spikecast.quant.reconstruct`); ``"auto"`` (default) does
+    so when ``timesteps * levels <= 8``.
     Simulation: ``timesteps`` is the budget T calibrated for (and the default T of ``snn(x)``),
     ``encoding`` the input code. Data: ``calib_images`` bounds the calibration set (the images
     kept, chosen by content, from however many the calibration data holds).
@@ -76,8 +90,8 @@ class Recipe:
     thresholds: str = "mse"
     percentile: float = DEFAULT_PERCENTILE
     per_channel: bool = False
-    correction: str = "advanced"
-    correction_form: str = "current"
+    correction: str = "auto"
+    correction_form: str = "auto"
     signed: bool = True
     levels: int = 1
     v_init: float = 0.5
@@ -89,8 +103,12 @@ class Recipe:
     calib_images: int = DEFAULT_CALIB_IMAGES
     profile: str = "default"
     weight_bits: Optional[int] = None
+    reconstruct: str = "auto"
+    reconstruct_steps: int = ReconstructionConfig.steps
 
     def __post_init__(self):
+        if self.reconstruct not in RECONSTRUCT_MODES:
+            raise ValueError(f"recipe: unknown reconstruct mode {self.reconstruct!r}; choose one of {RECONSTRUCT_MODES}")
         if self.profile not in PROFILES:
             raise ValueError(f"recipe: unknown profile {self.profile!r}; choose one of {PROFILES}")
         if self.weight_bits is not None:
@@ -108,11 +126,12 @@ class Recipe:
             raise ValueError(f"recipe: timesteps must be a positive integer, got {self.timesteps!r}")
         if self.thresholds not in METHODS:
             raise ValueError(f"recipe: unknown thresholds method {self.thresholds!r}; choose one of {METHODS}")
-        if self.correction not in LEVELS:
-            raise ValueError(f"recipe: unknown correction {self.correction!r}; choose one of {LEVELS}")
-        if self.correction_form not in FORMS:
-            raise ValueError(f"recipe: unknown correction_form {self.correction_form!r}; choose one of {FORMS}")
-        if self.profile == "nir" and self.correction_form == "charge":
+        if self.correction not in ("auto",) + LEVELS:
+            raise ValueError(f"recipe: unknown correction {self.correction!r}; choose one of {('auto',) + LEVELS}")
+        if self.correction_form not in ("auto",) + FORMS:
+            raise ValueError(f"recipe: unknown correction_form {self.correction_form!r}; choose one of "
+                             f"{('auto',) + FORMS}")
+        if self.profile == "nir" and self.correction_form_used == "charge":
             raise ValueError("recipe: profile='nir' has no initial membrane charge (a NIR IF node starts at 0); use "
                              "correction_form='current'")
         if self.encoding not in ENCODINGS:
@@ -122,9 +141,38 @@ class Recipe:
         if self.mask_sites is not None and not isinstance(self.mask_sites, tuple):
             object.__setattr__(self, "mask_sites", tuple(self.mask_sites))
         self.neuron_config()  # validates levels, mask ratio
+        self.reconstruction_config()  # validates the steps
         self.calibration_config()  # validates percentile
 
     # ------------------------------------------------------------------ the stages' configs
+    @property
+    def reconstructs(self) -> bool:
+        """Whether conversion runs the label-free reconstruction (``reconstruct`` resolved)."""
+        if self.reconstruct == "auto":
+            return self.profile == "default" and self.timesteps * int(self.levels) <= AUTO_RECONSTRUCT_LEVELS
+        return self.reconstruct == "on"
+
+    @property
+    def correction_used(self) -> str:
+        """``correction`` resolved: ``"auto"`` is ``"light"`` after a reconstruction, else ``"advanced"``
+        (the threshold refinement fits the thresholds to ``timesteps`` alone; after a reconstruction
+        the trained clips are kept, so the network still improves when run longer)."""
+        if self.correction != "auto":
+            return self.correction
+        return "light" if self.reconstructs else "advanced"
+
+    @property
+    def correction_form_used(self) -> str:
+        """``correction_form`` resolved: ``"auto"`` is ``"charge"`` after a reconstruction (the
+        twin's error at ``timesteps`` is a start-up deficit, as after QCFS fine-tuning), else
+        ``"current"``."""
+        if self.correction_form != "auto":
+            return self.correction_form
+        return "charge" if self.reconstructs and self.profile != "nir" else "current"
+
+    def reconstruction_config(self) -> ReconstructionConfig:
+        return ReconstructionConfig(steps=int(self.reconstruct_steps))
+
     def calibration_config(self) -> CalibrationConfig:
         # a neuron with `levels` spike sizes resolves levels*T values in T steps: choose its range for that
         return CalibrationConfig(method=self.thresholds, percentile=self.percentile, per_channel=self.per_channel,
@@ -136,8 +184,8 @@ class Recipe:
 
     def correction_config(self) -> CorrectionConfig:
         # a NIR file has no initial membrane potential: the nir profile corrects with currents only
-        return CorrectionConfig(level=self.correction, timesteps=self.timesteps, potential=self.profile != "nir",
-                                form=self.correction_form)
+        return CorrectionConfig(level=self.correction_used, timesteps=self.timesteps, potential=self.profile != "nir",
+                                form=self.correction_form_used)
 
     def simulation_config(self, input_scale: float = 1.0) -> SimulationConfig:
         return SimulationConfig(timesteps=self.timesteps, encoding=self.encoding, input_scale=input_scale)
@@ -158,8 +206,11 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Recipe":
-        """The recipe recorded by :meth:`to_dict` (unknown keys are an error, missing ones default)."""
-        return cls().replace(**dict(data))
+        """The recipe recorded by :meth:`to_dict` (unknown keys are an error, missing ones default;
+        a recipe recorded before reconstruction existed did not reconstruct)."""
+        data = dict(data)
+        data.setdefault("reconstruct", "off")
+        return cls().replace(**data)
 
 
 def build_recipe(recipe: Optional[Recipe] = None, **settings: Any) -> Recipe:

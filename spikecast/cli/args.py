@@ -17,7 +17,7 @@ from typing import Optional
 from spikecast.jobs import parse_timesteps
 from spikecast.nn.encoding import ENCODINGS
 from spikecast.nn.simulation import DEFAULT_EVAL_TIMESTEPS
-from spikecast.recipe import PROFILES, Recipe, build_recipe
+from spikecast.recipe import AUTO_RECONSTRUCT_LEVELS, PROFILES, RECONSTRUCT_MODES, Recipe, build_recipe
 
 __all__ = ["parse_timesteps", "parse_shape", "parse_floats", "parse_confidences", "positive_int", "int_flag",
            "Deprecated",
@@ -33,7 +33,8 @@ CORRECTION_FORMS = ("current", "charge")
 EVAL_DEFAULT = ",".join(str(t) for t in DEFAULT_EVAL_TIMESTEPS)
 #: Recipe fields with a flag of the same name, read by :func:`recipe_from` (``timesteps`` too).
 RECIPE_FLAGS = ("thresholds", "percentile", "per_channel", "correction", "correction_form", "signed", "levels", "v_init",
-                "mask_ratio", "mask_seed", "compensate", "encoding", "calib_images", "profile", "weight_bits")
+                "mask_ratio", "mask_seed", "compensate", "encoding", "calib_images", "profile", "weight_bits",
+                "reconstruct", "reconstruct_steps")
 
 
 def note(text: str) -> None:
@@ -155,13 +156,14 @@ def add_recipe_args(p) -> None:
     p.add_argument("--method", choices=THRESHOLDS, dest="thresholds", action=Deprecated, new="--thresholds")
     p.add_argument("--percentile", type=float, help=f"--thresholds percentile: which one (default {r.percentile:g})")
     p.add_argument("--per-channel", action="store_true", default=None, help="one threshold per channel")
-    p.add_argument("--correction", choices=CORRECTIONS,
+    p.add_argument("--correction", choices=("auto",) + CORRECTIONS,
                    help="layer-wise correction with the ANN as teacher: light = bias + potential, advanced = + "
-                        f"threshold refinement (default {r.correction})")
+                        f"threshold refinement (default {r.correction}: light after a reconstruction, else advanced)")
     p.add_argument("--calibration", choices=CORRECTIONS, dest="correction", action=Deprecated, new="--correction")
-    p.add_argument("--correction-form", choices=CORRECTION_FORMS,
+    p.add_argument("--correction-form", choices=("auto",) + CORRECTION_FORMS,
                    help="current: per-step currents sized for --timesteps (plus initial charge); charge: initial "
-                        f"charge only, which fades in longer runs (default {r.correction_form})")
+                        f"charge only, which fades in longer runs (default {r.correction_form}: charge after a "
+                        "reconstruction, else current)")
     p.add_argument("--signed", action=argparse.BooleanOptionalAction, default=None,
                    help="signed neurons: a neuron may take back a spike it sent on a transient (default on; "
                         "--no-signed for binary spikes)")
@@ -180,6 +182,12 @@ def add_recipe_args(p) -> None:
     p.add_argument("--profile", choices=PROFILES,
                    help="nir: only what a NIR IF node carries (binary spikes, zero start, no compensation), in NIR "
                         f"units, for `spikecast export --nir` (default {r.profile})")
+    p.add_argument("--reconstruct", choices=RECONSTRUCT_MODES,
+                   help="label-free reconstruction: train the network's quantised twin against the ANN on the "
+                        f"calibration images before conversion (auto: when timesteps x levels <= "
+                        f"{AUTO_RECONSTRUCT_LEVELS}; default {r.reconstruct})")
+    p.add_argument("--reconstruct-steps", type=positive_int, metavar="N",
+                   help=f"--reconstruct: optimiser steps (default {r.reconstruct_steps})")
     p.add_argument("--weight-bits", type=positive_int, metavar="B",
                    help="--profile nir: weights and biases on a power-of-two grid of B bits per layer (every NIR "
                         "reader then computes the same membranes bit for bit; 8 = Speck's resolution)")

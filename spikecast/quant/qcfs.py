@@ -19,13 +19,15 @@ clip (as in the paper's implementation). :func:`qcfs_thresholds` gives the calib
 
 from __future__ import annotations
 
+import copy
 from typing import Optional, Union
 
 import torch
 import torch.fx as fx
 from torch import nn
 
-from spikecast.graph.normalize import fresh_copy
+from spikecast.graph.normalize import fresh_copy, views_to_reshapes
+from spikecast.graph.ops import weighted_layers
 from spikecast.graph.sites import ActivationSite, site_nodes
 
 
@@ -110,3 +112,35 @@ def qcfs_levels(gm: fx.GraphModule) -> Optional[int]:
     if len(levels) > 1:
         raise ValueError(f"QCFS sites with different levels: {sorted(levels)}")
     return levels.pop() if levels else None
+
+
+def trainable_copy(gm: fx.GraphModule) -> tuple[fx.GraphModule, list[nn.Parameter]]:
+    """A copy of ``gm`` whose weighted layers' weights and biases are fresh trainable parameters
+    (the input graph's tensors are never touched), plus every parameter to optimise."""
+    out = copy.deepcopy(gm)
+    # training inputs come in any memory layout (augmented crops, channels-last): views need
+    # compatible strides, reshapes do not
+    views_to_reshapes(out.graph)
+    out.recompile()
+    for _, weight, bias in weighted_layers(out):
+        for target in (weight, bias):
+            if target is None:
+                continue
+            *parents, leaf = target.split(".")
+            owner = out.get_submodule(".".join(parents)) if parents else out
+            tensor = getattr(owner, leaf).detach().clone()
+            delattr(owner, leaf)
+            owner.register_parameter(leaf, nn.Parameter(tensor, requires_grad=True))
+    for name, p in out.named_parameters():
+        if name.startswith("sites."):
+            p._spikecast_no_decay = True  # QCFS clips: no weight decay
+    params = [p for p in out.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the network has no weighted layer with constant weights to fine-tune")
+    return out, params
+
+
+def freeze(module: nn.Module) -> None:
+    """Stop gradients to every parameter of ``module`` (a trained copy becomes a constant graph)."""
+    for p in module.parameters():
+        p.requires_grad_(False)

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Optional, Union
 
 import torch
-import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
@@ -33,11 +32,9 @@ from spikecast.calibrate.sample import CalibrationSet
 from spikecast.calibrate.thresholds import calibrate
 from spikecast.data import as_loader, split_batch
 from spikecast.devices import DeviceLike, resolve_device
-from spikecast.graph.normalize import views_to_reshapes
-from spikecast.graph.ops import weighted_layers
 from spikecast.models import ModelLike, resolve_model
 from spikecast.pipeline import build_snn, convert, prepare, read_calibration_set
-from spikecast.quant.qcfs import qcfs_thresholds, to_qcfs
+from spikecast.quant.qcfs import freeze, qcfs_thresholds, to_qcfs, trainable_copy
 from spikecast.recipe import Recipe
 from spikecast.runtime.network import SpikingNetwork
 from spikecast.train.loop import TrainConfig, config_dict, labelled_tensors, train
@@ -85,42 +82,11 @@ class FinetuneConfig:
     def recipe(self) -> Recipe:
         """The conversion recipe of this fine-tuning (the same :class:`Recipe` ``convert`` takes):
         budget ``T = levels`` (QCFS) or ``timesteps`` (surrogate), ``thresholds`` (QCFS: the
-        clips' initial values), ``correction``."""
+        clips' initial values), ``correction``; no label-free reconstruction (training with labels
+        takes its place)."""
         return Recipe(timesteps=int(self.levels if self.method == "qcfs" else self.timesteps),
                       thresholds=self.thresholds, correction=self.correction, correction_form=self.correction_form,
-                      signed=self.signed,
-                      calib_images=int(self.calib_images))
-
-
-def trainable_copy(gm: fx.GraphModule) -> tuple[fx.GraphModule, list[nn.Parameter]]:
-    """A copy of ``gm`` whose weighted layers' weights and biases are fresh trainable parameters
-    (the input graph's tensors are never touched), plus every parameter to optimise."""
-    out = copy.deepcopy(gm)
-    # training inputs come in any memory layout (augmented crops, channels-last): views need
-    # compatible strides, reshapes do not
-    views_to_reshapes(out.graph)
-    out.recompile()
-    for _, weight, bias in weighted_layers(out):
-        for target in (weight, bias):
-            if target is None:
-                continue
-            *parents, leaf = target.split(".")
-            owner = out.get_submodule(".".join(parents)) if parents else out
-            tensor = getattr(owner, leaf).detach().clone()
-            delattr(owner, leaf)
-            owner.register_parameter(leaf, nn.Parameter(tensor, requires_grad=True))
-    for name, p in out.named_parameters():
-        if name.startswith("sites."):
-            p._spikecast_no_decay = True  # QCFS clips: no weight decay
-    params = [p for p in out.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("the network has no weighted layer with constant weights to fine-tune")
-    return out, params
-
-
-def freeze(module: nn.Module) -> None:
-    for p in module.parameters():
-        p.requires_grad_(False)
+                      signed=self.signed, calib_images=int(self.calib_images), reconstruct="off")
 
 
 def _calibration_subset(train_data, n: int):

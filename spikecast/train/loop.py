@@ -25,10 +25,9 @@ from pathlib import Path
 from typing import Callable, Iterable, Optional, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from spikecast.data import TensorBatches, as_loader, split_batch
+from spikecast.data import TensorBatches, as_loader, augment_batch, split_batch
 from spikecast.progress import progress_bar
 
 CHECKPOINT_FILE = "finetune.pt"
@@ -102,23 +101,6 @@ def labelled_tensors(data) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
     if isinstance(data, TensorBatches) and data.y is not None:
         return data.x, data.y
     return None
-
-
-def augment_batch(x: torch.Tensor, generator: torch.Generator, flip: bool = True) -> torch.Tensor:
-    """Random crop after zero padding by 1/8 of the height (4 px at 32 px), random horizontal flip."""
-    n, _, h, w = x.shape
-    pad = max(1, h // 8)
-    padded = F.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-    rows = (dy[:, None] + torch.arange(h)[None, :])  # [n, h]
-    cols = (dx[:, None] + torch.arange(w)[None, :])  # [n, w]
-    idx = torch.arange(n)[:, None, None]
-    out = padded.permute(0, 2, 3, 1)[idx, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
-    if flip:
-        flipped = torch.rand(n, generator=generator) < 0.5
-        out[flipped] = out[flipped].flip(-1)
-    return out.contiguous()
 
 
 def epoch_batches(data, config: TrainConfig, epoch: int) -> tuple[Iterable, Optional[int]]:

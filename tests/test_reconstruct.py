@@ -1,0 +1,133 @@
+"""Label-free reconstruction (spikecast.quant.reconstruct): the quantised twin learns the ANN,
+the recipe turns it on for few steps, the result is recorded and saved."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import spikecast
+from spikecast.calibrate.sample import as_calibration_set
+from spikecast.calibrate.thresholds import calibrate
+from spikecast.graph.sites import site_nodes
+from spikecast.pipeline import prepare
+from spikecast.quant.qcfs import QCFSSite, to_qcfs
+from spikecast.quant.reconstruct import ReconstructionConfig, reconstruct
+from spikecast.recipe import AUTO_RECONSTRUCT_LEVELS, Recipe, recipe_of
+from spikecast.zoo.digits import digits_tensors
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 12, 3, padding=1)
+        self.conv2 = nn.Conv2d(12, 16, 3, padding=1)
+        self.conv3 = nn.Conv2d(16, 16, 3, padding=1)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x):
+        x = F.relu(self.conv1(x))
+        x = F.relu(self.conv2(x))
+        x = F.relu(self.conv3(x)) + x
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    net = Net().eval()
+    with torch.no_grad():  # confident logits: the quantisation error shows in the softmax
+        net.fc.weight.mul_(40)
+    return net
+
+
+def images(n=128, seed=0):
+    return torch.randn(n, 3, 8, 8, generator=torch.Generator().manual_seed(seed))
+
+
+def kl(ann, graph, x):
+    with torch.no_grad():
+        return float(F.kl_div(F.log_softmax(graph(x), -1), F.log_softmax(ann(x), -1), log_target=True,
+                              reduction="batchmean"))
+
+
+def test_reconstruction_leaves_its_input_graphs_and_returns_a_trained_constant_twin(net):
+    x = images()
+    normalised = prepare(net, x[:2])
+    calibrated, _ = calibrate(normalised, as_calibration_set(x), Recipe(timesteps=4).calibration_config(),
+                              progress=False)
+    before = {k: v.clone() for k, v in calibrated.state_dict().items()}
+    teacher = {k: v.clone() for k, v in normalised.state_dict().items()}
+    trained, record = reconstruct(normalised, calibrated, as_calibration_set(x), 4,
+                                  ReconstructionConfig(steps=150, batch_size=32), progress=False)
+    assert record["loss_last"] < record["loss_first"] and record["levels"] == 4 and record["steps"] == 150
+    for k, v in calibrated.state_dict().items():  # a pure pass: the input graphs are untouched
+        assert torch.equal(v, before[k]), k
+    for k, v in normalised.state_dict().items():
+        assert torch.equal(v, teacher[k]), k
+    assert kl(net, trained, x) < kl(net, to_qcfs(calibrated, 4), x)
+    sites = [s for _, s in site_nodes(trained)]
+    assert sites and all(isinstance(s, QCFSSite) and s.threshold is not None for s in sites)
+    assert not any(p.requires_grad for p in trained.parameters())
+
+
+def test_reconstruction_raises_few_step_accuracy_on_unseen_digits():
+    # the trained digits CNN, one step: post-training thresholds alone lose ~6 points; the
+    # reconstructed twin (taught by the ANN on the unlabeled train images) recovers most of it
+    x, _ = digits_tensors("train")
+    xt, yt = digits_tensors("test")
+    ann = spikecast.zoo.create_model("digits-cnn", pretrained=True).eval()
+    acc = {}
+    for mode in ("off", "on"):
+        snn = spikecast.convert(ann, x, timesteps=1, reconstruct=mode, reconstruct_steps=150, correction="none",
+                                progress=False)
+        with torch.no_grad():
+            acc[mode] = float(snn(xt, timesteps=1).argmax(-1).eq(yt).float().mean())
+    assert acc["on"] >= acc["off"] + 0.02, acc
+
+
+def test_reconstruction_is_deterministic(net):
+    x = images()
+    normalised = prepare(net, x[:2])
+    calibrated, _ = calibrate(normalised, as_calibration_set(x), Recipe(timesteps=4).calibration_config(),
+                              progress=False)
+    cfg = ReconstructionConfig(steps=20, batch_size=16)
+    a, _ = reconstruct(normalised, calibrated, as_calibration_set(x), 4, cfg, progress=False)
+    b, _ = reconstruct(normalised, calibrated, as_calibration_set(x), 4, cfg, progress=False)
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(va, vb), k
+
+
+def test_recipe_reconstructs_few_steps_by_default_and_records_it():
+    assert Recipe(timesteps=4).reconstructs and Recipe(timesteps=AUTO_RECONSTRUCT_LEVELS).reconstructs
+    assert not Recipe(timesteps=16).reconstructs and not Recipe().reconstructs
+    assert Recipe(timesteps=4, levels=2).reconstructs and not Recipe(timesteps=8, levels=2).reconstructs
+    assert not Recipe(timesteps=4, reconstruct="off").reconstructs and Recipe(timesteps=32, reconstruct="on").reconstructs
+    assert not spikecast.Recipe(timesteps=4, profile="nir", signed=False, v_init=0.0, compensate=False).reconstructs
+    # a recipe saved before reconstruction existed did not reconstruct
+    assert not Recipe.from_dict({"timesteps": 4}).reconstructs
+    assert Recipe.from_dict(Recipe(timesteps=4).to_dict()) == Recipe(timesteps=4)
+    with pytest.raises(ValueError, match="reconstruct mode"):
+        Recipe(reconstruct="yes")
+    with pytest.raises(ValueError, match="reconstruction steps"):
+        Recipe(reconstruct_steps=0)
+
+
+def test_convert_at_four_steps_reconstructs_and_the_snn_follows_the_twin(net, tmp_path):
+    x, held_out = images(), images(64, seed=1)
+    plain = spikecast.convert(net, x, timesteps=4, reconstruct="off", correction="none", progress=False)
+    rebuilt = spikecast.convert(net, x, timesteps=4, reconstruct_steps=150, correction="none", progress=False)
+    assert "reconstruction" not in plain.metadata
+    assert rebuilt.metadata["reconstruction"]["steps"] == 150
+    assert recipe_of(rebuilt) == Recipe(timesteps=4, reconstruct_steps=150, correction="none")
+    with torch.no_grad():
+        ann = net(held_out)
+    err = {name: float((snn(held_out, timesteps=4) - ann).pow(2).mean()) for name, snn in
+           (("plain", plain), ("rebuilt", rebuilt))}
+    assert err["rebuilt"] < err["plain"], err
+    rebuilt.save(tmp_path / "snn")
+    back = spikecast.load(tmp_path / "snn")
+    assert torch.equal(back(held_out, timesteps=4), rebuilt(held_out, timesteps=4))
+    assert back.metadata["reconstruction"] == rebuilt.metadata["reconstruction"]
