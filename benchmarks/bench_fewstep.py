@@ -150,7 +150,8 @@ def choose(args, run) -> None:
     body = "\n".join([
         f"SNN top-1 on the first {len(x_val)} images of the validation split (never the test set), networks converted "
         f"for T={T} with 512 unlabeled train images, signed single-spike neurons; the reconstruction trains the "
-        "QCFS twin against the ANN (KL divergence of the outputs, no labels, batch 64, random crop + flip). The "
+        f"QCFS twin against the ANN (KL divergence of the outputs, no labels, batch 64, random crop + flip, levels "
+        f"cycling through T..{ReconstructionConfig().anytime}T). The "
         "correction rows vary the correction after the reconstruction at "
         f"{args.steps} steps, lr {args.lr:g}. Rule (fixed in the script): highest top-1 at T={T} averaged over both "
         f"networks among the settings whose networks do not fall by more than {100 * ANYTIME_SLACK:g} points at T=8 "

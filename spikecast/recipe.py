@@ -11,6 +11,7 @@ The metadata of a converted network (one schema, written by :func:`spikecast.pip
      "recipe": Recipe.to_dict(),
      "calibration_set": {"images": 512, "images_read": 50000, "batches_read": 782, ...},
      "sites": [per activation site: name, max, numel, firing_fraction, mean_positive],
+     "reconstruction": {the label-free reconstruction's settings, loss, seconds; only when it ran},
      "correction": {what the layer-wise correction did; only when it ran},
      "seconds": 61.8}
 
@@ -279,6 +280,7 @@ def recipe_of(source) -> Recipe:
             fields_[key] = neuron[key]
     if neuron.get("mask_sites"):
         fields_["mask_sites"] = tuple(neuron["mask_sites"])
+    fields_["reconstruct"] = "off"  # networks saved before the recipe existed were never reconstructed
     if simulation is not None:
         fields_["encoding"] = simulation.encoding
         fields_.setdefault("timesteps", simulation.timesteps)

@@ -192,7 +192,9 @@ def test_recipe_overrides_deprecated_names_and_metadata_schema(tmp_path):
         snn = spikecast.convert(_net(), x, method="max", calibration="light", timesteps=4, progress=False)
     assert {str(w.message) for w in caught} >= {"method= is deprecated: use thresholds= (same values)",
                                                "calibration= is deprecated: use correction= (same values)"}
-    assert set(snn.metadata) == {"source", "recipe", "calibration_set", "sites", "correction", "seconds"}
+    # (T=4: the label-free reconstruction runs by default and is recorded)
+    assert set(snn.metadata) == {"source", "recipe", "calibration_set", "sites", "reconstruction", "correction",
+                                 "seconds"}
     recipe = Recipe(thresholds="max", correction="light", timesteps=4)
     assert recipe_of(snn) == recipe and snn.metadata["recipe"] == recipe.to_dict()
     assert recipe_of(spikecast.load(snn.save(tmp_path / "snn"))) == recipe
@@ -210,8 +212,8 @@ def test_recipe_overrides_deprecated_names_and_metadata_schema(tmp_path):
            "neuron": {"v_init": 0.5, "mask_ratio": 0.0, "mask_sites": [], "mask_seed": 0, "signed": False,
                       "levels": 2, "compensate": True}}
     assert recipe_of(old) == Recipe(thresholds="percentile", percentile=99.9, per_channel=True, correction="light",
-                                    timesteps=16, calib_images=1347, signed=False, levels=2)
+                                    timesteps=16, calib_images=1347, signed=False, levels=2, reconstruct="off")
     assert calibration_set_of(old) == {"images": 1347, "images_read": 1347, "batches_read": None}
     qcfs = {"calibration": {"method": "qcfs(L=4)", "level": "light", "timesteps": 4, "per_channel": False},
             "neuron": {"v_init": 0.5, "signed": True, "mask_ratio": 0.0}}
-    assert recipe_of(qcfs) == Recipe(timesteps=4, correction="light")
+    assert recipe_of(qcfs) == Recipe(timesteps=4, correction="light", reconstruct="off")

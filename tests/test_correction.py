@@ -56,8 +56,9 @@ def _model_and_data(seed=0):
 
 
 def _snn(model, calib, T, level="none", signed=False, method="percentile", per_channel=False):
+    # the correction alone (no label-free reconstruction before it, which "auto" runs at T <= 8)
     return spikecast.convert(model, calib=calib, timesteps=T, correction=level, signed=signed, thresholds=method,
-                             per_channel=per_channel, progress=False)
+                             per_channel=per_channel, reconstruct="off", progress=False)
 
 
 def _site_rates(snn, x, T):

@@ -247,7 +247,7 @@ def test_finetune_honours_its_device_and_records_the_convert_schema(tiny):
     tuned = finetune(tiny, (x, y), device="cpu", levels=2, correction="light", epochs=1, batch_size=16,
                      val=(x, y), val_batch_size=5, progress=False, calib=(b for b in [x[:20], x[20:]]))
     assert recipe_of(tuned) == Recipe(timesteps=2, correction="light", correction_form="charge",
-                                      signed=FinetuneConfig().signed)
+                                      signed=FinetuneConfig().signed, reconstruct="off")
     assert {"source", "recipe", "calibration_set", "sites", "correction", "seconds", "finetune"} <= set(tuned.metadata)
     assert tuned.metadata["calibration_set"]["images_read"] == 32
     assert "val_accuracy" in tuned.metadata["finetune"]["history"][-1]

@@ -63,13 +63,14 @@ def test_reconstruction_leaves_its_input_graphs_and_returns_a_trained_constant_t
     trained, record = reconstruct(normalised, calibrated, as_calibration_set(x), 4,
                                   ReconstructionConfig(steps=150, batch_size=32), progress=False)
     assert record["loss_last"] < record["loss_first"] and record["levels"] == 4 and record["steps"] == 150
+    assert record["anytime"] == 2  # trained at 4 and 8 levels in turn; the result has the levels asked for
     for k, v in calibrated.state_dict().items():  # a pure pass: the input graphs are untouched
         assert torch.equal(v, before[k]), k
     for k, v in normalised.state_dict().items():
         assert torch.equal(v, teacher[k]), k
     assert kl(net, trained, x) < kl(net, to_qcfs(calibrated, 4), x)
     sites = [s for _, s in site_nodes(trained)]
-    assert sites and all(isinstance(s, QCFSSite) and s.threshold is not None for s in sites)
+    assert sites and all(isinstance(s, QCFSSite) and s.threshold is not None and s.levels == 4 for s in sites)
     assert not any(p.requires_grad for p in trained.parameters())
 
 
