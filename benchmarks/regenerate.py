@@ -50,6 +50,8 @@ STEPS: tuple[Step, ...] = (
     Step(("modern-cifar",), "python benchmarks/bench_modern_cifar.py", "gpu", 2.0),
     Step(("finetune-resnet20", "finetune-resnet32"), "python benchmarks/bench_finetune.py", "gpu", 2.5),
     Step(("anytime-validation",), "python benchmarks/bench_anytime.py", "gpu", 1.5),
+    Step(("fewstep-validation",), "python benchmarks/bench_fewstep.py choose", "gpu", 1.0),
+    Step(("fewstep",), "python benchmarks/bench_fewstep.py test", "cpu", 0.5),
     Step(("nir-profile",), "python benchmarks/bench_nir.py profile", "cpu", 1.5),
     Step(("nir-readers",), "python benchmarks/bench_nir.py readers", "cpu", 0.5),
     Step(("headline-guard",), "python benchmarks/bench_calibration.py guard", "cpu", 0.1),
