@@ -59,6 +59,11 @@ def top1(snn, x, y, columns, batch=500) -> dict[int, float]:
     return {T: n / len(x) for T, n in hits.items()}
 
 
+def ann_top1(ann, x, y, batch=500) -> float:
+    with torch.no_grad():
+        return sum(int(ann(x[i:i + batch]).argmax(-1).eq(y[i:i + batch]).sum()) for i in range(0, len(x), batch)) / len(x)
+
+
 class Cells:
     """Measured cells in ``work/<name>.json``, each with the commit it was measured at."""
 
@@ -98,9 +103,7 @@ def choose(args, run) -> None:
         ann = create_model(name, pretrained=True).eval()
         key = f"{name}/ann"
         if cells.get(key) is None:
-            with torch.no_grad():
-                cells.put(key, sum(int(ann(x_val[i:i + 500]).argmax(-1).eq(y_val[i:i + 500]).sum())
-                                   for i in range(0, len(x_val), 500)) / len(x_val))
+            cells.put(key, ann_top1(ann, x_val, y_val))
         rows.append(f"| {name} | ANN | - | {pct(cells.get(key))} | | | - |")
         key = f"{name}/no-reconstruction"
         if cells.get(key) is None:
@@ -177,9 +180,7 @@ def test(args, run) -> None:
         ann = create_model(name, pretrained=True).eval()
         key = f"{name}/ann"
         if cells.get(key) is None:
-            with torch.no_grad():
-                cells.put(key, sum(int(ann(x_test[i:i + 500]).argmax(-1).eq(y_test[i:i + 500]).sum())
-                                   for i in range(0, len(x_test), 500)) / len(x_test))
+            cells.put(key, ann_top1(ann, x_test, y_test))
         ann_acc = cells.get(key)
         for T in (4, 8):
             columns = tuple(t for t in (4, 8, 16) if t >= T)

@@ -138,8 +138,8 @@ def convert(
             sample of at most ``recipe.calib_images`` images chosen by content, so the result does
             not depend on its order or batching. Labels are ignored.
         recipe: a :class:`~spikecast.recipe.Recipe` (default: ``Recipe()``, spikecast's default
-            recipe: mse thresholds, advanced correction, signed neurons, T=32, 512 images;
-            reconstruction at T <= 8).
+            recipe: mse thresholds, advanced correction, signed neurons, T=32, 512 images; at
+            T <= 8 a reconstruction first, then the light correction as initial charge).
         checkpoint: local weights file (.pth/.pt/.th/.safetensors) to load into the model.
         pretrained: load the model's default weights (zoo: default True; timm: False, needs
             internet when True).

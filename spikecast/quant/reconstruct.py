@@ -25,8 +25,9 @@ The result is a calibrated graph whose thresholds are the trained clips (QCFS si
 also the teacher of the layer-wise correction that follows, as after QCFS fine-tuning), converted
 like any other. This is network-level reconstruction in the spirit of SNN Calibration's advanced
 mode (Li et al. 2021) and BRECQ (Li et al. 2021), with the SNN's own quantiser (QCFS) as the
-differentiable model of a ``T``-step neuron. The settings were chosen on the validation split
-(``benchmarks/bench_fewstep.py``).
+differentiable model of a ``T``-step neuron. ``benchmarks/bench_fewstep.py choose`` compares the
+settings on the validation split (its last run predates ``anytime``; the ``anytime`` figures above
+are from a validation run outside it).
 """
 
 from __future__ import annotations
