@@ -219,7 +219,8 @@ def describe_recipe(recipe: Recipe) -> str:
     how = {"percentile": f"percentile {recipe.percentile:g}", "max": "max",
            "mse": f"minimum error for T={recipe.timesteps}"}[recipe.thresholds]
     levels = f", {recipe.levels} spikes per step" if recipe.levels > 1 else ""
-    rebuilt = f"; reconstruction ({recipe.reconstruct_steps} steps)" if recipe.reconstructs else ""
+    rebuilt = (f"; reconstruction ({recipe.reconstruct_steps} steps, {recipe.distill_steps} of the SNN)"
+               if recipe.reconstructs else "")
     return (f"thresholds: {how}{' per channel' if recipe.per_channel else ''}; correction: {recipe.correction_used} for "
             f"T={recipe.timesteps}; {'signed' if recipe.signed else 'binary'} neurons{levels}"
             f"{'' if recipe.compensate else '; no compensation'}{rebuilt}")

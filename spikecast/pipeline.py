@@ -29,7 +29,7 @@ from spikecast.graph.normalize import normalize
 from spikecast.graph.sites import site_nodes
 from spikecast.graph.trace import trace
 from spikecast.models import ModelLike, resolve_model
-from spikecast.quant.reconstruct import reconstruct
+from spikecast.quant.reconstruct import distill, reconstruct
 from spikecast.recipe import Recipe, build_recipe
 from spikecast.runtime.network import SpikingNetwork
 
@@ -67,7 +67,8 @@ def build_snn(graph: fx.GraphModule, images: CalibrationSet, recipe: Recipe, *, 
     Stages: thresholds on every site (``recipe.calibration_config()``) unless ``calibrated`` (the
     graph's sites already have thresholds, e.g. fine-tuned QCFS clips; ``stats`` then are the
     statistics to record, if any), the label-free reconstruction when ``recipe.reconstructs``
-    (not for a ``calibrated`` graph; recorded as ``metadata["reconstruction"]``), neurons
+    (not for a ``calibrated`` graph; recorded as ``metadata["reconstruction"]``; after the correction
+    its distillation of the SNN, ``recipe.distill_steps``, recorded under ``"distill"``), neurons
     (``recipe.neuron_config()``), simulation settings
     (Poisson input scale from the calibration set), then the layer-wise correction
     (``recipe.correction_config()``) with ``graph`` (calibrated) as teacher. ``started``: a
@@ -103,6 +104,10 @@ def build_snn(graph: fx.GraphModule, images: CalibrationSet, recipe: Recipe, *, 
         snn = snn.to(device)
     if recipe.correction_used != "none" and snn.neurons():
         snn = correct(snn, thresholds, images, recipe.correction_config(), progress=progress, device=device)
+    if reconstruction is not None and recipe.distill_steps > 0 and snn.neurons():
+        # the twin is right under constant input; the SNN's own steps close what its transient loses
+        snn, distilled = distill(snn, graph, images, recipe.reconstruction_config(), device=device, progress=progress)
+        snn.metadata["reconstruction"] = {**reconstruction, "distill": distilled}
     if recipe.profile == "nir":
         # in NIR units (thresholds 1, weights rescaled): exports weight for weight, round trips exactly
         snn = nir_form(snn, example=images.images[:1], weight_bits=recipe.weight_bits)
@@ -153,7 +158,8 @@ def convert(
             ``"advanced"``), ``signed``, ``levels``, ``v_init``, ``mask_ratio``, ``mask_sites``,
             ``mask_seed``, ``compensate``, ``encoding``, ``calib_images``, ``reconstruct``
             (``"auto"``: train the quantised twin against the ANN on the calibration images when
-            ``timesteps * levels <= 8``; ``"on"`` / ``"off"``), ``reconstruct_steps``. The old names
+            ``timesteps * levels <= 8``; ``"on"`` / ``"off"``), ``reconstruct_steps``,
+            ``distill_steps`` (then the SNN itself trained against the ANN). The old names
             ``method=`` and ``calibration=`` still work (DeprecationWarning).
 
     Returns:

@@ -81,7 +81,8 @@ class Recipe:
     Reconstruction: ``reconstruct`` trains the network's quantised twin (QCFS, ``timesteps *
     levels`` levels) against the ANN on the calibration images for ``reconstruct_steps`` steps -
     no labels - before conversion (:mod:`spikecast.quant.reconstruct`); ``"auto"`` (default) does
-    so when ``timesteps * levels <= 8``.
+    so when ``timesteps * levels <= 8``; after the correction, ``distill_steps`` steps of
+    backpropagation through time train the SNN itself against the ANN (0: none).
     Simulation: ``timesteps`` is the budget T calibrated for (and the default T of ``snn(x)``),
     ``encoding`` the input code. Data: ``calib_images`` bounds the calibration set (the images
     kept, chosen by content, from however many the calibration data holds).
@@ -106,6 +107,7 @@ class Recipe:
     weight_bits: Optional[int] = None
     reconstruct: str = "auto"
     reconstruct_steps: int = ReconstructionConfig.steps
+    distill_steps: int = ReconstructionConfig.distill_steps
 
     def __post_init__(self):
         if self.reconstruct not in RECONSTRUCT_MODES:
@@ -172,7 +174,7 @@ class Recipe:
         return "charge" if self.reconstructs and self.profile != "nir" else "current"
 
     def reconstruction_config(self) -> ReconstructionConfig:
-        return ReconstructionConfig(steps=int(self.reconstruct_steps))
+        return ReconstructionConfig(steps=int(self.reconstruct_steps), distill_steps=int(self.distill_steps))
 
     def calibration_config(self) -> CalibrationConfig:
         # a neuron with `levels` spike sizes resolves levels*T values in T steps: choose its range for that
@@ -211,6 +213,7 @@ class Recipe:
         a recipe recorded before reconstruction existed did not reconstruct)."""
         data = dict(data)
         data.setdefault("reconstruct", "off")
+        data.setdefault("distill_steps", 0)  # nor did one recorded before the SNN's distillation existed
         return cls().replace(**data)
 
 
@@ -281,6 +284,7 @@ def recipe_of(source) -> Recipe:
     if neuron.get("mask_sites"):
         fields_["mask_sites"] = tuple(neuron["mask_sites"])
     fields_["reconstruct"] = "off"  # networks saved before the recipe existed were never reconstructed
+    fields_["distill_steps"] = 0
     if simulation is not None:
         fields_["encoding"] = simulation.encoding
         fields_.setdefault("timesteps", simulation.timesteps)

@@ -34,7 +34,7 @@ EVAL_DEFAULT = ",".join(str(t) for t in DEFAULT_EVAL_TIMESTEPS)
 #: Recipe fields with a flag of the same name, read by :func:`recipe_from` (``timesteps`` too).
 RECIPE_FLAGS = ("thresholds", "percentile", "per_channel", "correction", "correction_form", "signed", "levels", "v_init",
                 "mask_ratio", "mask_seed", "compensate", "encoding", "calib_images", "profile", "weight_bits",
-                "reconstruct", "reconstruct_steps")
+                "reconstruct", "reconstruct_steps", "distill_steps")
 
 
 def note(text: str) -> None:
@@ -49,6 +49,16 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
     return value
 
 
@@ -188,6 +198,9 @@ def add_recipe_args(p) -> None:
                         f"{AUTO_RECONSTRUCT_LEVELS}; default {r.reconstruct})")
     p.add_argument("--reconstruct-steps", type=positive_int, metavar="N",
                    help=f"--reconstruct: optimiser steps (default {r.reconstruct_steps})")
+    p.add_argument("--distill-steps", type=non_negative_int, metavar="N",
+                   help="--reconstruct: steps of backpropagation through time that then train the SNN itself "
+                        f"against the ANN, no labels (0: none; default {r.distill_steps})")
     p.add_argument("--weight-bits", type=positive_int, metavar="B",
                    help="--profile nir: weights and biases on a power-of-two grid of B bits per layer (every NIR "
                         "reader then computes the same membranes bit for bit; 8 = Speck's resolution)")
