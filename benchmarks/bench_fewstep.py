@@ -42,8 +42,7 @@ from bench_data import cifar10
 
 MODELS = ("cifar10-resnet20", "cifar10-resnet32")
 #: the settings compared: reconstruction steps, correction / form after it, distillation steps
-SETTINGS = ("600:light:charge:0", "600:light:charge:40", "600:light:charge:80", "300:light:charge:80",
-            "600:advanced:charge:40")
+SETTINGS = ("600:light:charge:0", "600:light:charge:40", "600:light:charge:80", "300:light:charge:80")
 #: the targets of issue 16 (full test set): T=4 and T=8 top-1
 ANYTIME_SLACK = 0.005
 TARGETS = {"cifar10-resnet20": {4: 0.78, 8: 0.80}, "cifar10-resnet32": {4: 0.795, 8: 0.815}}

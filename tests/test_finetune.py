@@ -13,7 +13,8 @@ from torch import nn
 import spikecast
 from spikecast.calibrate.thresholds import CalibrationConfig, calibrate
 from spikecast.pipeline import prepare
-from spikecast.nn.neuron import IFNeuron, _binary_step, _signed_step, _surrogate_step
+from spikecast.nn.neuron import (IFNeuron, _binary_step, _multilevel_step, _multilevel_surrogate_step,
+                                 _signed_step, _surrogate_step)
 from spikecast.convert.spiking import NeuronConfig, to_spiking
 from spikecast.graph.sites import site_nodes
 from spikecast.quant import QCFSSite, integer_form, qcfs_thresholds, quantize_tensor, quantize_weights, to_qcfs
@@ -140,6 +141,25 @@ def test_surrogate_step_has_the_values_of_the_inference_step(signed):
             out, v = _binary_step(v, current, bias, theta)
         out2, v2, e2 = _surrogate_step(v2, e2, current.requires_grad_(), bias, theta)
         assert torch.equal(out, out2.detach()) and torch.equal(v, v2.detach())
+
+
+@pytest.mark.parametrize("signed,bipolar", [(False, False), (True, False), (False, True)])
+def test_multilevel_surrogate_step_has_the_values_of_the_inference_step(signed, bipolar):
+    torch.manual_seed(2)
+    theta, bias = torch.tensor(0.7), torch.tensor(0.02)
+    v = torch.full((400,), 0.35)
+    emitted = torch.zeros(400) if signed else None
+    v2, e2 = v.clone(), (emitted.clone() if signed else None)
+    grads = 0.0
+    for _ in range(10):
+        current = (torch.randn(400) * 1.5).requires_grad_()
+        out, v, emitted = _multilevel_step(v, emitted, current.detach(), bias, theta, 3, bipolar)
+        out2, v2, e2 = _multilevel_surrogate_step(v2, e2, current, bias, theta, 3, bipolar)
+        assert torch.equal(out, out2.detach()) and torch.equal(v, v2.detach())
+        assert signed == (e2 is not None) and (not signed or torch.equal(emitted, e2))
+        out2.sum().backward()
+        grads += float(current.grad.abs().sum())
+    assert grads > 0
 
 
 def test_surrogate_gradient_is_triangular_around_the_threshold():

@@ -14,7 +14,7 @@ from spikecast.calibrate.thresholds import calibrate
 from spikecast.graph.sites import site_nodes
 from spikecast.pipeline import prepare
 from spikecast.quant.qcfs import QCFSSite, to_qcfs
-from spikecast.quant.reconstruct import ReconstructionConfig, reconstruct
+from spikecast.quant.reconstruct import ReconstructionConfig, distill, reconstruct
 from spikecast.recipe import AUTO_RECONSTRUCT_LEVELS, Recipe, recipe_of
 from spikecast.zoo.digits import digits_tensors
 
@@ -132,3 +132,38 @@ def test_convert_at_four_steps_reconstructs_and_the_snn_follows_the_twin(net, tm
     back = spikecast.load(tmp_path / "snn")
     assert torch.equal(back(held_out, timesteps=4), rebuilt(held_out, timesteps=4))
     assert back.metadata["reconstruction"] == rebuilt.metadata["reconstruction"]
+
+
+def test_distillation_trains_a_copy_of_the_snn_towards_the_ann_and_records_it(net):
+    x = images()
+    snn = spikecast.convert(net, x, timesteps=4, reconstruct_steps=60, distill_steps=0, progress=False)
+    assert "distill" not in snn.metadata["reconstruction"]
+    before = {k: v.clone() for k, v in snn.graph_module.state_dict().items()}
+    normalised = prepare(net, x[:2])
+    distilled, record = distill(snn, normalised, as_calibration_set(x),
+                                ReconstructionConfig(distill_steps=80, distill_lr=1e-3, distill_batch_size=32),
+                                progress=False)
+    for k, v in snn.graph_module.state_dict().items():  # the input network is untouched
+        assert torch.equal(v, before[k]), k
+    assert record["steps"] == 80 and record["timesteps"] == 4 and record["loss_last"] < record["loss_first"]
+    assert not any(p.requires_grad for p in distilled.graph_module.parameters())
+    changed = [k for k, v in distilled.graph_module.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed and all(k.endswith(("weight", "bias")) for k in changed), changed  # thresholds, charges stay
+
+    def snn_kl(network):
+        with torch.no_grad():
+            return float(F.kl_div(F.log_softmax(network(x, timesteps=4), -1), F.log_softmax(net(x), -1),
+                                  log_target=True, reduction="batchmean"))
+    assert snn_kl(distilled) < snn_kl(snn)
+
+
+def test_convert_distills_by_default_at_few_steps_and_old_recipes_did_not():
+    assert Recipe(timesteps=4).distill_steps == ReconstructionConfig().distill_steps > 0
+    assert Recipe.from_dict({"timesteps": 4, "reconstruct": "on"}).distill_steps == 0
+    with pytest.raises(ValueError, match="distill steps"):
+        Recipe(distill_steps=-1)
+    x, _ = digits_tensors("train")
+    ann = spikecast.zoo.create_model("digits-cnn", pretrained=True).eval()
+    snn = spikecast.convert(ann, x[:128], timesteps=2, reconstruct_steps=20, distill_steps=5, progress=False)
+    assert snn.metadata["reconstruction"]["distill"]["steps"] == 5
+    assert recipe_of(snn).distill_steps == 5

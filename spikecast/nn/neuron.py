@@ -144,6 +144,26 @@ def _surrogate_step(v, emitted, current, bias, theta, bipolar: bool = False):
     return out, v - out.detach(), emitted
 
 
+def _multilevel_surrogate_step(v, emitted, current, bias, theta, levels: int, bipolar: bool):
+    """``_multilevel_step``'s values with surrogate gradients: the step's ``n`` spikes are a
+    staircase of ``levels`` Heaviside steps (at ``v = theta, 2 theta, ...``; the negative side at
+    ``v < 0, -theta, ...`` where spikes can be sent or taken back), each with the triangular surrogate
+    of :class:`_Spike`; the value is exactly the multi-level neuron's. Reset and bookkeeping detached,
+    as in :func:`_surrogate_step`."""
+    v = v + current + bias
+    exact, _, _ = _multilevel_step(v.detach(), emitted, torch.zeros_like(v), torch.zeros_like(v), theta, levels,
+                                   bipolar)
+    soft = sum(_Spike.apply(v - k * theta, theta, False) for k in range(1, levels + 1))
+    if bipolar or emitted is not None:
+        negative = sum(_Spike.apply(-(v + k * theta), theta, True) for k in range(levels))
+        if emitted is not None:  # a signed neuron only takes back what it sent
+            negative = negative * (emitted > 0).to(v.dtype)
+        soft = soft - negative
+    soft = theta * soft
+    out = exact + (soft - soft.detach())  # (soft - soft) is exactly 0: the value is the neuron's, bit for bit
+    return out, v - out.detach(), (emitted + out.detach() if emitted is not None else None)
+
+
 def _fused(fn: Callable) -> Optional[Callable]:
     """The compiled version of a step function, or None when compiling is off or failed."""
     if not _compile_state["enabled"]:
@@ -348,10 +368,13 @@ class IFNeuron(StatefulModule):
         if training and self.reset_mode == "zero":
             raise NotImplementedError(f"neuron {self.name!r}: surrogate-gradient training of reset='zero' neurons "
                                       "is not supported")
-        if training and self.levels > 1:
-            raise NotImplementedError(f"neuron {self.name!r}: surrogate-gradient training of multi-level "
-                                      "neurons is not supported (convert with levels=1 to fine-tune)")
         bias = self.bias if self.bias is not None else self._zero(current)
+        if training and self.levels > 1:
+            out, self.v, emitted = _multilevel_surrogate_step(self.v, self.emitted if self.signed else None, current,
+                                                              bias, theta, self.levels, self.bipolar)
+            if self.signed:
+                self.emitted = emitted
+            return self._finish(out)
         if training:
             # training (surrogate-gradient BPTT): out-of-place, differentiable step
             out, self.v, emitted = _surrogate_step(self.v, self.emitted if self.signed else None, current, bias, theta,

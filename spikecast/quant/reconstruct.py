@@ -165,7 +165,14 @@ def distill(snn: SpikingNetwork, teacher: fx.GraphModule, images: CalibrationSet
     between the ANN's softmax and that of the SNN's mean output after ``T``, ``2T``, ... steps, cutting
     the backpropagation at each (the network learns to be right at its budget and to stay right when
     run longer). Thresholds, initial charges and per-step currents stay as the conversion set them.
-    ``snn`` is not changed. ``record``: the settings, the loss over the first and last tenth, seconds.
+    ``snn`` is not changed.
+
+    The distilled network is kept only if it is closer to the ANN than ``snn`` on the calibration
+    images themselves, unaugmented (the KL divergence after ``T, ..., anytime * T`` steps, averaged;
+    no labels): a few steps of a noisy optimiser can also make a network worse, and the caller gets
+    ``snn`` back then (validation split, ResNet-20 for T=4: 40 steps lowered top-1 at T=4 from 68.7% to
+    66.5%). ``record``: the settings, the loss over the first and last tenth, ``kl_before`` /
+    ``kl_after`` and ``kept`` (``"distilled"`` or ``"converted"``), seconds.
     """
     started = time.perf_counter()
     T = int(snn.config.timesteps)
@@ -213,10 +220,31 @@ def distill(snn: SpikingNetwork, teacher: fx.GraphModule, images: CalibrationSet
             bar.advance()
     student.reset()
     freeze(graph)
+    kl_before = _calibration_kl(snn, teacher, x_all, T, horizon, device)
+    kl_after = _calibration_kl(student, teacher, x_all, T, horizon, device)
     tenth = max(1, len(losses) // 10)
     record = {"steps": steps, "lr": config.distill_lr, "batch_size": int(config.distill_batch_size),
               "anytime": int(config.anytime), "timesteps": T, "images": n,
               "loss_first": round(sum(losses[:tenth]) / tenth, 5) if losses else None,
               "loss_last": round(sum(losses[-tenth:]) / tenth, 5) if losses else None,
+              "kl_before": round(kl_before, 5), "kl_after": round(kl_after, 5),
+              "kept": "distilled" if kl_after < kl_before else "converted",
               "seconds": round(time.perf_counter() - started, 3)}
-    return student, record
+    return (student if kl_after < kl_before else snn), record
+
+
+def _calibration_kl(network: SpikingNetwork, teacher: fx.GraphModule, x: torch.Tensor, T: int, horizon: int,
+                    device: torch.device, batch_size: int = 256) -> float:
+    """Mean KL divergence (ANN -> SNN softmax) on ``x`` after ``T, 2T, ..., horizon`` steps."""
+    budgets = list(range(T, horizon + 1, T))
+    total = 0.0
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            xb = x[i:i + batch_size].to(device)
+            target = F.log_softmax(teacher(xb).flatten(1).float(), -1)
+            means = network.simulate(xb, budgets)
+            for t in budgets:
+                out = F.log_softmax(means[t].flatten(1).float(), -1)
+                total += float(F.kl_div(out, target, log_target=True, reduction="sum"))
+    network.reset()
+    return total / (len(x) * len(budgets))
