@@ -212,8 +212,9 @@ def test_recipe_overrides_deprecated_names_and_metadata_schema(tmp_path):
            "neuron": {"v_init": 0.5, "mask_ratio": 0.0, "mask_sites": [], "mask_seed": 0, "signed": False,
                       "levels": 2, "compensate": True}}
     assert recipe_of(old) == Recipe(thresholds="percentile", percentile=99.9, per_channel=True, correction="light",
-                                    timesteps=16, calib_images=1347, signed=False, levels=2, reconstruct="off")
+                                    timesteps=16, calib_images=1347, signed=False, levels=2, reconstruct="off",
+                                    distill_steps=0)
     assert calibration_set_of(old) == {"images": 1347, "images_read": 1347, "batches_read": None}
     qcfs = {"calibration": {"method": "qcfs(L=4)", "level": "light", "timesteps": 4, "per_channel": False},
             "neuron": {"v_init": 0.5, "signed": True, "mask_ratio": 0.0}}
-    assert recipe_of(qcfs) == Recipe(timesteps=4, correction="light", reconstruct="off")
+    assert recipe_of(qcfs) == Recipe(timesteps=4, correction="light", reconstruct="off", distill_steps=0)

@@ -27,16 +27,16 @@ converted twin still falls far below it (validation split, ResNet-32: twin 74.6%
 and 66% after the light correction). :func:`distill` closes part of that gap in the SNN itself: a
 few steps of backpropagation through time (surrogate gradients) with the same label-free loss, the
 mean output after ``T`` and ``anytime * T`` steps against the ANN's, starting from the corrected
-SNN (validation, same network: 71.6 / 78.9 / 79.9% at T = 4 / 8 / 16 after 50 steps at lr 1e-4,
-from 66.2 / 74.0 / 76.2%; lr 3e-4 lost accuracy at longer T).
+SNN. ``benchmarks/bench_fewstep.py choose`` (section ``fewstep-validation``, 2,000 validation
+images) chose 80 steps over 0 and 40: ResNet-20 68.7 -> 70.4% at T=4, ResNet-32 66.2 -> 67.4%
+(and 74.0 -> 75.4% at T=8); in a run outside it, lr 3e-4 lost accuracy at longer T.
 
 The result of :func:`reconstruct` is a calibrated graph whose thresholds are the trained clips (QCFS sites kept, so it is
 also the teacher of the layer-wise correction that follows, as after QCFS fine-tuning), converted
 like any other. This is network-level reconstruction in the spirit of SNN Calibration's advanced
 mode (Li et al. 2021) and BRECQ (Li et al. 2021), with the SNN's own quantiser (QCFS) as the
 differentiable model of a ``T``-step neuron. ``benchmarks/bench_fewstep.py choose`` compares the
-settings on the validation split (its last run predates ``anytime``; the ``anytime`` figures above
-are from a validation run outside it).
+settings on the validation split (the ``anytime`` figures above are from a validation run outside it).
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ class ReconstructionConfig:
     augment: bool = True
     anytime: int = 2
     seed: int = 0
-    distill_steps: int = 40
+    distill_steps: int = 80
     distill_lr: float = 1e-4
     distill_batch_size: int = 32
 
