@@ -151,8 +151,8 @@ def _multilevel_surrogate_step(v, emitted, current, bias, theta, levels: int, bi
     of :class:`_Spike`; the value is exactly the multi-level neuron's. Reset and bookkeeping detached,
     as in :func:`_surrogate_step`."""
     v = v + current + bias
-    exact, _, _ = _multilevel_step(v.detach(), emitted, torch.zeros_like(v), torch.zeros_like(v), theta, levels,
-                                   bipolar)
+    nothing = v.new_zeros(())  # v already holds the step's input
+    exact, _, _ = _multilevel_step(v.detach(), emitted, nothing, nothing, theta, levels, bipolar)
     soft = sum(_Spike.apply(v - k * theta, theta, False) for k in range(1, levels + 1))
     if bipolar or emitted is not None:
         negative = sum(_Spike.apply(-(v + k * theta), theta, True) for k in range(levels))

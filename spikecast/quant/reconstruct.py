@@ -99,6 +99,19 @@ class ReconstructionConfig:
             raise ValueError(f"distill batch_size must be a positive integer, got {self.distill_batch_size!r}")
 
 
+def _draw_batch(x_all: torch.Tensor, batch_size: int, augment: bool, generator: torch.Generator) -> torch.Tensor:
+    """``batch_size`` calibration inputs drawn with ``generator``; image batches randomly cropped and
+    flipped when ``augment`` (teacher and student then see the same augmented images)."""
+    idx = torch.randint(0, len(x_all), (min(int(batch_size), len(x_all)),), generator=generator)
+    xb = x_all[idx]
+    return augment_batch(xb, generator) if augment and xb.dim() == 4 else xb
+
+
+def _cosine_lr(optimizer: torch.optim.Optimizer, lr: float, step: int, steps: int) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+
+
 def reconstruct(teacher: fx.GraphModule, calibrated: fx.GraphModule, images: CalibrationSet, levels: int,
                 config: ReconstructionConfig = ReconstructionConfig(), *, shift: float = 0.5,
                 device: Optional[torch.device] = None, progress: bool = True) -> tuple[fx.GraphModule, dict]:
@@ -125,19 +138,14 @@ def reconstruct(teacher: fx.GraphModule, calibrated: fx.GraphModule, images: Cal
         for step in range(config.steps):
             for site in sites:
                 site.levels = int(levels) * (1 + step % int(config.anytime))
-            idx = torch.randint(0, n, (min(config.batch_size, n),), generator=generator)
-            xb = x_all[idx]
-            if config.augment and image_batches:
-                xb = augment_batch(xb, generator)
-            xb = xb.to(device)
+            xb = _draw_batch(x_all, config.batch_size, config.augment, generator).to(device)
             if image_batches:
                 xb = xb.contiguous(memory_format=torch.channels_last)  # ~2x faster convolutions on CPU
             with torch.no_grad():
                 target = F.log_softmax(teacher(xb).flatten(1).float(), -1)
             out = F.log_softmax(student(xb).flatten(1).float(), -1)
             loss = F.kl_div(out, target, log_target=True, reduction="batchmean")
-            for group in optimizer.param_groups:
-                group["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * step / config.steps))
+            _cosine_lr(optimizer, config.lr, step, config.steps)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -186,21 +194,15 @@ def distill(snn: SpikingNetwork, teacher: fx.GraphModule, images: CalibrationSet
     n = len(x_all)
     generator = torch.Generator().manual_seed(int(config.seed))
     optimizer = torch.optim.Adam(params, lr=config.distill_lr)
-    image_batches = x_all.dim() == 4
     steps = int(config.distill_steps)
     losses: list[float] = []
     teacher.eval()
     with progress_bar(f"calibration: distillation of the {T}-step SNN", steps, progress) as bar:
         for step in range(steps):
-            idx = torch.randint(0, n, (min(config.distill_batch_size, n),), generator=generator)
-            xb = x_all[idx]
-            if config.augment and image_batches:
-                xb = augment_batch(xb, generator)
-            xb = xb.to(device)
+            xb = _draw_batch(x_all, config.distill_batch_size, config.augment, generator).to(device)
             with torch.no_grad():
                 target = F.log_softmax(teacher(xb).flatten(1).float(), -1)
-            for group in optimizer.param_groups:
-                group["lr"] = config.distill_lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+            _cosine_lr(optimizer, config.distill_lr, step, steps)
             optimizer.zero_grad(set_to_none=True)
             total, at_budget = None, 0.0
             student.reset()
