@@ -12,7 +12,11 @@ the test set is never read. These are the numbers the fine-tuning defaults (``co
 images, validation split included, so validation top-1 runs above test top-1; the comparison
 between rows is what counts.
 
-    python benchmarks/bench_anytime.py --work /tmp/spikecast-bench-finetune
+    python benchmarks/bench_anytime.py --images 2000
+
+Its networks are kept in ``--work`` under the names ``bench_finetune.py`` uses (``qcfs_ckpt``,
+``surrogate_ckpt`` for the default ``anytime=2``), so ``bench_finetune.py`` with the same ``--work``
+resumes them instead of training again.
 """
 
 from __future__ import annotations
@@ -48,6 +52,10 @@ def run_model(name: str, args, run, rows: list[str]) -> None:
     x_train, y_train = cifar10("train")
     ann = create_model(name, pretrained=True)
     train = TrainConfig(epochs=args.qcfs_epochs, lr=args.lr, batch_size=128, max_batches=args.max_batches)
+    with torch.inference_mode():
+        ann_top1 = sum(int(ann(x_val[i:i + 500]).argmax(-1).eq(y_val[i:i + 500]).sum())
+                       for i in range(0, len(x_val), 500)) / len(x_val)
+    rows.append(f"| {name} | ANN | " + " | ".join(f"{100 * ann_top1:.2f}%" for _ in COLUMNS) + " |")
     nets = {}
     for form in ("current", "charge"):
         cfg = FinetuneConfig(method="qcfs", levels=4, correction="light", correction_form=form, train=train)
@@ -61,7 +69,7 @@ def run_model(name: str, args, run, rows: list[str]) -> None:
                              train=TrainConfig(epochs=args.surrogate_epochs, lr=args.surrogate_lr, batch_size=128,
                                                max_batches=args.max_batches))
         nets[f"+ surrogate BPTT, anytime={anytime}"] = finetune(
-            start, (x_train, y_train), cfg, calib=(x_cal,), checkpoint_dir=work / f"anytime{anytime}_ckpt",
+            start, (x_train, y_train), cfg, calib=(x_cal,), checkpoint_dir=work / ("surrogate_ckpt" if anytime == 2 else f"anytime{anytime}_ckpt"),
             progress=False, device=args.device)
     for label, snn in nets.items():
         acc = top1(snn.to(args.device), x_val.to(args.device), y_val.to(args.device))
@@ -78,7 +86,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.001)
     parser.add_argument("--surrogate-lr", type=float, default=0.0005)
     parser.add_argument("--max-batches", type=int, default=None, help="smoke runs only")
-    parser.add_argument("--work", default="/tmp/spikecast-bench-anytime", help="resumable work folder")
+    parser.add_argument("--work", default="/tmp/spikecast-bench-finetune", help="resumable work folder")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-write", action="store_true")
