@@ -107,6 +107,40 @@ def _multilevel_step(v, emitted, current, bias, theta, levels: int, bipolar: boo
     return out, v - out, (emitted + out if emitted is not None else None)
 
 
+def _scan(step: Callable, states: int, steps: int) -> Callable:
+    """``step`` over a leading time axis of ``steps`` steps: ``scan(currents, *state, *params) ->
+    (outputs, *state)`` with ``currents`` and ``outputs`` shaped ``(steps, ...)``. Compiled, the
+    steps unroll into one kernel that keeps the membrane in registers: the currents are read once
+    and the spikes written once, instead of a handful of passes over the layer per step."""
+
+    def scan(currents, *args):
+        state, params = list(args[:states]), args[states:]
+        outputs = []
+        for t in range(steps):
+            out, *state = step(*state, currents[t], *params)
+            outputs.append(out)
+        return (torch.stack(outputs), *state)
+
+    # one function per number of steps, with its own code object: compiled kernels are cached per
+    # code object and each has a recompile budget (a shared one would be spent on the step counts)
+    name = f"{step.__name__}_scan{steps}"
+    scan.__code__ = scan.__code__.replace(co_name=name)
+    scan.__name__ = scan.__qualname__ = name
+    return scan
+
+
+_STEPS = {"binary": (_binary_step, 1), "zero": (_binary_zero_step, 1), "signed": (_signed_step, 2),
+          "bipolar": (_bipolar_step, 1), "multilevel": (_multilevel_step, 2)}
+_SCANS: dict[tuple[str, int], Callable] = {}
+
+
+def _scan_of(kind: str, steps: int) -> Callable:
+    key = (kind, int(steps))
+    if key not in _SCANS:
+        _SCANS[key] = _scan(*_STEPS[kind], int(steps))
+    return _SCANS[key]
+
+
 class _Spike(torch.autograd.Function):
     """Heaviside step with a triangular surrogate gradient of half-width ``width`` (the threshold).
 
@@ -413,6 +447,38 @@ class IFNeuron(StatefulModule):
         else:
             out = torch.where(v >= theta, theta, 0.0)
         v.sub_(out)
+        return self._finish(out)
+
+    def run_steps(self, currents: torch.Tensor) -> torch.Tensor:
+        """Steps over the leading time axis (see :meth:`StatefulModule.run_steps`): one fused kernel
+        for all of them when the layer is large and compiling is on, else one :meth:`forward` per step."""
+        fused = (type(self).step is IFNeuron.step and self.mask_ratio == 0.0 and _compile_state["enabled"]
+                 and currents.numel() >= COMPILE_MIN_ELEMENTS
+                 and not (currents.requires_grad and torch.is_grad_enabled()))
+        if not fused:
+            return super().run_steps(currents)
+        if self.v is None:
+            self.set_state(self.initial_state(currents[0]))
+        if currents.stride(0) == 0:
+            # a constant current (a static input, broadcast over the steps): materialised in the
+            # layout of one step (NHWC stays NHWC), so every scan sees dense inputs
+            currents = torch.empty_like(currents).copy_(currents)
+        theta, steps = self.threshold, currents.shape[0]
+        bias = self.bias if self.bias is not None else self._zero(currents)
+        if self.levels > 1:
+            out, self.v, emitted = run_fused(_scan_of("multilevel", steps), currents, self.v,
+                                             self.emitted if self.signed else None, bias, theta, self.levels,
+                                             self.bipolar)
+            if self.signed:
+                self.emitted = emitted
+        elif self.bipolar:
+            out, self.v = run_fused(_scan_of("bipolar", steps), currents, self.v, bias, theta)
+        elif self.reset_mode == "zero":
+            out, self.v = run_fused(_scan_of("zero", steps), currents, self.v, bias, theta)
+        elif self.signed:
+            out, self.v, self.emitted = run_fused(_scan_of("signed", steps), currents, self.v, self.emitted, bias, theta)
+        else:
+            out, self.v = run_fused(_scan_of("binary", steps), currents, self.v, bias, theta)
         return self._finish(out)
 
     def _finish(self, out: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,9 @@ class SimulationConfig:
     input_scale: float = 1.0  # Poisson: largest |input| seen at calibration
     encoding_seed: int = 0
     channels_last: bool = True  # run 4-D feature maps in NHWC layout (faster convolutions on CPU)
+    # run several steps per layer call when no gradient is needed (same values as step by step;
+    # see spikecast.runtime.timebatch); False: one step at a time
+    time_batched: bool = True
 
     def __post_init__(self):
         if self.encoding not in ENCODINGS:

@@ -14,7 +14,8 @@ differences of compensated ops) is used the same way by every runtime:
   and outputs) and what any other runtime can reproduce;
 * :meth:`forward` is one step on the buffered state. A subclass may override it with an in-place
   fast path, but it must give exactly the values of :meth:`step` (tests/test_stateful.py checks
-  every registered type);
+  every registered type); :meth:`run_steps` is several steps at once (``(steps, batch, ...)`` in
+  and out, the time-batched runtime's call), with the same values as as many calls of forward;
 * :meth:`config` / :meth:`from_config` round-trip the module through JSON plus its persistent
   tensors (how :meth:`SpikingNetwork.save` / ``load`` store it, without pickle).
 
@@ -105,6 +106,16 @@ class StatefulModule(nn.Module):
         y, new_state = self.step(x, self.initial_state(x) if state is None else state)
         self.set_state(new_state)
         return y
+
+    def run_steps(self, x: torch.Tensor) -> torch.Tensor:
+        """Several steps at once: ``x`` is ``(steps, batch, ...)``, the result ``(steps, batch, ...)``.
+
+        Exactly the values of ``steps`` calls of :meth:`forward` on ``x[0], x[1], ...``: the state
+        comes from the buffers and goes back to them, so consecutive calls continue one simulation
+        (the time-batched runtime runs a network chunk of steps by chunk of steps). Subclasses may
+        override it with a faster scan that gives the same values.
+        """
+        return torch.stack([self(x[t]) for t in range(x.shape[0])])
 
     # ------------------------------------------------------------------ persistence
     def config(self) -> dict:
