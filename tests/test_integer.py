@@ -11,7 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import spikecast
-from spikecast.quant import integer_network, quantize_weights
+from spikecast.nn import kernels
+from spikecast.nn.kernels import int8_available
+from spikecast.quant import int8_kernels, integer_network, quantize_weights
 from spikecast.quant.integer import input_scale
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -131,3 +133,46 @@ def test_errors_are_clear(snn):
                                    progress=False)
     with pytest.raises(ValueError, match="masking"):
         integer_network(masked, X[:32])
+
+
+def test_int8_kernels_sum_the_same_integers(snn, tmp_path):
+    """oneDNN's u8 x s8 -> int32 kernels in place of the float32 reductions of spike signs: the same
+    integers, so the same outputs bit for bit (step by step and time-batched); saved and reloaded."""
+    exact = integer_network(snn, X[:32])
+    fast = int8_kernels(exact)
+    layers = exact.metadata["integer_arithmetic"]["layers"]
+    assert fast.metadata["integer_arithmetic"]["kernels"] == \
+        f"int8 ({sum(1 for k in layers.values() if k == 'spikes')} layers)"
+    targets = {n.target for n in fast.graph_module.graph.nodes if n.op == "call_function"}
+    assert torch.ops.spikecast.spike_conv2d.default in targets
+    with torch.inference_mode():
+        ref = exact.simulate(X[:8], [1, 5, 16])
+        got = fast.simulate(X[:8], [1, 5, 16])
+    assert all(torch.equal(ref[t], got[t]) for t in ref)
+    back = spikecast.load(fast.save(tmp_path / "int8"))
+    with torch.inference_mode():
+        assert torch.equal(back.simulate(X[:8], 16), ref[16])
+    with pytest.raises(ValueError, match="integer_network"):
+        int8_kernels(snn)
+    if int8_available():  # the integer path really runs (not its float fallback)
+        with torch.profiler.profile() as prof, torch.inference_mode():
+            fast.simulate(X[:2], 2)
+        assert any("qconv" in e.key for e in prof.key_averages())
+
+
+def test_int8_kernel_ops_equal_their_float_reductions():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(-1, 2, (6, 8, 9, 9), generator=g).float().contiguous(memory_format=torch.channels_last)
+    for weight, groups, stride in ((torch.randint(-127, 128, (12, 8, 3, 3), generator=g).float(), 1, [2, 2]),
+                                   (torch.randint(-127, 128, (8, 1, 3, 3), generator=g).float(), 8, [1, 1])):
+        bias = torch.randn(weight.shape[0], generator=g)
+        ref = F.conv2d(x, weight, bias, stride, [1, 1], [1, 1], groups)
+        got = torch.ops.spikecast.spike_conv2d(x, weight, bias, stride, [1, 1], [1, 1], groups)
+        assert torch.equal(ref, got)
+    xl = torch.randint(-1, 2, (3, 5, 32), generator=g).float()
+    wl = torch.randint(-127, 128, (7, 32), generator=g).float()
+    assert torch.equal(torch.ops.spikecast.spike_linear(xl, wl, None), F.linear(xl, wl))
+    not_int8 = torch.randn(12, 8, 3, 3, generator=g)  # falls back to the float computation
+    assert torch.equal(torch.ops.spikecast.spike_conv2d(x, not_int8, None, [1, 1], [1, 1], [1, 1], 1),
+                       F.conv2d(x, not_int8, None, 1, 1))
+    assert kernels.int8_available() in (True, False)

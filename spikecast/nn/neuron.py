@@ -208,8 +208,9 @@ def _fused(fn: Callable) -> Optional[Callable]:
     return _compile_state[key]
 
 
-def run_fused(fn: Callable, *args):
-    """``fn(*args)`` through its compiled kernel when the first tensor is large enough, else eager.
+def run_fused(fn: Callable, *args, force: bool = False):
+    """``fn(*args)`` through its compiled kernel when the first tensor is large enough (or
+    ``force``), else eager.
 
     ``fn`` must be pure. When the kernel raises, ``fn`` runs eagerly: an error of the step itself
     (a shape mismatch, a wrong dtype...) then propagates exactly as without compilation, and
@@ -217,7 +218,7 @@ def run_fused(fn: Callable, *args):
     working C++ compiler) with a step that runs fine eagerly turns compilation off, once, with a
     warning; any other failure of the kernel is raised as is.
     """
-    if args[0].numel() >= COMPILE_MIN_ELEMENTS:
+    if force or args[0].numel() >= COMPILE_MIN_ELEMENTS:
         kernel = _fused(fn)
         if kernel is not None:
             try:
@@ -452,8 +453,10 @@ class IFNeuron(StatefulModule):
     def run_steps(self, currents: torch.Tensor) -> torch.Tensor:
         """Steps over the leading time axis (see :meth:`StatefulModule.run_steps`): one fused kernel
         for all of them when the layer is large and compiling is on, else one :meth:`forward` per step."""
+        # compiled when one step is large enough (the rule of forward): a chunk of small steps
+        # would pay a compile per chunk size for little gain
         fused = (type(self).step is IFNeuron.step and self.mask_ratio == 0.0 and _compile_state["enabled"]
-                 and currents.numel() >= COMPILE_MIN_ELEMENTS
+                 and currents[0].numel() >= COMPILE_MIN_ELEMENTS
                  and not (currents.requires_grad and torch.is_grad_enabled()))
         if not fused:
             return super().run_steps(currents)
@@ -468,17 +471,18 @@ class IFNeuron(StatefulModule):
         if self.levels > 1:
             out, self.v, emitted = run_fused(_scan_of("multilevel", steps), currents, self.v,
                                              self.emitted if self.signed else None, bias, theta, self.levels,
-                                             self.bipolar)
+                                             self.bipolar, force=True)
             if self.signed:
                 self.emitted = emitted
         elif self.bipolar:
-            out, self.v = run_fused(_scan_of("bipolar", steps), currents, self.v, bias, theta)
+            out, self.v = run_fused(_scan_of("bipolar", steps), currents, self.v, bias, theta, force=True)
         elif self.reset_mode == "zero":
-            out, self.v = run_fused(_scan_of("zero", steps), currents, self.v, bias, theta)
+            out, self.v = run_fused(_scan_of("zero", steps), currents, self.v, bias, theta, force=True)
         elif self.signed:
-            out, self.v, self.emitted = run_fused(_scan_of("signed", steps), currents, self.v, self.emitted, bias, theta)
+            out, self.v, self.emitted = run_fused(_scan_of("signed", steps), currents, self.v, self.emitted, bias,
+                                                  theta, force=True)
         else:
-            out, self.v = run_fused(_scan_of("binary", steps), currents, self.v, bias, theta)
+            out, self.v = run_fused(_scan_of("binary", steps), currents, self.v, bias, theta, force=True)
         return self._finish(out)
 
     def _finish(self, out: torch.Tensor) -> torch.Tensor:

@@ -32,6 +32,7 @@ import torch
 import torch.fx as fx
 
 from spikecast.nn.leaky import LeakyNeuron
+from spikecast.nn import kernels as _kernels  # noqa: F401 - registers the spikecast:: integer ops
 from spikecast.nn.neuron import IFNeuron
 from spikecast.data import as_loader, split_batch
 from spikecast.graph.normalize import fresh_copy
@@ -166,6 +167,34 @@ def integer_network(snn: SpikingNetwork, calib: Any = None, *, bits: int = 8, in
                                       "layers": layers}
     metadata["weight_quantization"] = {"bits": bits, "scheme": "symmetric per output channel, integer accumulation",
                                        "layers": sum(1 for k in layers.values() if k != "float")}
+    return SpikingNetwork(gm, snn.config, metadata)
+
+
+#: aten op -> its integer kernel (spikecast.nn.kernels): same arguments, same values
+_INT8_KERNELS = {aten.conv2d.default: torch.ops.spikecast.spike_conv2d.default,
+                 aten.linear.default: torch.ops.spikecast.spike_linear.default}
+
+
+def int8_kernels(snn: SpikingNetwork) -> SpikingNetwork:
+    """A copy of an integer-arithmetic network (:func:`integer_network`) whose layers that read
+    spike signs sum them with int8 instructions (``spikecast::spike_conv2d`` / ``spike_linear``:
+    oneDNN u8 x s8 -> int32 on the CPU) instead of float32 - the same integers, so the same spikes,
+    bit for bit. Layers with a dense input (the first layer, compensated ops, the classifier
+    after a pool) keep their float computation. ``snn`` is untouched.
+    ``metadata["integer_arithmetic"]["kernels"]`` counts the layers that changed."""
+    if "integer_arithmetic" not in snn.metadata:
+        raise ValueError("int8_kernels needs an integer-arithmetic network: call integer_network(snn, calib) first")
+    gm = fresh_copy(snn.graph_module)
+    changed = 0
+    for node in gm.graph.nodes:
+        kernel = _INT8_KERNELS.get(node.target) if node.op == "call_function" else None
+        source = node.args[0] if node.args else None
+        if kernel is not None and isinstance(source, fx.Node) and source.target is aten.sign.default:
+            node.target = kernel
+            changed += 1
+    gm.recompile()
+    metadata = dict(snn.metadata)
+    metadata["integer_arithmetic"] = dict(metadata["integer_arithmetic"], kernels=f"int8 ({changed} layers)")
     return SpikingNetwork(gm, snn.config, metadata)
 
 

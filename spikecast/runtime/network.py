@@ -28,6 +28,7 @@ from spikecast.graph.normalize import time_varying_nodes, views_to_reshapes
 from spikecast.graph.trace import _set_attr
 # every built-in stateful type, so that STATEFUL_TYPES (filled by subclassing) can load them all
 from spikecast.nn import compensation as _compensation  # noqa: F401
+from spikecast.nn import kernels as _kernels  # noqa: F401 - saved graphs may call the spikecast:: integer ops
 from spikecast.nn import leaky as _leaky  # noqa: F401
 from spikecast.nn import maxpool as _maxpool  # noqa: F401
 from spikecast.nn.encoding import PoissonEncoder
