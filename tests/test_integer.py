@@ -167,12 +167,13 @@ def test_int8_kernel_ops_equal_their_float_reductions():
                                    (torch.randint(-127, 128, (8, 1, 3, 3), generator=g).float(), 8, [1, 1])):
         bias = torch.randn(weight.shape[0], generator=g)
         ref = F.conv2d(x, weight, bias, stride, [1, 1], [1, 1], groups)
-        got = torch.ops.spikecast.spike_conv2d(x, weight, bias, stride, [1, 1], [1, 1], groups)
+        got = torch.ops.spikecast.spike_conv2d(kernels.spike_codes(x), weight, bias, stride, [1, 1], [1, 1], groups)
         assert torch.equal(ref, got)
     xl = torch.randint(-1, 2, (3, 5, 32), generator=g).float()
     wl = torch.randint(-127, 128, (7, 32), generator=g).float()
-    assert torch.equal(torch.ops.spikecast.spike_linear(xl, wl, None), F.linear(xl, wl))
+    assert torch.equal(torch.ops.spikecast.spike_linear(kernels.spike_codes(xl), wl, None), F.linear(xl, wl))
     not_int8 = torch.randn(12, 8, 3, 3, generator=g)  # falls back to the float computation
-    assert torch.equal(torch.ops.spikecast.spike_conv2d(x, not_int8, None, [1, 1], [1, 1], [1, 1], 1),
+    assert torch.equal(torch.ops.spikecast.spike_conv2d(kernels.spike_codes(x), not_int8, None, [1, 1], [1, 1],
+                                                        [1, 1], 1),
                        F.conv2d(x, not_int8, None, 1, 1))
     assert kernels.int8_available() in (True, False)

@@ -12,7 +12,7 @@ import torch
 
 import spikecast
 from spikecast.nn import neuron as neuron_module
-from spikecast.quant.integer import integer_network
+from spikecast.quant import int8_kernels, integer_network
 from spikecast.runtime import network as network_module
 from spikecast.runtime.timebatch import TimeBatchedStep
 from spikecast.zoo import create_model
@@ -131,3 +131,19 @@ def test_config_round_trip(tmp_path):
                             recipe=spikecast.Recipe(correction="none", reconstruct="off"))
     snn.config = dataclasses.replace(snn.config, time_batched=False)
     assert spikecast.load(snn.save(tmp_path / "net")).config.time_batched is False
+
+
+def test_compiled_step_graph_gives_the_same_outputs():
+    """config.compiled: the whole step graph through torch.compile (elementwise work fused between
+    the layers, int8 kernels as opaque calls) - the same values as op by op, first step included."""
+    torch.manual_seed(3)
+    ann = create_model("digits-cnn", pretrained=False).eval()
+    x = torch.randn(16, 1, 8, 8)
+    snn = spikecast.convert(ann, calib=(x,), timesteps=8, progress=False,
+                            recipe=spikecast.Recipe(correction="none", reconstruct="off"))
+    fast = int8_kernels(integer_network(snn, (x,)))
+    eager = fast.simulate(x[:6], [1, 4, 9])
+    fast.config = dataclasses.replace(fast.config, compiled=True)
+    got = fast.simulate(x[:6], [1, 4, 9])
+    assert fast._compiled_step is not None
+    assert all(torch.equal(eager[t], got[t]) for t in eager)

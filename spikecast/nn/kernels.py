@@ -7,14 +7,14 @@ The ops here compute the same sums with integer instructions (oneDNN's u8 x s8 c
 matrix product with int32 accumulators, VNNI / AMX where the CPU has them) and return them as
 float32, so they are drop-in replacements that change no value:
 
-* ``spikecast::spike_conv2d(input, weight, bias, stride, padding, dilation, groups)`` - the
+* ``spikecast::spike_conv2d(codes, weight, bias, stride, padding, dilation, groups)`` - the
   arguments of ``aten.conv2d``;
-* ``spikecast::spike_linear(input, weight, bias)`` - the arguments of ``aten.linear``.
+* ``spikecast::spike_linear(codes, weight, bias)`` - the arguments of ``aten.linear``.
 
-``input`` holds spike signs (or any integers in -1..254 after the shift below), ``weight``
-integers in -127..127. The signs enter oneDNN as unsigned bytes ``sign + 1`` with zero point 1.
-Where oneDNN's integer path is not available (no oneDNN build, a CUDA tensor, autograd, weights
-out of the int8 range) the op runs the float computation it replaces - the same numbers, slower.
+``codes`` are the spike signs as unsigned bytes ``sign + 1`` (:func:`spike_codes`; zero point 1:
+oneDNN's fast path is u8 x s8), ``weight`` integers in -127..127. Where oneDNN's integer path is
+not available (no oneDNN build, a CUDA tensor, weights out of the int8 range) the op runs the
+float computation it replaces - the same numbers, slower.
 Packed weights are cached per weight tensor (its storage and version), so a simulation packs each
 layer once.
 """
@@ -37,10 +37,9 @@ def int8_available() -> bool:
         and hasattr(torch.ops.onednn, "qlinear_pointwise")
 
 
-def _usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return (x.device.type == "cpu" and weight.device.type == "cpu" and x.dtype == torch.float32
-            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-            and int8_available())
+def _usable(codes: torch.Tensor, weight: torch.Tensor) -> bool:
+    return (codes.device.type == "cpu" and weight.device.type == "cpu" and codes.dtype == torch.uint8
+            and not (torch.is_grad_enabled() and weight.requires_grad) and int8_available())
 
 
 def _cached(kind: str, weight: torch.Tensor, extra: tuple, build) -> Optional[torch.Tensor]:
@@ -58,57 +57,75 @@ def _cached(kind: str, weight: torch.Tensor, extra: tuple, build) -> Optional[to
     return packed
 
 
-def _unsigned(x: torch.Tensor) -> torch.Tensor:
-    # signs -1 / 0 / 1 -> bytes 0 / 1 / 2 (zero point 1), in the layout of x (NHWC stays NHWC)
-    return (x + 1).to(torch.uint8)
+def spike_codes(signs: torch.Tensor) -> torch.Tensor:
+    """Spike signs -1 / 0 / 1 as the unsigned bytes 0 / 1 / 2 (zero point 1) the integer ops read, in
+    the layout of ``signs`` (NHWC stays NHWC). A plain elementwise op, so a compiled step fuses it
+    into the neuron that fires the spikes."""
+    return (signs + 1).to(torch.uint8)
+
+
+def _scales(channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    key = ("scales", channels)
+    if key not in _PACKED:
+        _PACKED[key] = (torch.ones(channels, dtype=torch.float32), torch.zeros(channels, dtype=torch.int64))
+    return _PACKED[key]
 
 
 @torch.library.custom_op("spikecast::spike_conv2d", mutates_args=(), schema=(
-    "(Tensor input, Tensor weight, Tensor? bias=None, int[2] stride=1, int[2] padding=0, int[2] dilation=1, "
+    "(Tensor codes, Tensor weight, Tensor? bias=None, int[2] stride=1, int[2] padding=0, int[2] dilation=1, "
     "int groups=1) -> Tensor"))
-def spike_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+def spike_conv2d(codes: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
                  stride: Sequence[int] = (1, 1), padding: Sequence[int] = (0, 0),
                  dilation: Sequence[int] = (1, 1), groups: int = 1) -> torch.Tensor:
-    """``aten.conv2d`` of integer inputs and weights, summed in int32 (see the module doc)."""
+    """``aten.conv2d(codes - 1, weight, ...)`` for spike codes (:func:`spike_codes`) and integer
+    weights, summed in int32 (see the module doc); float32 result."""
     stride, padding, dilation = list(stride), list(padding), list(dilation)
-    if input.dim() == 4 and _usable(input, weight):
-        out_channels = weight.shape[0]
-        ones = torch.ones(out_channels, dtype=torch.float32)
+    if codes.dim() == 4 and _usable(codes, weight):
+        ones, zeros = _scales(weight.shape[0])
 
         def build(q: torch.Tensor) -> torch.Tensor:
             return torch.ops.onednn.qconv_prepack(q, ones, 1.0, 1, stride, padding, dilation, groups, None)
 
         packed = _cached("conv2d", weight, (tuple(stride), tuple(padding), tuple(dilation), groups), build)
         if packed is not None:
-            qx = _unsigned(input.contiguous(memory_format=torch.channels_last))
             out = torch.ops.onednn.qconv_pointwise(
-                qx, 1.0, 1, packed, ones, torch.zeros(out_channels, dtype=torch.int64), None, stride, padding,
-                dilation, groups, 1.0, 0, torch.float32, "none", [], "")
+                codes.contiguous(memory_format=torch.channels_last), 1.0, 1, packed, ones, zeros, None, stride,
+                padding, dilation, groups, 1.0, 0, torch.float32, "none", [], "")
+            out = out.contiguous(memory_format=torch.channels_last)  # oneDNN picks plain for some shapes
             return out + bias.reshape(1, -1, 1, 1) if bias is not None else out
-    return F.conv2d(input, weight, bias, stride, padding, dilation, groups)
+    return _float_conv2d(codes, weight, bias, stride, padding, dilation, groups)
+
+
+def _float_conv2d(codes, weight, bias, stride, padding, dilation, groups):
+    # NHWC like oneDNN's result, whichever path ran (a compiled graph is planned for one layout)
+    out = F.conv2d(_signs(codes), weight, bias, stride, padding, dilation, groups)
+    return out.contiguous(memory_format=torch.channels_last) if out.dim() == 4 else out
 
 
 @spike_conv2d.register_fake
-def _(input, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
-    return F.conv2d(input, weight, bias, stride, padding, dilation, groups)
+def _(codes, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
+    return _float_conv2d(codes, weight, bias, list(stride), list(padding), list(dilation), groups)
 
 
 @torch.library.custom_op("spikecast::spike_linear", mutates_args=())
-def spike_linear(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``aten.linear`` of integer inputs and weights, summed in int32 (see the module doc)."""
-    if input.dim() >= 2 and _usable(input, weight):
+def spike_linear(codes: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``aten.linear(codes - 1, weight, bias)`` for spike codes and integer weights, summed in int32."""
+    if codes.dim() >= 2 and _usable(codes, weight):
         packed = _cached("linear", weight, (), lambda q: torch.ops.onednn.qlinear_prepack(q, None))
         if packed is not None:
-            out_features = weight.shape[0]
-            flat = _unsigned(input.reshape(-1, input.shape[-1]).contiguous())
-            out = torch.ops.onednn.qlinear_pointwise(
-                flat, 1.0, 1, packed, torch.ones(out_features, dtype=torch.float32),
-                torch.zeros(out_features, dtype=torch.int64), None, 1.0, 0, torch.float32, "none", [], "")
-            out = out.reshape(*input.shape[:-1], out_features)
+            ones, zeros = _scales(weight.shape[0])
+            flat = codes.reshape(-1, codes.shape[-1]).contiguous()
+            out = torch.ops.onednn.qlinear_pointwise(flat, 1.0, 1, packed, ones, zeros, None, 1.0, 0, torch.float32,
+                                                     "none", [], "")
+            out = out.reshape(*codes.shape[:-1], weight.shape[0])
             return out + bias if bias is not None else out
-    return F.linear(input, weight, bias)
+    return F.linear(_signs(codes), weight, bias)
 
 
 @spike_linear.register_fake
-def _(input, weight, bias=None):
-    return F.linear(input, weight, bias)
+def _(codes, weight, bias=None):
+    return F.linear(_signs(codes), weight, bias)
+
+
+def _signs(codes: torch.Tensor) -> torch.Tensor:
+    return codes.to(torch.float32) - 1

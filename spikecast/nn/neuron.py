@@ -261,6 +261,12 @@ def _disable_compile(exc: BaseException) -> None:
                   "PyTorch (slower). Set SPIKECAST_COMPILE=0 to skip the attempt.", RuntimeWarning, stacklevel=3)
 
 
+def compile_enabled() -> bool:
+    """Whether compiled kernels are in use (not turned off by SPIKECAST_COMPILE=0, a compiler
+    failure or :func:`eager_steps`)."""
+    return bool(_compile_state["enabled"])
+
+
 @contextmanager
 def eager_steps() -> Iterator[None]:
     """Run every neuron step eagerly inside the block (e.g. under a ``TorchDispatchMode``, which

@@ -19,6 +19,9 @@ class SimulationConfig:
     # run several steps per layer call when no gradient is needed (same values as step by step;
     # see spikecast.runtime.timebatch); False: one step at a time
     time_batched: bool = True
+    # compile each step graph as a whole with torch.compile (fuses the elementwise work between
+    # layers; same values; pays a compile of seconds to a minute on first use); steps one at a time
+    compiled: bool = False
 
     def __post_init__(self):
         if self.encoding not in ENCODINGS:

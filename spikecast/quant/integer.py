@@ -190,7 +190,12 @@ def int8_kernels(snn: SpikingNetwork) -> SpikingNetwork:
         kernel = _INT8_KERNELS.get(node.target) if node.op == "call_function" else None
         source = node.args[0] if node.args else None
         if kernel is not None and isinstance(source, fx.Node) and source.target is aten.sign.default:
+            with gm.graph.inserting_before(node):
+                # spike_codes as aten ops (a saved graph holds aten ops only): sign + 1 as bytes
+                shifted = gm.graph.call_function(aten.add.Tensor, (source, 1))
+                codes = gm.graph.call_function(aten._to_copy.default, (shifted,), {"dtype": torch.uint8})
             node.target = kernel
+            node.args = (codes, *node.args[1:])
             changed += 1
     gm.recompile()
     metadata = dict(snn.metadata)

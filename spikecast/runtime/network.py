@@ -32,7 +32,7 @@ from spikecast.nn import kernels as _kernels  # noqa: F401 - saved graphs may ca
 from spikecast.nn import leaky as _leaky  # noqa: F401
 from spikecast.nn import maxpool as _maxpool  # noqa: F401
 from spikecast.nn.encoding import PoissonEncoder
-from spikecast.nn.neuron import IFNeuron
+from spikecast.nn.neuron import IFNeuron, _disable_compile, _is_compiler_failure, compile_enabled as _compile_enabled
 from spikecast.nn.simulation import SimulationConfig
 from spikecast.nn.stateful import STATEFUL_TYPES, StatefulModule
 from spikecast.runtime.timebatch import TimeBatchedStep, input_independent, static_integers
@@ -71,6 +71,7 @@ class SpikingNetwork(nn.Module):
             except ValueError:  # a stateful op with several inputs: step by step
                 batched = None
         self.__dict__["_batched"] = batched
+        self.__dict__["_compiled_step"] = None  # built on first use (config.compiled)
         self.__dict__["_largest_input"] = {}  # image shape -> values in the largest stateful input per image
 
     def _apply(self, fn, *args, **kwargs):
@@ -141,8 +142,8 @@ class SpikingNetwork(nn.Module):
             # (neuron state included) inherits the layout.
             x = x.contiguous(memory_format=torch.channels_last)
         static = self._prefix(x)
-        if (self.config.time_batched and self._batched is not None and not torch.is_grad_enabled()
-                and not self._observed() and self._batched.supports(static)):
+        if (self.config.time_batched and not self.config.compiled and self._batched is not None
+                and not torch.is_grad_enabled() and not self._observed() and self._batched.supports(static)):
             yield from self._chunked_steps(x, static, int(timesteps))
             return
         encoder = None
@@ -150,7 +151,24 @@ class SpikingNetwork(nn.Module):
             encoder = PoissonEncoder(self.config.input_scale, self.config.encoding_seed)
             encoder.start(x)
         for _ in range(int(timesteps)):
-            yield self._step(encoder.step() if encoder is not None else x, *static)
+            yield self._run_step(encoder.step() if encoder is not None else x, *static)
+
+    def _run_step(self, *args) -> torch.Tensor:
+        """One step through the step graph: compiled as a whole (``config.compiled``: every
+        elementwise op between two layers - scale, bias, residual add, neuron update, spike codes -
+        fused into one kernel) when no gradient is needed and no hook watches a stateful module,
+        else op by op. A compiler failure falls back to op by op, once, with a warning."""
+        if self.config.compiled and _compile_enabled() and not torch.is_grad_enabled() and not self._observed():
+            if self.__dict__.get("_compiled_step") is None:
+                # static shapes first; torch recompiles with a dynamic batch when a second size shows up
+                self.__dict__["_compiled_step"] = torch.compile(self._step)
+            try:
+                return self._compiled_step(*args)
+            except Exception as exc:  # noqa: BLE001 - classified below
+                if not _is_compiler_failure(exc):
+                    raise
+                _disable_compile(exc)
+        return self._step(*args)
 
     def _observed(self) -> bool:
         """Whether a hook watches a stateful module step by step (spike counters, activity
@@ -169,7 +187,7 @@ class SpikingNetwork(nn.Module):
             hooks = [m.register_forward_pre_hook(lambda _m, args: shapes.append(args[0].shape))
                      for m in self.stateful_modules()]
             try:
-                out = self._step(x, *static)
+                out = self._run_step(x, *static)
             finally:
                 for hook in hooks:
                     hook.remove()
@@ -181,7 +199,7 @@ class SpikingNetwork(nn.Module):
             self._largest_input[tuple(x.shape[1:])] = per_image
         if per_image == 0:
             for _ in range(done, timesteps):
-                yield self._step(x, *static)
+                yield self._run_step(x, *static)
             return
         limit = max(1, TIME_BATCH_ELEMENTS // max(per_image * len(x), 1))
         largest = 1 << (limit.bit_length() - 1)
