@@ -60,6 +60,7 @@ STEPS: tuple[Step, ...] = (
          0.5),
     Step(("spikingjelly",), "python benchmarks/bench_spikingjelly.py --images 1000 --timesteps 8 16 32 64", "cpu",
          1.3),
+    Step(("speed",), "python benchmarks/bench_speed.py", "cpu", 0.4),
     Step(("readme-outputs",), "python benchmarks/readme_outputs.py", "cpu", 0.2),
 )
 # not a RESULTS.md section: readme_outputs.py rewrites README.md's <!-- output: --> blocks
