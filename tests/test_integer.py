@@ -96,17 +96,19 @@ def test_onnxruntime_reproduces_the_integer_network_bit_for_bit(snn, tmp_path):
     pytest.importorskip("onnxruntime")
     from spikecast.export import OnnxSpikingNetwork, export_snn_step
 
-    net = integer_network(snn, X[:32])
-    path = export_snn_step(net, tmp_path / "int.onnx", example=X[:2])
-    driver = OnnxSpikingNetwork(path)
-    assert driver.description["integer_arithmetic"] is True
-    with torch.no_grad():
-        ref = net.simulate(X, [1, 8, 16])
-    got = driver.simulate(X, [1, 8, 16])
-    for t in (1, 8, 16):
-        # the classifier after pooling is a float reduction: equal to rounding, spikes equal exactly
-        assert torch.allclose(ref[t], got[t], atol=1e-6, rtol=0), t
-        assert torch.equal(ref[t].argmax(-1), got[t].argmax(-1))
+    exact = integer_network(snn, X[:32])
+    # the int8-kernel form exports as the float computation its ops stand for: the same file's values
+    for name, net in (("int", exact), ("int8", int8_kernels(exact))):
+        path = export_snn_step(net, tmp_path / f"{name}.onnx", example=X[:2])
+        driver = OnnxSpikingNetwork(path)
+        assert driver.description["integer_arithmetic"] is True
+        with torch.no_grad():
+            ref = net.simulate(X, [1, 8, 16])
+        got = driver.simulate(X, [1, 8, 16])
+        for t in (1, 8, 16):
+            # the classifier after pooling is a float reduction: equal to rounding, spikes equal exactly
+            assert torch.allclose(ref[t], got[t], atol=1e-6, rtol=0), (name, t)
+            assert torch.equal(ref[t].argmax(-1), got[t].argmax(-1))
 
 
 def test_save_and_reload_keep_the_integer_network(snn, tmp_path):

@@ -67,6 +67,27 @@ STEP_FORMAT_VERSION = 2
 DEFAULT_OPSET = 17
 
 
+# spikecast's integer ops (spikecast.nn.kernels) in ONNX: the float computation they stand for
+# (a convolution / matrix product of the spike signs codes - 1 with the integer weights), which
+# sums the same integers exactly - so an int8-kernel network exports like its integer network.
+@torch.onnx.symbolic_helper.parse_args("v", "v", "v", "is", "is", "is", "i")
+def _spike_conv2d_onnx(g, codes, weight, bias, stride, padding, dilation, groups):
+    signs = g.op("Sub", g.op("Cast", codes, to_i=1), g.op("Constant", value_t=torch.tensor(1.0)))
+    inputs = [signs, weight] + ([] if torch.onnx.symbolic_helper._is_none(bias) else [bias])
+    return g.op("Conv", *inputs, strides_i=stride, pads_i=list(padding) * 2, dilations_i=dilation, group_i=groups)
+
+
+@torch.onnx.symbolic_helper.parse_args("v", "v", "v")
+def _spike_linear_onnx(g, codes, weight, bias):
+    signs = g.op("Sub", g.op("Cast", codes, to_i=1), g.op("Constant", value_t=torch.tensor(1.0)))
+    out = g.op("MatMul", signs, g.op("Transpose", weight, perm_i=[1, 0]))
+    return out if torch.onnx.symbolic_helper._is_none(bias) else g.op("Add", out, bias)
+
+
+torch.onnx.register_custom_op_symbolic("spikecast::spike_conv2d", _spike_conv2d_onnx, 9)
+torch.onnx.register_custom_op_symbolic("spikecast::spike_linear", _spike_linear_onnx, 9)
+
+
 # ---------------------------------------------------------------------------------------- ANN
 def export_ann(model: nn.Module, path: PathLike, example: torch.Tensor, *, opset: int = DEFAULT_OPSET) -> Path:
     """Export an ANN (``nn.Module`` or fx ``GraphModule``) to ONNX, checked with ``onnx.checker``.

@@ -193,7 +193,7 @@ def int8_kernels(snn: SpikingNetwork) -> SpikingNetwork:
             with gm.graph.inserting_before(node):
                 # spike_codes as aten ops (a saved graph holds aten ops only): sign + 1 as bytes
                 shifted = gm.graph.call_function(aten.add.Tensor, (source, 1))
-                codes = gm.graph.call_function(aten._to_copy.default, (shifted,), {"dtype": torch.uint8})
+                codes = gm.graph.call_function(aten.to.dtype, (shifted, torch.uint8))
             node.target = kernel
             node.args = (codes, *node.args[1:])
             changed += 1
