@@ -152,6 +152,9 @@ def add_eval_args(p, *, list_flag_is_timesteps: bool = False, default: str = EVA
     p.add_argument("--batch-size", type=positive_int, default=128, metavar="B", help="batch size (default 128)")
     p.add_argument("--device", help="cpu (default), cuda, cuda:1, mps, auto (checked: an unavailable device is an "
                                     "error)")
+    p.add_argument("--compile", action="store_true",
+                   help="simulate with each step graph compiled (torch.compile): the same values, faster over many "
+                        "images after a compile of seconds to a minute")
 
 
 def add_recipe_args(p) -> None:

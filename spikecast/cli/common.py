@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sys
 import warnings
 from dataclasses import dataclass
@@ -68,6 +69,8 @@ def load_saved(args, snn_dir: str, *, device: Optional[torch.device] = None, nee
                read_data: bool = True) -> Saved:
     """Load ``snn_dir`` and its ANN and evaluation data: the flags given, else what its job recorded."""
     snn = SpikingNetwork.load(snn_dir, device=device)
+    if getattr(args, "compile", False):
+        snn.config = dataclasses.replace(snn.config, compiled=True)
     source = origin_of(snn, str(snn_dir), model=getattr(args, "model", None),
                        checkpoint=getattr(args, "checkpoint", None), pretrained=getattr(args, "pretrained", None),
                        data=getattr(args, "data", None))
