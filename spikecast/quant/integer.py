@@ -185,18 +185,43 @@ def int8_kernels(snn: SpikingNetwork) -> SpikingNetwork:
     if "integer_arithmetic" not in snn.metadata:
         raise ValueError("int8_kernels needs an integer-arithmetic network: call integer_network(snn, calib) first")
     gm = fresh_copy(snn.graph_module)
+    graph = gm.graph
     changed = 0
-    for node in gm.graph.nodes:
+    codes_of: dict[fx.Node, fx.Node] = {}  # neuron output -> its spike codes
+    for node in list(graph.nodes):
         kernel = _INT8_KERNELS.get(node.target) if node.op == "call_function" else None
-        source = node.args[0] if node.args else None
-        if kernel is not None and isinstance(source, fx.Node) and source.target is aten.sign.default:
-            with gm.graph.inserting_before(node):
+        sign = node.args[0] if node.args else None
+        if kernel is None or not (isinstance(sign, fx.Node) and sign.target is aten.sign.default):
+            continue
+        spikes = sign.args[0]
+        if spikes not in codes_of:
+            with graph.inserting_after(sign):
                 # spike_codes as aten ops (a saved graph holds aten ops only): sign + 1 as bytes
-                shifted = gm.graph.call_function(aten.add.Tensor, (source, 1))
-                codes = gm.graph.call_function(aten.to.dtype, (shifted, torch.uint8))
-            node.target = kernel
-            node.args = (codes, *node.args[1:])
-            changed += 1
+                shifted = graph.call_function(aten.add.Tensor, (sign, 1))
+            with graph.inserting_after(shifted):
+                codes_of[spikes] = graph.call_function(aten.to.dtype, (shifted, torch.uint8))
+        node.target = kernel
+        node.args = (codes_of[spikes], *node.args[1:])
+        changed += 1
+    for spikes, codes in codes_of.items():
+        neuron = _neuron_of(gm, spikes)
+        others = [u for u in spikes.users if u.target is not aten.sign.default]
+        if neuron is None or not others:
+            continue
+        # every other reader (a residual add...) gets theta * (codes - 1): the same values (spikes of an
+        # integer network are exactly -theta / 0 / +theta), read from one byte per neuron instead of
+        # four, so a compiled step never writes the float spikes out
+        with graph.inserting_after(codes):
+            as_float = graph.call_function(aten.to.dtype, (codes, torch.float32))
+        with graph.inserting_after(as_float):
+            signs = graph.call_function(aten.sub.Tensor, (as_float, 1))
+        with graph.inserting_after(signs):
+            theta = graph.get_attr(f"{spikes.target}.threshold")
+        with graph.inserting_after(theta):
+            value = graph.call_function(aten.mul.Tensor, (signs, theta))
+        for user in others:
+            user.replace_input_with(spikes, value)
+    graph.lint()
     gm.recompile()
     metadata = dict(snn.metadata)
     metadata["integer_arithmetic"] = dict(metadata["integer_arithmetic"], kernels=f"int8 ({changed} layers)")
