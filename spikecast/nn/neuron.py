@@ -78,12 +78,19 @@ def _binary_zero_step(v, current, bias, theta):
     return torch.where(fired, theta, torch.zeros_like(v)), torch.where(fired, torch.zeros_like(v), v)
 
 
+#: The state of a signed neuron's bookkeeping: the net number of spikes sent so far (an exact count,
+#: in two bytes per neuron - the simulation is bound by memory traffic, and this state is read and
+#: written at every step). Runs longer than 32,767 net spikes per neuron are out of its range.
+COUNT_DTYPE = torch.int16
+
+
 def _signed_step(v, emitted, current, bias, theta):
     v = v + current + bias
     # take back a spike already sent when the membrane fell below the rounding band [0, theta)
+    fire = v >= theta
     retract = (v < 0) & (emitted > 0)
-    out = torch.where(v >= theta, theta, torch.where(retract, -theta, torch.zeros_like(v)))
-    return out, v - out, emitted + out
+    out = torch.where(fire, theta, torch.where(retract, -theta, torch.zeros_like(v)))
+    return out, v - out, emitted + fire.to(emitted.dtype) - retract.to(emitted.dtype)
 
 
 def _bipolar_step(v, current, bias, theta):
@@ -93,18 +100,18 @@ def _bipolar_step(v, current, bias, theta):
 
 
 def _multilevel_step(v, emitted, current, bias, theta, levels: int, bipolar: bool):
-    """Up to ``levels`` spikes per step; ``emitted`` (signed neurons) bounds the negative ones."""
+    """Up to ``levels`` spikes per step; ``emitted`` (signed neurons: the net count sent so far)
+    bounds the negative ones."""
     v = v + current + bias
     n = torch.floor(v / theta)
     if bipolar:
         n = n.clamp(-levels, levels)
     elif emitted is not None:
-        n = torch.minimum(torch.maximum(n, -torch.round(emitted / theta).clamp(0, levels)),
-                          torch.full_like(n, levels))
+        n = torch.minimum(torch.maximum(n, -emitted.clamp(0, levels).to(n.dtype)), torch.full_like(n, levels))
     else:
         n = n.clamp(0, levels)
     out = n * theta
-    return out, v - out, (emitted + out if emitted is not None else None)
+    return out, v - out, (emitted + n.to(emitted.dtype) if emitted is not None else None)
 
 
 def _scan(step: Callable, states: int, steps: int) -> Callable:
@@ -174,7 +181,7 @@ def _surrogate_step(v, emitted, current, bias, theta, bipolar: bool = False):
     elif emitted is not None:
         retract = _Spike.apply(-v, theta, True) * (emitted > 0).to(v.dtype)
         out = out - theta * retract
-        emitted = emitted + out.detach()
+        emitted = emitted + torch.sign(out.detach()).to(emitted.dtype)
     return out, v - out.detach(), emitted
 
 
@@ -186,7 +193,7 @@ def _multilevel_surrogate_step(v, emitted, current, bias, theta, levels: int, bi
     as in :func:`_surrogate_step`."""
     v = v + current + bias
     nothing = v.new_zeros(())  # v already holds the step's input
-    exact, _, _ = _multilevel_step(v.detach(), emitted, nothing, nothing, theta, levels, bipolar)
+    exact, _, counted = _multilevel_step(v.detach(), emitted, nothing, nothing, theta, levels, bipolar)
     soft = sum(_Spike.apply(v - k * theta, theta, False) for k in range(1, levels + 1))
     if bipolar or emitted is not None:
         negative = sum(_Spike.apply(-(v + k * theta), theta, True) for k in range(levels))
@@ -195,7 +202,7 @@ def _multilevel_surrogate_step(v, emitted, current, bias, theta, levels: int, bi
         soft = soft - negative
     soft = theta * soft
     out = exact + (soft - soft.detach())  # (soft - soft) is exactly 0: the value is the neuron's, bit for bit
-    return out, v - out.detach(), (emitted + out.detach() if emitted is not None else None)
+    return out, v - out.detach(), counted
 
 
 def _fused(fn: Callable) -> Optional[Callable]:
@@ -290,8 +297,8 @@ class IFNeuron(StatefulModule):
     ``reset="zero"`` (binary neurons only) resets the membrane to 0 instead: the neuron of a NIR
     ``IF`` node as the NIR spec defines it, for graphs imported from other tools.
 
-    State (:class:`StatefulModule`): the membrane ``v`` and, for signed neurons, the net charge
-    ``emitted`` so far.
+    State (:class:`StatefulModule`): the membrane ``v`` and, for signed neurons, the net number of
+    spikes ``emitted`` so far (:data:`COUNT_DTYPE`).
     """
 
     state_buffers = ("v", "emitted")
@@ -374,7 +381,7 @@ class IFNeuron(StatefulModule):
         """The state before the first step for inputs shaped like ``current``: ``(v,)`` or ``(v, emitted)``."""
         zeros = torch.zeros_like(current)
         v = zeros + self.initial_potential().to(current.dtype).expand_as(current)
-        return (v, zeros) if self.signed else (v,)
+        return (v, torch.zeros_like(current, dtype=COUNT_DTYPE)) if self.signed else (v,)
 
     def step(self, current: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """One step as a pure function ``(current, state) -> (output, new state)``.
@@ -450,7 +457,7 @@ class IFNeuron(StatefulModule):
         if self.signed:
             retract = (v < 0) & (self.emitted > 0)
             out = torch.where(v >= theta, theta, torch.where(retract, -theta, 0.0))
-            self.emitted.add_(out)
+            self.emitted.add_(torch.sign(out).to(self.emitted.dtype))
         else:
             out = torch.where(v >= theta, theta, 0.0)
         v.sub_(out)
