@@ -217,7 +217,7 @@ class StateSpec:
 def _restart(module: StatefulModule, x: torch.Tensor, state: Sequence[torch.Tensor],
              start: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """``state``, replaced by the module's initial state where ``start`` is set."""
-    return tuple(torch.where(start, init.to(given.dtype), given) for init, given in zip(module.initial_state(x), state))
+    return tuple(torch.where(start, init, given) for init, given in zip(module.initial_state(x), state))
 
 
 _aten = torch.ops.aten
@@ -328,10 +328,8 @@ class SnnStepModule(nn.Module):
             if batched and tensor.shape[0] != example.shape[0]:
                 raise ValueError(f"state {kind} of {getattr(module, 'name', '') or target!r} has shape "
                                  f"{tuple(tensor.shape)}: its first axis is not the batch ({example.shape[0]})")
-            # int16 spike counts travel as int32: onnxruntime has no int16 Add / Greater / Where (same values)
-            dtype = torch.int32 if tensor.dtype == torch.int16 else tensor.dtype
             specs.append(StateSpec(name=f"{kind}_{len(specs)}", shape=list(tensor.shape[1:] if batched else tensor.shape),
-                                   dtype=str(dtype).replace("torch.", ""), module=target,
+                                   dtype=str(tensor.dtype).replace("torch.", ""), module=target,
                                    site=getattr(module, "name", "") or target, kind=kind, batched=batched))
         return specs
 
