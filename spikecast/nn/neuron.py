@@ -386,22 +386,27 @@ class IFNeuron(StatefulModule):
         What ONNX export traces (the membrane becomes an explicit graph input/output); random spike
         masking and spike counting are not part of it (export refuses masked neurons).
         """
-        bias = self.bias if self.bias is not None else self._zero(current)
+        kind = self._kind()
+        states, params = self._step_args(kind, state, current)
+        out, *new = _STEPS[kind][0](*states, current, *params)
+        return out, tuple(new[:len(self.state_names())])
+
+    def _kind(self) -> str:
+        """Which step function this neuron runs (a key of ``_STEPS``)."""
         if self.levels > 1:
-            out, v, emitted = _multilevel_step(state[0], state[1] if self.signed else None, current, bias,
-                                               self.threshold, self.levels, self.bipolar)
-            return out, ((v, emitted) if self.signed else (v,))
+            return "multilevel"
         if self.bipolar:
-            out, v = _bipolar_step(state[0], current, bias, self.threshold)
-            return out, (v,)
+            return "bipolar"
         if self.reset_mode == "zero":
-            out, v = _binary_zero_step(state[0], current, bias, self.threshold)
-            return out, (v,)
-        if self.signed:
-            out, v, emitted = _signed_step(state[0], state[1], current, bias, self.threshold)
-            return out, (v, emitted)
-        out, v = _binary_step(state[0], current, bias, self.threshold)
-        return out, (v,)
+            return "zero"
+        return "signed" if self.signed else "binary"
+
+    def _step_args(self, kind: str, state: State, like: torch.Tensor) -> tuple[tuple, tuple]:
+        """``(state arguments, parameters after the current)`` of the step function ``kind``."""
+        bias = self.bias if self.bias is not None else self._zero(like)
+        if kind == "multilevel":  # a multi-level neuron keeps an emitted count only when signed
+            return (state[0], state[1] if self.signed else None), (bias, self.threshold, self.levels, self.bipolar)
+        return tuple(state), (bias, self.threshold)
 
     def forward(self, current: torch.Tensor) -> torch.Tensor:
         """One step on the buffered state: the values of :meth:`step`, computed in place (eager),
@@ -476,23 +481,10 @@ class IFNeuron(StatefulModule):
             # a constant current (a static input, broadcast over the steps): materialised in the
             # layout of one step (NHWC stays NHWC), so every scan sees dense inputs
             currents = torch.empty_like(currents).copy_(currents)
-        theta, steps = self.threshold, currents.shape[0]
-        bias = self.bias if self.bias is not None else self._zero(currents)
-        if self.levels > 1:
-            out, self.v, emitted = run_fused(_scan_of("multilevel", steps), currents, self.v,
-                                             self.emitted if self.signed else None, bias, theta, self.levels,
-                                             self.bipolar, force=True)
-            if self.signed:
-                self.emitted = emitted
-        elif self.bipolar:
-            out, self.v = run_fused(_scan_of("bipolar", steps), currents, self.v, bias, theta, force=True)
-        elif self.reset_mode == "zero":
-            out, self.v = run_fused(_scan_of("zero", steps), currents, self.v, bias, theta, force=True)
-        elif self.signed:
-            out, self.v, self.emitted = run_fused(_scan_of("signed", steps), currents, self.v, self.emitted, bias,
-                                                  theta, force=True)
-        else:
-            out, self.v = run_fused(_scan_of("binary", steps), currents, self.v, bias, theta, force=True)
+        kind = self._kind()
+        states, params = self._step_args(kind, self.get_state(), currents)
+        out, *new = run_fused(_scan_of(kind, currents.shape[0]), currents, *states, *params, force=True)
+        self.set_state(tuple(new[:len(self.state_names())]))
         return self._finish(out)
 
     def _finish(self, out: torch.Tensor) -> torch.Tensor:

@@ -200,13 +200,9 @@ class SpikingNetwork(nn.Module):
             per_image = 0 if any(s[0] != len(x) for s in shapes) else \
                 max((s.numel() for s in shapes), default=x[0].numel()) // max(len(x), 1)
             self._largest_input[tuple(x.shape[1:])] = per_image
-        if per_image == 0:
-            for _ in range(done, timesteps):
-                yield self._run_step(x, *static)
-            return
-        limit = max(1, TIME_BATCH_ELEMENTS // max(per_image * len(x), 1))
-        largest = 1 << (limit.bit_length() - 1)
-        if largest < MIN_CHUNK_STEPS:  # large steps: chunks of 2 ran slower than single steps
+        limit = TIME_BATCH_ELEMENTS // (per_image * len(x)) if per_image else 0
+        largest = 1 << (limit.bit_length() - 1) if limit else 0
+        if largest < MIN_CHUNK_STEPS:  # large steps (chunks of 2 ran slower than single steps), or no batch axis
             for _ in range(done, timesteps):
                 yield self._run_step(x, *static)
             return
