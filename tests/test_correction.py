@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.ops import aten
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch import nn
 
 import spikecast
@@ -86,6 +88,89 @@ def test_layerwise_simulation_matches_the_runtime():
         ref_channel = ref.mean(dim=[d for d in range(ref.dim()) if d != 1])
         assert torch.allclose(rate, ref_channel, atol=1e-6), sim.neuron(k).name
     assert sim.recorded_bytes == 0  # every train freed once its last reader ran
+
+
+class _ConvSamples(TorchDispatchMode):
+    """Counts the samples every convolution processes (time batching makes fewer, larger calls:
+    count samples, not calls)."""
+
+    def __init__(self):
+        super().__init__()
+        self.samples = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket in (aten.convolution, aten.conv2d, aten._convolution, aten.mkldnn_convolution):
+            self.samples += args[0].shape[0]
+        return func(*args, **(kwargs or {}))
+
+
+def test_layerwise_runs_after_the_first_reuse_the_input_currents():
+    model, calib, x = _model_and_data()
+    snn = _snn(model, calib, 8, signed=True)
+    cached = LayerwiseSimulation(snn.graph_module, x, 8, snn.config, batch_size=24)
+    seen = _ConvSamples()
+    with seen:
+        first = cached.run(0)
+    after_first = seen.samples
+    assert after_first == len(x)  # the stem's convolution of the analog input: once per image
+    neuron = cached.neuron(0)
+    neuron.set_correction(torch.full_like(neuron.threshold, 0.05), None)  # only the neuron changes
+    with seen:
+        second = cached.run(0)
+    assert seen.samples == after_first  # no convolution ran again
+    assert not torch.equal(first, second)
+    # the same with no room to keep currents: recomputed, same values
+    neuron.set_correction(None, None)
+    uncached = LayerwiseSimulation(snn.graph_module, x, 8, snn.config, batch_size=24, cache_bytes=0)
+    with seen:
+        assert torch.equal(uncached.run(0), first)
+        neuron.set_correction(torch.full_like(neuron.threshold, 0.05), None)
+        assert torch.equal(uncached.run(0), second)
+    assert seen.samples == 3 * after_first
+    neuron.set_correction(None, None)
+
+
+def test_layerwise_blocks_and_step_chunks_do_not_change_results(monkeypatch):
+    from spikecast.convert import layerwise
+
+    model, calib, x = _model_and_data()
+    snn = _snn(model, calib, 8, signed=True)
+    reference = LayerwiseSimulation(snn.graph_module, x, 8, snn.config, batch_size=64)
+    rates = [reference.commit(k) for k in range(len(reference.nodes))]
+    monkeypatch.setattr(layerwise, "BLOCK_ELEMENTS", 3000)  # a few images per block, chunks of steps
+    monkeypatch.setattr(layerwise, "STEP_CHUNK", 3)  # chunks that do not divide T
+    small = LayerwiseSimulation(snn.graph_module, x, 8, snn.config, batch_size=64)
+    assert [len(list(small._blocks(k, len(x)))) > 1 for k in range(len(small.nodes))] == [True] * len(small.nodes)
+    for k, rate in enumerate(rates):
+        assert torch.allclose(small.commit(k), rate, atol=1e-9), k
+
+
+def test_layerwise_currents_are_those_the_neuron_sees_and_fit_the_cache():
+    model, calib, x = _model_and_data()
+    snn = _snn(model, calib, 8, signed=True)
+
+    def simulation(**kwargs):
+        sim = LayerwiseSimulation(snn.graph_module, x, 8, snn.config, batch_size=16, **kwargs)
+        sim.commit(0)  # neuron 1 reads neuron 0's spike train
+        return sim
+
+    sim = simulation()
+    currents = sim.currents(1, 40)
+    assert currents.shape[:2] == (8, 40)
+    assert not torch.equal(currents[0], currents[-1])  # driven by spikes: changes with the step
+    # replaying them through the neuron gives the runtime's rate on those images
+    neuron = sim.neuron(1)
+    neuron.reset()
+    out = torch.stack([neuron(c) for c in currents])
+    rate = out.double().mean(dim=(0, 1, 3, 4))
+    assert torch.allclose(rate, sim.run(1, limit=40), atol=1e-9)
+    # a cache with room for 20 images: the whole blocks of 16 that fit, at least one block
+    per_image = 8 * currents[0, 0].numel() * 4
+    assert simulation(cache_bytes=20 * per_image).currents(1, 40).shape[1] == 16
+    assert torch.equal(simulation(cache_bytes=0).currents(1, 40), currents[:, :16])
+    # the first neuron's current comes from the analog input alone: one step's worth, every step
+    first = LayerwiseSimulation(snn.graph_module, x, 8, snn.config, batch_size=16).currents(0, 40)
+    assert first.shape[:2] == (8, 40) and torch.equal(first[0], first[-1])
 
 
 def _layer_errors(snn, ann_graph, x, T):

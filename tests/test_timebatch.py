@@ -1,4 +1,4 @@
-"""Time-batched execution (spikecast.runtime.timebatch): chunks of steps through each layer give the
+"""Time-batched execution (spikecast.nn.timebatch): chunks of steps through each layer give the
 values of the step-by-step runtime bit for bit - per stateful type (run_steps, eager and fused), on
 whole converted networks of every zoo family, and in integer arithmetic - and it steps aside where
 it would change what someone observes (hooks, autograd, spike-encoded input)."""
@@ -14,7 +14,7 @@ import spikecast
 from spikecast.nn import neuron as neuron_module
 from spikecast.quant import int8_kernels, integer_network
 from spikecast.runtime import network as network_module
-from spikecast.runtime.timebatch import TimeBatchedStep
+from spikecast.nn.timebatch import TimeBatchedStep
 from spikecast.zoo import create_model
 
 from test_stateful import MODULES, _inputs

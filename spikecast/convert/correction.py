@@ -146,19 +146,20 @@ def ann_targets(ann_graph: fx.GraphModule, x: torch.Tensor, batch_size: int, kee
     return means, fractions, {k: torch.cat(v) for k, v in kept.items()}, ndims
 
 
-def _replay(neuron: IFNeuron, currents: Sequence[torch.Tensor], theta: torch.Tensor,
+def _replay(neuron: IFNeuron, currents: torch.Tensor, theta: torch.Tensor,
             bias: Optional[torch.Tensor]) -> torch.Tensor:
-    """Mean output of a copy of ``neuron`` with threshold ``theta`` driven by recorded currents."""
-    twin = neuron.twin(theta)
+    """Mean output over the steps of a copy of ``neuron`` with threshold ``theta`` driven by the
+    recorded currents ``(T, images, ...)``."""
+    twin = neuron.twin(theta).to(currents.device)
     twin.set_correction(bias, None)
     total = None
-    for c in currents:
-        out = twin(c)
+    for current in currents:
+        out = twin(current)
         total = out.clone() if total is None else total.add_(out)
-    return total / len(currents)
+    return total / currents.shape[0]
 
 
-def _refine_threshold(neuron: IFNeuron, currents: list[torch.Tensor], target: torch.Tensor,
+def _refine_threshold(neuron: IFNeuron, currents: torch.Tensor, target: torch.Tensor,
                       scales: Sequence[float]) -> torch.Tensor:
     """Per channel, the threshold scale whose bias-corrected replay is closest to the ANN."""
     cdim = channel_dim(target)
@@ -236,14 +237,10 @@ def correct_graph(snn_graph: fx.GraphModule, ann_graph: fx.GraphModule, images: 
             slope = active[name].to(device).clamp(min=MIN_SLOPE)
             dev = neuron.threshold.device
             if config.runs_refine:
-                currents: list[torch.Tensor] = [None] * T
-
-                def grab(sl, t, current, output, currents=currents):
-                    c = current.clone()
-                    currents[t] = c if currents[t] is None else torch.cat([currents[t], c])
-
-                sim.run(k, on_step=grab, limit=config.refine_images)
-                neuron.threshold = _refine_threshold(neuron, currents, kept[name].to(device),
+                # the input currents of the first images (fewer for layers too large to keep that
+                # many), replayed through the neuron at every candidate threshold
+                currents = sim.currents(k, config.refine_images)
+                neuron.threshold = _refine_threshold(neuron, currents, kept[name][:currents.shape[1]].to(device),
                                                      config.refine_scales).to(dev)
                 del currents
                 bar.advance()

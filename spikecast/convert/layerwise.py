@@ -3,18 +3,29 @@
 Correcting neuron ``k`` needs its output over ``T`` steps *given the already-corrected neurons
 below it*. Re-simulating the whole upstream network for every neuron costs O(n^2) layer-steps;
 this runtime costs O(n): the spike train of every neuron that is still needed downstream is kept
-(as int8 signs, ``T x images x ...``; the spike amplitude is the neuron's threshold), and neuron
-``k`` is simulated by running only the ops between those recorded trains and itself, step by
-step, with the same :class:`IFNeuron` modules the normal runtime uses. A train is freed as soon as
-no later neuron reads it.
+(as int8 spike counts, ``T x images x ...``; the spike amplitude is the neuron's threshold), and
+neuron ``k`` is simulated by running only the ops between those recorded trains and itself. A
+train is freed as soon as no later neuron reads it.
+
+Time-batched: the ops between the recorded trains and neuron ``k`` (its *input part*: convolutions,
+adds, pools, any stateful module in between) run on a block of images for all ``T`` steps in one
+call (:class:`~spikecast.nn.timebatch.TimeBatchedStep`, chunks of :data:`STEP_CHUNK` steps), and
+the neuron runs over those currents step by step with the same :class:`IFNeuron` module the normal
+runtime uses. Blocks hold at most :data:`BLOCK_ELEMENTS` values per tensor (fewer images per block,
+or shorter chunks, for large layers).
+
+No work repeated per neuron: the correction runs neuron ``k`` several times (measure, correct,
+measure again, record) with the same inputs - only the neuron's own parameters change. Its input
+currents are computed once and kept for the later runs (as many images as ``cache_bytes``
+allows; the rest are recomputed), so a run after the first costs the neuron's recurrence alone.
 
 The results equal those of :meth:`SpikingNetwork.simulate` on the same inputs (every op here acts
-per sample, so batching does not change them).
+per sample; a convolution over a larger batch may round differently in the last bit).
 """
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Iterator, Optional
 
 import torch
 import torch.fx as fx
@@ -25,8 +36,17 @@ from spikecast.nn.encoding import PoissonEncoder
 from spikecast.nn.neuron import IFNeuron, run_fused
 from spikecast.nn.simulation import SimulationConfig
 from spikecast.nn.stateful import StatefulModule
+from spikecast.nn.timebatch import TimeBatchedStep
 
-StepHook = Callable[[slice, int, torch.Tensor, torch.Tensor], None]  # (images, t, current, output)
+#: At most this many values per tensor in one block (images x steps x one image's largest layer
+#: in the input part): 128 MiB of float32.
+BLOCK_ELEMENTS = 1 << 25
+#: Steps per call of an input part. The neuron itself then runs step by step: on CPU its fused
+#: one-step kernel beat the fused scan over steps at the layer sizes here (ResNet-20, 256 images x
+#: 16 x 32 x 32, signed: 3.4 ms per step vs 6-18 ms), and a scan's compile time grows with its steps.
+STEP_CHUNK = 8
+#: Bytes of input currents kept per neuron for its later runs (float32, ``T`` steps per image).
+CACHE_BYTES = 1 << 30
 
 
 def _decode(signs: torch.Tensor, amplitude: torch.Tensor) -> torch.Tensor:
@@ -43,43 +63,91 @@ def _amplitude(neuron: IFNeuron) -> torch.Tensor:
     return neuron.threshold.float() * scale
 
 
+class _Sizes(fx.Interpreter):
+    """One step on one image: the number of values per image of every node's output."""
+
+    def __init__(self, gm: fx.GraphModule):
+        super().__init__(gm)
+        self.numel: dict[str, int] = {}
+
+    def run_node(self, n: fx.Node):
+        out = super().run_node(n)
+        if isinstance(out, torch.Tensor) and out.dim() > 0:
+            self.numel[n.name] = out[0].numel()
+        return out
+
+
 class LayerwiseSimulation:
     """Simulate the neurons of the spiking graph ``gm`` one at a time, in graph order, on inputs ``x``.
 
     Usage: for each index ``k`` (in order) call :meth:`run` as often as needed (e.g. measure,
     correct, measure again), then :meth:`commit` once to record neuron ``k``'s final spike train.
+    ``batch_size`` bounds the images per block; ``cache_bytes`` the input currents kept per neuron.
     """
 
     def __init__(self, gm: fx.GraphModule, x: torch.Tensor, timesteps: int, simulation: SimulationConfig,
-                 batch_size: int = 256):
+                 batch_size: int = 256, cache_bytes: int = CACHE_BYTES):
         self.gm = gm
         self.x = x
         self.timesteps = int(timesteps)
         self.batch_size = int(batch_size)
+        self.cache_bytes = int(cache_bytes)
         self.simulation = simulation
         self.channels_last = bool(simulation.channels_last)
         self.encoding = simulation.encoding
         self.nodes = [n for n in self.gm.graph.nodes
                       if n.op == "call_module" and isinstance(self.gm.get_submodule(n.target), IFNeuron)]
+        sizes = self._sizes()
         neuron_set = set(self.nodes)
-        self._parts: list[tuple[fx.GraphModule, list[fx.Node]]] = []
+        # per neuron: its input part (time-batched), the nodes it reads, the largest value per image,
+        # whether its current is the same at every step (the analog input through stateless ops:
+        # computed once, as the normal runtime's static prefix is)
+        self._parts: list[tuple[TimeBatchedStep, list[fx.Node], int, bool]] = []
         for node in self.nodes:
-            part, inputs = self._subgraph(node, neuron_set)
+            part, inputs, members = self._subgraph(node, neuron_set)
             views_to_reshapes(part.graph)
             part.recompile()
-            self._parts.append((part, inputs))
+            varying = [f"in_{b.name}" for b in inputs if b.op != "placeholder" or self.encoding == "poisson"]
+            largest = max([sizes.get(n.name, 1) for n in members] + [1])
+            static = not varying and not any(isinstance(m, StatefulModule) for m in part.modules())
+            self._parts.append((TimeBatchedStep(part, varying=varying), inputs, largest, static))
         # last neuron index whose subgraph reads each recorded train
         self._last_use: dict[str, int] = {}
-        for k, (_, inputs) in enumerate(self._parts):
+        for k, (_, inputs, _, _) in enumerate(self._parts):
             for b in inputs:
                 if b.op != "placeholder":
                     self._last_use[b.name] = k
         self._records: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._cache_for: Optional[int] = None  # the neuron whose currents are cached
+        self._cache: Optional[torch.Tensor] = None  # (T, images, ...) float32
+        self._cached = 0  # images of the cache filled
 
     def neuron(self, k: int) -> IFNeuron:
         return self.gm.get_submodule(self.nodes[k].target)
 
-    def _subgraph(self, node: fx.Node, neurons: set) -> tuple[fx.GraphModule, list[fx.Node]]:
+    def _stateful(self) -> list[StatefulModule]:
+        return [m for m in self.gm.modules() if isinstance(m, StatefulModule)]
+
+    def _sizes(self) -> dict[str, int]:
+        """Values per image of every node, from one step on one image (state reset around it)."""
+        stateful = self._stateful()
+        x = self.x[:1]
+        if x.dim() == 4 and self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        for m in stateful:
+            m.reset()
+        interpreter = _Sizes(self.gm)
+        try:
+            with torch.inference_mode():
+                interpreter.run(x)
+        finally:
+            for m in stateful:
+                m.reset()
+        return interpreter.numel
+
+    def _subgraph(self, node: fx.Node, neurons: set) -> tuple[fx.GraphModule, list[fx.Node], list[fx.Node]]:
+        """The ops from the recorded trains (and the network input) to ``node``'s input current:
+        ``(graph module, its inputs in graph order, every node it touches)``."""
         needed: set[fx.Node] = set()
         inputs: set[fx.Node] = set()
         stack = list(node.all_input_nodes)
@@ -100,59 +168,132 @@ class LayerwiseSimulation:
             env[b] = graph.placeholder(f"in_{b.name}")
         for n in sorted(needed, key=order.__getitem__):
             env[n] = graph.node_copy(n, lambda a: env[a])
-        spikes = graph.node_copy(node, lambda a: env[a])
-        graph.output((env[node.args[0]], spikes))
-        return fx.GraphModule(self.gm, graph, class_name="NeuronPart"), inputs_sorted
+        graph.output(env[node.args[0]])
+        return (fx.GraphModule(self.gm, graph, class_name="NeuronInput"), inputs_sorted,
+                list(needed) + inputs_sorted + [node])
 
-    def _input(self, b: fx.Node, t: int, sl: slice, x_t: torch.Tensor) -> torch.Tensor:
-        if b.op == "placeholder":
-            return x_t
-        signs, amplitude = self._records[b.name]
-        return run_fused(_decode, signs[t, sl], amplitude)
+    # ------------------------------------------------------------------ blocks of images and steps
+    def _blocks(self, k: int, n: int) -> Iterator[tuple[slice, list[tuple[int, int]]]]:
+        """``(images, step chunks)``: blocks of images, run in chunks of at most :data:`STEP_CHUNK`
+        steps with at most :data:`BLOCK_ELEMENTS` values per tensor."""
+        largest = self._parts[k][2]
+        T = self.timesteps
+        steps = max(1, min(STEP_CHUNK, T, BLOCK_ELEMENTS // largest))
+        images = max(1, min(self.batch_size, BLOCK_ELEMENTS // (steps * largest)))
+        chunks = [(t, min(t + steps, T)) for t in range(0, T, steps)]
+        for start in range(0, n, images):
+            yield slice(start, min(start + images, n)), chunks
 
-    def run(self, k: int, on_step: Optional[StepHook] = None, record: bool = False,
-            limit: Optional[int] = None) -> torch.Tensor:
+    def _inputs(self, k: int, sl: slice, t0: int, t1: int, encoder: Optional[PoissonEncoder]) -> list:
+        inputs = self._parts[k][1]
+        values = []
+        for b in inputs:
+            if b.op == "placeholder":
+                if encoder is not None:
+                    values.append(torch.stack([encoder.step() for _ in range(t0, t1)]))
+                else:
+                    x = self.x[sl]
+                    values.append(x.contiguous(memory_format=torch.channels_last)
+                                  if x.dim() == 4 and self.channels_last else x)
+            else:
+                signs, amplitude = self._records[b.name]
+                values.append(run_fused(_decode, signs[t0:t1, sl], amplitude))
+        return values
+
+    def _currents(self, k: int, sl: slice, chunks: list[tuple[int, int]]) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """Neuron ``k``'s input currents on images ``sl``, chunk by chunk of steps: from the cache
+        when it holds them, else computed (and kept when the cache has room)."""
+        part, _, _, static = self._parts[k]
+        if self._cache_for != k:
+            self._cache_for, self._cache, self._cached = k, None, 0
+        if sl.stop <= self._cached:
+            for t0, t1 in chunks:
+                if static:
+                    once = self._cache[:, sl]
+                    yield t0, t1, once.expand(t1 - t0, *once.shape[1:])
+                else:
+                    yield t0, t1, self._cache[t0:t1, sl]
+            return
+        keep = sl.start <= self._cached
+        if static:  # one step's current, the same at every step
+            values = self._inputs(k, sl, 0, 1, None)
+            current = part(1, values[0], values[1:], sl.stop - sl.start)
+            keep = keep and self._keep(current, sl, 0, 1, length=1)
+            for t0, t1 in chunks:
+                yield t0, t1, current.expand(t1 - t0, *current.shape[1:])
+        else:
+            encoder = None
+            if self.encoding == "poisson":
+                encoder = PoissonEncoder(self.simulation.input_scale, self.simulation.encoding_seed)
+                encoder.start(self.x[sl])
+            for m in part.module.modules():
+                if isinstance(m, StatefulModule):
+                    m.reset()
+            for t0, t1 in chunks:
+                values = self._inputs(k, sl, t0, t1, encoder)
+                current = part(t1 - t0, values[0], values[1:], sl.stop - sl.start)
+                keep = keep and self._keep(current, sl, t0, t1, length=self.timesteps)
+                yield t0, t1, current
+        if keep:
+            self._cached = max(self._cached, min(sl.stop, self._cache.shape[1]))
+
+    def _keep(self, current: torch.Tensor, sl: slice, t0: int, t1: int, length: int) -> bool:
+        """Copy the chunk's currents into the cache (``length`` steps, allocated on first use);
+        False if it has no room."""
+        if self._cache is None:
+            per_image = length * current[0, 0].numel() * current.element_size()
+            room = min(len(self.x), self.cache_bytes // max(per_image, 1))
+            if room < 1:
+                return False
+            shape = (length, room) + tuple(current.shape[2:])
+            self._cache = torch.empty(shape, dtype=current.dtype, device=current.device)
+            if current.dim() == 5 and current.stride(-3) == 1:  # NHWC steps stay NHWC
+                n, c, h, w = shape[1:]
+                self._cache = torch.empty((length, n, h, w, c), dtype=current.dtype,
+                                          device=current.device).permute(0, 1, 4, 2, 3)
+        stop = min(sl.stop, self._cache.shape[1])
+        if stop > sl.start:
+            self._cache[t0:t1, sl.start:stop].copy_(current[:, :stop - sl.start])
+        return stop > sl.start
+
+    # ------------------------------------------------------------------ runs
+    def run(self, k: int, record: bool = False, limit: Optional[int] = None) -> torch.Tensor:
         """Simulate neuron ``k`` on all inputs (the first ``limit``); return its mean output per
-        channel (float64).
-
-        ``on_step(images, t, current, output)`` sees every step (0-based ``t``); ``record`` keeps
-        the spike train for the neurons above (see :meth:`commit`).
-        """
-        part, inputs = self._parts[k]
+        channel (float64). ``record`` keeps the spike train for the neurons above (see :meth:`commit`)."""
         neuron = self.neuron(k)
-        stateful = [m for m in part.modules() if isinstance(m, StatefulModule)]
         total, count = None, 0
         signs_all = None
         T = self.timesteps
         amplitude = _amplitude(neuron).to(self.x.device)
         with torch.inference_mode():
             n = len(self.x) if limit is None else min(int(limit), len(self.x))
-            for start in range(0, n, self.batch_size):
-                sl = slice(start, min(start + self.batch_size, n))
-                x = self.x[sl]
-                if x.dim() == 4 and self.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                encoder = None
-                if self.encoding == "poisson":
-                    encoder = PoissonEncoder(self.simulation.input_scale, self.simulation.encoding_seed)
-                    encoder.start(x)
-                for m in stateful:
-                    m.reset()
-                for t in range(T):
-                    x_t = encoder.step() if encoder is not None else x
-                    current, out = part(*[self._input(b, t, sl, x_t) for b in inputs])
-                    s = channel_sum(out)
-                    total = s if total is None else total + s
-                    count += out.numel() // s.numel()
-                    if on_step is not None:
-                        on_step(sl, t, current, out)
-                    if record:
-                        if signs_all is None:
-                            signs_all = self._record_buffer(T, out)
-                        signs_all[t, sl].copy_(run_fused(_encode, out, amplitude))
+            for sl, chunks in self._blocks(k, n):
+                neuron.reset()
+                for t0, t1, currents in self._currents(k, sl, chunks):
+                    for t, current in enumerate(currents, start=t0):
+                        out = neuron(current)
+                        s = channel_sum(out)
+                        total = s if total is None else total + s
+                        count += out.numel() // s.numel()
+                        if record:
+                            if signs_all is None:
+                                signs_all = self._record_buffer(T, out)
+                            signs_all[t, sl].copy_(run_fused(_encode, out, amplitude))
         if record:
             self._records[self.nodes[k].name] = (signs_all, amplitude.to(signs_all.device))
         return total / count
+
+    def currents(self, k: int, limit: int) -> torch.Tensor:
+        """Neuron ``k``'s input currents on the first images, ``(T, images, ...)``: ``limit`` images,
+        or fewer (at least one block) when they would not fit ``cache_bytes``."""
+        blocks = []
+        with torch.inference_mode():
+            for sl, chunks in self._blocks(k, min(int(limit), len(self.x))):
+                if blocks and (self._cache is None or sl.stop > self._cache.shape[1]):
+                    break  # the images so far fit the cache; these would not
+                steps = [c for _, _, c in self._currents(k, sl, chunks)]
+                blocks.append(torch.cat(steps) if len(steps) > 1 else steps[0])
+        return torch.cat(blocks, dim=1) if len(blocks) > 1 else blocks[0]
 
     def _record_buffer(self, T: int, like: torch.Tensor) -> torch.Tensor:
         shape = (T, len(self.x)) + tuple(like.shape[1:])
@@ -170,6 +311,7 @@ class LayerwiseSimulation:
         for name, last in list(self._last_use.items()):
             if last <= k and name in self._records:
                 del self._records[name]
+        self._cache_for, self._cache, self._cached = None, None, 0  # neuron k is done
         return rate
 
     @property

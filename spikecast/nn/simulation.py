@@ -17,7 +17,7 @@ class SimulationConfig:
     encoding_seed: int = 0
     channels_last: bool = True  # run 4-D feature maps in NHWC layout (faster convolutions on CPU)
     # run several steps per layer call when no gradient is needed (same values as step by step;
-    # see spikecast.runtime.timebatch); False: one step at a time
+    # see spikecast.nn.timebatch); False: one step at a time
     time_batched: bool = True
     # compile each step graph as a whole with torch.compile (fuses the elementwise work between
     # layers; same values; pays a compile of seconds to a minute on first use); steps one at a time

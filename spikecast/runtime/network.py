@@ -35,7 +35,7 @@ from spikecast.nn.encoding import PoissonEncoder
 from spikecast.nn.neuron import IFNeuron, _disable_compile, _is_compiler_failure, compile_enabled as _compile_enabled
 from spikecast.nn.simulation import SimulationConfig
 from spikecast.nn.stateful import STATEFUL_TYPES, StatefulModule
-from spikecast.runtime.timebatch import TimeBatchedStep, input_independent, static_integers
+from spikecast.nn.timebatch import TimeBatchedStep, input_independent, static_integers
 
 CONFIG_FILE, WEIGHTS_FILE = "spikecast.json", "weights.safetensors"
 # Time-batched chunks hold at most this many values in the largest layer input (16 MiB in
@@ -128,7 +128,7 @@ class SpikingNetwork(nn.Module):
         """Yield the output of each step ``1..timesteps`` (what :meth:`simulate` averages).
 
         Without autograd (``simulate``), an analog input and no hook on a stateful module, the
-        steps are computed a chunk at a time (:mod:`spikecast.runtime.timebatch`; same values, set
+        steps are computed a chunk at a time (:mod:`spikecast.nn.timebatch`; same values, set
         ``config.time_batched=False`` for one step per call); the outputs are yielded one step at a
         time either way.
 
@@ -179,7 +179,7 @@ class SpikingNetwork(nn.Module):
         return any(m._forward_hooks or m._forward_pre_hooks for m in self.stateful_modules())
 
     def _chunked_steps(self, x: torch.Tensor, static: tuple, timesteps: int) -> Iterator[torch.Tensor]:
-        """:meth:`steps` time-batched (see :mod:`spikecast.runtime.timebatch`): chunks of a
+        """:meth:`steps` time-batched (see :mod:`spikecast.nn.timebatch`): chunks of a
         power-of-two number of steps (few distinct sizes: few compiled kernels) holding at most
         ``TIME_BATCH_ELEMENTS`` values per stateful layer input. The largest such input per image is
         measured on the first step of the first run with a new image shape (run alone)."""

@@ -51,6 +51,11 @@ class _TimeSteps(nn.Module):
         return self.module.run_steps(series).flatten(0, 1)
 
 
+def _flatten_steps(value: torch.Tensor) -> torch.Tensor:
+    # a time-varying input, passed as a dense (steps, batch, ...) tensor: a view
+    return value.flatten(0, 1)
+
+
 def _flatten_time(value: Any) -> Any:
     # a static tensor read by a stateless op: one copy per step (the op sees steps * batch samples),
     # in the layout of one step (empty_like keeps NHWC; a reshape of the broadcast view would not)
@@ -63,16 +68,21 @@ class TimeBatchedStep:
     """The step graph ``step(x_t, *static) -> output`` run for a chunk of steps at once.
 
     ``batch_ints``: the names of the step graph's static placeholders that hold the batch size.
-    :meth:`__call__` returns the outputs of the chunk's steps, ``(steps, batch, ...)``.
+    ``varying``: the placeholders whose value changes with the step (the layer-wise runtime's
+    recorded spike trains), passed to :meth:`__call__` as dense ``(steps, batch, ...)`` tensors;
+    every other tensor is the same at every step and passed once, ``(batch, ...)``.
+    :meth:`__call__` returns the outputs of the chunk's steps, ``(steps, batch, ...)`` (a tuple of
+    them for a graph with several outputs).
     """
 
-    def __init__(self, step: fx.GraphModule, batch_ints: Sequence[str], other_ints: Sequence[str] = (),
-                 constants: Sequence[str] = ()):
+    def __init__(self, step: fx.GraphModule, batch_ints: Sequence[str] = (), other_ints: Sequence[str] = (),
+                 constants: Sequence[str] = (), varying: Sequence[str] = ()):
         self.chunk = _Chunk()
         self.batch_ints, self.other_ints = set(batch_ints), set(other_ints)
         # static values that do not depend on the input (e.g. a layer scale reshaped in the
         # prefix): no batch axis, passed as they are
         self.constants = set(constants)
+        self.varying = set(varying)
         graph = fx.Graph()
         root = nn.Module()
         root.add_module("net", step)
@@ -92,7 +102,9 @@ class TimeBatchedStep:
         for node in step.graph.nodes:
             if node.op == "placeholder":
                 env[node] = graph.placeholder(node.name)
-                if node.name not in self.constants:
+                if node.name in self.varying:
+                    flat[node] = graph.call_function(_flatten_steps, (env[node],))
+                elif node.name not in self.constants:
                     flat[node] = graph.call_function(_flatten_time, (env[node],))
             elif node.op == "get_attr":
                 env[node] = graph.get_attr(f"net.{node.target}")
@@ -129,7 +141,7 @@ class TimeBatchedStep:
         self.chunk.steps = int(steps)
         values = []
         for name, value in zip(self.placeholder_names, (x, *static)):
-            if name in self.constants:
+            if name in self.constants or name in self.varying:
                 values.append(value)
             elif isinstance(value, torch.Tensor):
                 values.append(value.unsqueeze(0).expand(steps, *value.shape))
@@ -138,6 +150,8 @@ class TimeBatchedStep:
             else:
                 values.append(value)
         out = self.module(*values)
+        if isinstance(out, (tuple, list)):
+            return tuple(o.unflatten(0, (steps, batch)) for o in out)
         return out.unflatten(0, (steps, batch))
 
 
