@@ -164,10 +164,12 @@ def test_layerwise_currents_are_those_the_neuron_sees_and_fit_the_cache():
     out = torch.stack([neuron(c) for c in currents])
     rate = out.double().mean(dim=(0, 1, 3, 4))
     assert torch.allclose(rate, sim.run(1, limit=40), atol=1e-9)
-    # a cache with room for 20 images: the whole blocks of 16 that fit, at least one block
+    # a cache with room for 20 images: the whole blocks that fit, at least one block
     per_image = 8 * currents[0, 0].numel() * 4
-    assert simulation(cache_bytes=20 * per_image).currents(1, 40).shape[1] == 16
-    assert torch.equal(simulation(cache_bytes=0).currents(1, 40), currents[:, :16])
+    block = next(sim._blocks(1, 40))[0].stop  # blocks of equal size: 14, 14, 12
+    assert block == 14
+    assert simulation(cache_bytes=20 * per_image).currents(1, 40).shape[1] == block
+    assert torch.equal(simulation(cache_bytes=0).currents(1, 40), currents[:, :block])
     # the first neuron's current comes from the analog input alone: one step's worth, every step
     first = LayerwiseSimulation(snn.graph_module, x, 8, snn.config, batch_size=16).currents(0, 40)
     assert first.shape[:2] == (8, 40) and torch.equal(first[0], first[-1])

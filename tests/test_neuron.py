@@ -294,6 +294,37 @@ def test_fused_kernel_equals_eager_step(monkeypatch, signed):
     assert torch.equal(eager, fused)
 
 
+@pytest.mark.parametrize("kind, compiled", [({}, False), ({"signed": True}, False), ({"levels": 2, "signed": True}, False),
+                                            ({"bipolar": True}, False), ({"signed": True}, True)])
+def test_output_sum_is_the_sum_of_the_steps(monkeypatch, kind, compiled):
+    """The rate-only path (compiled: a scan that keeps no spike train) gives the sum of the step
+    outputs, continues the buffered state across calls, and accepts a broadcast input."""
+    from spikecast.nn import neuron as neuron_module
+
+    monkeypatch.setattr(neuron_module, "SUM_SCAN_MIN_ELEMENTS", 1 if compiled else 1 << 40)
+    g = torch.Generator().manual_seed(1)
+    theta = torch.rand(1, 4, 1, 1, generator=g) + 0.5
+    currents = torch.randn(24, 3, 4, 5, 5, generator=g) * 0.6  # 24 steps: calls of 16 and 8, scans of 8
+
+    def neuron():
+        n = IFNeuron(theta, "n", **kind)
+        n.set_correction(bias=torch.full((1, 4, 1, 1), 0.03), v_offset=torch.full((1, 4, 1, 1), -0.1))
+        return n
+
+    reference, n = neuron(), neuron()
+    steps = torch.stack([reference(c) for c in currents])
+    total = n.output_sum(currents[:16]) + n.output_sum(currents[16:])
+    assert torch.allclose(total, steps.sum(0), atol=1e-5)
+    assert torch.allclose(n.v, reference.v, atol=1e-5)
+    constant = currents[0].expand(8, *currents.shape[1:])
+    n.reset()
+    reference.reset()
+    expected = torch.stack([reference(c) for c in constant]).sum(0)
+    assert torch.allclose(n.output_sum(constant), expected, atol=1e-5)
+    if compiled and not neuron_module._compile_state["enabled"]:
+        pytest.skip("torch.compile is unavailable on this machine (the eager path is what ran)")
+
+
 def test_reset_to_zero_loses_the_surplus_charge():
     """reset='zero' (NIR's IF as specified): fire at v >= theta, then v = 0; forward equals step."""
     neuron = IFNeuron(1.0, "n", v_init=0.0, reset="zero")

@@ -150,13 +150,10 @@ def _replay(neuron: IFNeuron, currents: torch.Tensor, theta: torch.Tensor,
             bias: Optional[torch.Tensor]) -> torch.Tensor:
     """Mean output over the steps of a copy of ``neuron`` with threshold ``theta`` driven by the
     recorded currents ``(T, images, ...)``."""
-    twin = neuron.twin(theta).to(currents.device)
-    twin.set_correction(bias, None)
-    total = None
-    for current in currents:
-        out = twin(current)
-        total = out.clone() if total is None else total.add_(out)
-    return total / currents.shape[0]
+    with torch.inference_mode():  # as the layer-wise runs: one variant of the compiled kernels
+        twin = neuron.twin(theta).to(currents.device)
+        twin.set_correction(bias, None)
+        return twin.output_sum(currents) / currents.shape[0]
 
 
 def _refine_threshold(neuron: IFNeuron, currents: torch.Tensor, target: torch.Tensor,

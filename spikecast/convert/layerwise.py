@@ -10,8 +10,9 @@ train is freed as soon as no later neuron reads it.
 Time-batched: the ops between the recorded trains and neuron ``k`` (its *input part*: convolutions,
 adds, pools, any stateful module in between) run on a block of images for all ``T`` steps in one
 call (:class:`~spikecast.nn.timebatch.TimeBatchedStep`, chunks of :data:`STEP_CHUNK` steps), and
-the neuron runs over those currents step by step with the same :class:`IFNeuron` module the normal
-runtime uses. Blocks hold at most :data:`BLOCK_ELEMENTS` values per tensor (fewer images per block,
+the neuron runs over those currents with the same :class:`IFNeuron` module the normal runtime uses:
+step by step when its spike train is recorded, else through :meth:`IFNeuron.output_sum` (the rate
+is all a measurement needs). Blocks hold at most :data:`BLOCK_ELEMENTS` values per tensor (fewer images per block,
 or shorter chunks, for large layers).
 
 No work repeated per neuron: the correction runs neuron ``k`` several times (measure, correct,
@@ -41,9 +42,7 @@ from spikecast.nn.timebatch import TimeBatchedStep
 #: At most this many values per tensor in one block (images x steps x one image's largest layer
 #: in the input part): 128 MiB of float32.
 BLOCK_ELEMENTS = 1 << 25
-#: Steps per call of an input part. The neuron itself then runs step by step: on CPU its fused
-#: one-step kernel beat the fused scan over steps at the layer sizes here (ResNet-20, 256 images x
-#: 16 x 32 x 32, signed: 3.4 ms per step vs 6-18 ms), and a scan's compile time grows with its steps.
+#: Steps per call of an input part.
 STEP_CHUNK = 8
 #: Bytes of input currents kept per neuron for its later runs (float32, ``T`` steps per image).
 CACHE_BYTES = 1 << 30
@@ -180,6 +179,8 @@ class LayerwiseSimulation:
         T = self.timesteps
         steps = max(1, min(STEP_CHUNK, T, BLOCK_ELEMENTS // largest))
         images = max(1, min(self.batch_size, BLOCK_ELEMENTS // (steps * largest)))
+        # blocks of equal size (not a remainder of one image: one kernel variant fewer)
+        images = -(-n // -(-n // images)) if n else images
         chunks = [(t, min(t + steps, T)) for t in range(0, T, steps)]
         for start in range(0, n, images):
             yield slice(start, min(start + images, n)), chunks
@@ -270,15 +271,18 @@ class LayerwiseSimulation:
             for sl, chunks in self._blocks(k, n):
                 neuron.reset()
                 for t0, t1, currents in self._currents(k, sl, chunks):
-                    for t, current in enumerate(currents, start=t0):
-                        out = neuron(current)
-                        s = channel_sum(out)
-                        total = s if total is None else total + s
-                        count += out.numel() // s.numel()
-                        if record:
+                    if record:
+                        for t, current in enumerate(currents, start=t0):
+                            out = neuron(current)
+                            s = channel_sum(out)
+                            total = s if total is None else total + s
                             if signs_all is None:
                                 signs_all = self._record_buffer(T, out)
                             signs_all[t, sl].copy_(run_fused(_encode, out, amplitude))
+                    else:  # the rate alone: the outputs summed over the chunk's steps
+                        s = channel_sum(neuron.output_sum(currents))
+                        total = s if total is None else total + s
+                    count += currents.numel() // s.numel()
         if record:
             self._records[self.nodes[k].name] = (signs_all, amplitude.to(signs_all.device))
         return total / count
@@ -291,9 +295,13 @@ class LayerwiseSimulation:
             for sl, chunks in self._blocks(k, min(int(limit), len(self.x))):
                 if blocks and (self._cache is None or sl.stop > self._cache.shape[1]):
                     break  # the images so far fit the cache; these would not
-                steps = [c for _, _, c in self._currents(k, sl, chunks)]
-                blocks.append(torch.cat(steps) if len(steps) > 1 else steps[0])
-        return torch.cat(blocks, dim=1) if len(blocks) > 1 else blocks[0]
+                blocks.append((sl, [c for _, _, c in self._currents(k, sl, chunks)]))
+        images = blocks[-1][0].stop
+        if self._cached >= images:  # a view of the cache
+            kept = self._cache[:, :images]
+            return kept.expand(self.timesteps, *kept.shape[1:]) if self._parts[k][3] else kept
+        steps = blocks[0][1]  # no room for one block: its chunks joined
+        return torch.cat(steps) if len(steps) > 1 else steps[0]
 
     def _record_buffer(self, T: int, like: torch.Tensor) -> torch.Tensor:
         shape = (T, len(self.x)) + tuple(like.shape[1:])
