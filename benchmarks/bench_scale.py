@@ -163,7 +163,7 @@ def run_model(name: str, args, work: Path) -> tuple[list[str], list[str], list[s
     conv_rows, notes = [], []
     here = Path(__file__).resolve().parents[1]
     runs = [("spikecast " + commit_of(here), "spikecast", here, saved)]
-    if args.baseline_src:
+    if args.baseline_src and name in args.baseline_models.split(","):
         runs.append((f"spikecast {commit_of(Path(args.baseline_src))} (before)", "spikecast",
                      Path(args.baseline_src), None))
     runs.append((SJ, "spikingjelly", here, None))
@@ -256,6 +256,7 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--calib", type=int, default=512, help="calibration images of the conversion")
     parser.add_argument("--baseline-src", help="a checkout of an earlier spikecast: its conversion time too")
+    parser.add_argument("--baseline-models", default="resnet50", help="the models converted by --baseline-src")
     parser.add_argument("--batch", type=int, default=16, help="timing batch")
     parser.add_argument("--timesteps", type=int, default=8, help="steps of the timing runs")
     parser.add_argument("--eval-images", type=int, default=64)
