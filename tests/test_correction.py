@@ -343,3 +343,32 @@ def test_a_site_that_never_fires_is_named_in_a_warning():
     assert "never fired on the calibration data (threshold set to 1.0): 3" in messages  # the site: model[3]
     assert "never fired during correction at T=8: 3" in messages
     assert len(snn.neurons()) == 2
+
+
+class _CompensatedNet(nn.Module):
+    """A GELU between two convolutions: the spiking graph has a stateful compensation module
+    inside a neuron's input part."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 6, 3, padding=1)
+        self.fc = nn.Linear(6, 4)
+
+    def forward(self, x):
+        x = F.relu(self.conv1(x))
+        x = F.relu(self.conv2(F.gelu(x)))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def test_layerwise_resets_the_stateful_modules_of_an_input_part_between_blocks():
+    torch.manual_seed(0)
+    model = _CompensatedNet().eval()
+    x = torch.randn(40, 3, 8, 8)
+    snn = spikecast.convert(model, calib=x, timesteps=8, correction="none", reconstruct="off", progress=False)
+    reference = _site_rates(snn, x, 8)
+    sim = LayerwiseSimulation(snn.graph_module, x, 8, snn.config, batch_size=16)  # blocks 14, 14, 12
+    assert any(sim._part_state), "no stateful module inside an input part: the test tests nothing"
+    for k in range(len(sim.nodes)):
+        rate = sim.commit(k)
+        ref = reference[sim.neuron(k).name]
+        assert torch.allclose(rate, ref.mean(dim=[d for d in range(ref.dim()) if d != 1]), atol=1e-6)

@@ -38,7 +38,7 @@ import copy
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.fx as fx
@@ -49,7 +49,7 @@ from spikecast.nn.neuron import IFNeuron
 from spikecast.errors import CalibrationError
 from spikecast.graph.sites import site_nodes
 from spikecast.progress import progress_bar
-from spikecast.convert.layerwise import LayerwiseSimulation
+from spikecast.convert.layerwise import CACHE_BYTES, LayerwiseSimulation
 from spikecast.nn.simulation import SimulationConfig
 
 LEVELS = ("none", "light", "advanced")
@@ -110,11 +110,12 @@ def _per_channel(values: torch.Tensor, like_ndim: int) -> torch.Tensor:
     return values.float().reshape(broadcast_shape(like_ndim, values.numel()))
 
 
-def ann_targets(ann_graph: fx.GraphModule, x: torch.Tensor, batch_size: int, keep: int, device
-                ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, int]]:
+def ann_targets(ann_graph: fx.GraphModule, x: torch.Tensor, batch_size: int, keep: "int | Callable[[int], int]",
+                device) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, int]]:
     """Per site: channel means of the ANN activation over ``x``; per channel the fraction of
     active (positive) elements; the activations of the first ``keep`` images (for the
-    refinement); the activation rank."""
+    refinement; ``keep(values per image)`` when a function: fewer for large layers); the
+    activation rank."""
     sums: dict[str, torch.Tensor] = {}
     active: dict[str, torch.Tensor] = {}
     kept: dict[str, list] = {}
@@ -131,8 +132,9 @@ def ann_targets(ann_graph: fx.GraphModule, x: torch.Tensor, batch_size: int, kee
             counts[name] = counts.get(name, 0) + out.numel() // s.numel()
             ndims[name] = out.dim()
             have = sum(t.shape[0] for t in kept.get(name, []))
-            if have < keep:
-                kept.setdefault(name, []).append(out[:keep - have].detach().cpu())
+            wanted = keep(out[0].numel()) if callable(keep) else keep
+            if have < wanted or not have:
+                kept.setdefault(name, []).append(out[:max(wanted - have, 1 - have)].detach().cpu())
         handles.append(site.register_forward_hook(hook))
     try:
         with torch.inference_mode():
@@ -207,7 +209,12 @@ def correct_graph(snn_graph: fx.GraphModule, ann_graph: fx.GraphModule, images: 
         x = x[:config.max_images]
     x = x.to(device)
     T = int(config.timesteps)
-    targets, active, kept, ndims = ann_targets(ann_graph, x, config.batch_size, config.refine_images, device)
+    # the refinement replays the input currents the layer-wise runtime can keep (CACHE_BYTES): the
+    # ANN activations of as many images, not more (ResNet-50 at 224: 2.8 GB for 64 images)
+    def refine_keep(values: int) -> int:
+        return min(config.refine_images, max(1, CACHE_BYTES // (T * values * 4)))
+
+    targets, active, kept, ndims = ann_targets(ann_graph, x, config.batch_size, refine_keep, device)
     # int8 spike trains of the neurons still needed above: about two live layers at a time (a
     # residual and the current branch); cap the images so they fit the budget
     per_image = 2 * T * max(int(v[0].numel()) for v in kept.values())
@@ -217,7 +224,7 @@ def correct_graph(snn_graph: fx.GraphModule, ann_graph: fx.GraphModule, images: 
                       f"(spike trains of {per_image / 2**20:.1f} MiB per image; memory_budget="
                       f"{config.memory_budget / 2**30:.1f} GiB)", stacklevel=2)
         x = x[:affordable]
-        targets, active, kept, ndims = ann_targets(ann_graph, x, config.batch_size, config.refine_images, device)
+        targets, active, kept, ndims = ann_targets(ann_graph, x, config.batch_size, refine_keep, device)
     sim = LayerwiseSimulation(out, x, T, simulation, config.batch_size)
     report, silent = [], []
     passes = 1 + config.runs_bias + config.runs_potential + config.runs_refine
@@ -236,8 +243,9 @@ def correct_graph(snn_graph: fx.GraphModule, ann_graph: fx.GraphModule, images: 
             if config.runs_refine:
                 # the input currents of the first images (fewer for layers too large to keep that
                 # many), replayed through the neuron at every candidate threshold
-                currents = sim.currents(k, config.refine_images)
-                neuron.threshold = _refine_threshold(neuron, currents, kept[name][:currents.shape[1]].to(device),
+                currents = sim.currents(k, len(kept[name]))
+                images = min(currents.shape[1], len(kept[name]))
+                neuron.threshold = _refine_threshold(neuron, currents[:, :images], kept[name][:images].to(device),
                                                      config.refine_scales).to(dev)
                 del currents
                 bar.advance()

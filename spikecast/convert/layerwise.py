@@ -102,14 +102,19 @@ class LayerwiseSimulation:
         # whether its current is the same at every step (the analog input through stateless ops:
         # computed once, as the normal runtime's static prefix is)
         self._parts: list[tuple[TimeBatchedStep, list[fx.Node], int, bool]] = []
+        # per neuron: the stateful modules of its input part (reset before each block; the time-
+        # batched wrapper runs them without owning them)
+        self._part_state: list[list[StatefulModule]] = []
         for node in self.nodes:
             part, inputs, members = self._subgraph(node, neuron_set)
             views_to_reshapes(part.graph)
             part.recompile()
             varying = [f"in_{b.name}" for b in inputs if b.op != "placeholder" or self.encoding == "poisson"]
             largest = max([sizes.get(n.name, 1) for n in members] + [1])
-            static = not varying and not any(isinstance(m, StatefulModule) for m in part.modules())
+            stateful = [m for m in part.modules() if isinstance(m, StatefulModule)]
+            static = not varying and not stateful
             self._parts.append((TimeBatchedStep(part, varying=varying), inputs, largest, static))
+            self._part_state.append(stateful)
         # last neuron index whose subgraph reads each recorded train
         self._last_use: dict[str, int] = {}
         for k, (_, inputs, _, _) in enumerate(self._parts):
@@ -227,9 +232,8 @@ class LayerwiseSimulation:
             if self.encoding == "poisson":
                 encoder = PoissonEncoder(self.simulation.input_scale, self.simulation.encoding_seed)
                 encoder.start(self.x[sl])
-            for m in part.module.modules():
-                if isinstance(m, StatefulModule):
-                    m.reset()
+            for m in self._part_state[k]:
+                m.reset()
             for t0, t1 in chunks:
                 values = self._inputs(k, sl, t0, t1, encoder)
                 current = part(t1 - t0, values[0], values[1:], sl.stop - sl.start)
