@@ -1,6 +1,6 @@
 """ImageNet-size models: conversion time, simulation speed and peak memory (issue 17, item 3).
 
-Section ``scale``. Models: timm ``resnet50`` and ``vit_small_patch16_224``, random weights (seed 0;
+Sections ``scale-<model>`` (one per model). Models: timm ``resnet50`` and ``vit_small_patch16_224``, random weights (seed 0;
 speed and memory do not depend on the weights), at 224x224. Data: CIFAR-10 train / test JPEGs
 resized to 224 (bilinear) and normalised with ImageNet's statistics, read through a torch
 ``DataLoader`` with ``--workers`` worker processes (nothing is loaded into memory up front).
@@ -274,13 +274,13 @@ def main() -> None:
     if args.convert_one:
         convert_one(args)
         return
-    run = results_file.start(threads=args.threads)
-    conv, sim, notes = [], [], []
-    for name in args.models.split(","):
-        c, s, n = run_model(name, args, Path(args.work) / name)
-        conv += c
-        sim += s
-        notes += n
+    for name in args.models.split(","):  # one section per model: a model can be rerun alone
+        run = results_file.start(threads=args.threads)
+        conv, sim, notes = run_model(name, args, Path(args.work) / name)
+        write(name, args, run, conv, sim, notes)
+
+
+def write(name: str, args, run, conv: list[str], sim: list[str], notes: list[str]) -> None:
     body = "\n".join([
         f"timm models at 224x224, random weights (seed 0); CIFAR-10 JPEGs resized to 224 through a DataLoader "
         f"({args.workers} workers). See `benchmarks/bench_scale.py`.", "",
@@ -293,7 +293,8 @@ def main() -> None:
         "|---|---|---:|---:|---:|---:|", *sim, "", *[f"- {n}" for n in notes]])
     print(body)
     if not args.no_write:
-        run.write("scale", "ImageNet-size models: conversion, simulation, memory", body)
+        run.write(f"scale-{name.replace('_', '-')}", f"ImageNet-size models: {name} (conversion, simulation, memory)",
+                  body)
 
 
 if __name__ == "__main__":
