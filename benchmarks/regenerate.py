@@ -61,7 +61,7 @@ STEPS: tuple[Step, ...] = (
     Step(("spikingjelly",), "python benchmarks/bench_spikingjelly.py --images 1000 --timesteps 8 16 32 64", "cpu",
          1.3),
     Step(("speed",), "python benchmarks/bench_speed.py", "cpu", 0.4),
-    Step(("scale-resnet50", "scale-vit-small-patch16-224"), "python benchmarks/bench_scale.py",
+    Step(("scale", "scale-resnet50", "scale-vit-small-patch16-224"), "python benchmarks/bench_scale.py",
          "cpu", 1.0),
     Step(("readme-outputs",), "python benchmarks/readme_outputs.py", "cpu", 0.2),
 )
