@@ -110,9 +110,12 @@ def run_convert(name: str, args, tool: str, src: Path, save: Path | None) -> dic
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(src), str(Path(__file__).parent)]))
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if out.returncode < 0:  # SIGKILL: on Linux, most likely the kernel's out-of-memory killer
+        return {"error": f"killed by signal {-out.returncode} (SIGKILL: out of memory, see the kernel log)"
+                if out.returncode == -9 else f"killed by signal {-out.returncode}"}
     if out.returncode != 0 or line is None:
-        last = (out.stderr.strip().splitlines() or ["?"])[-1]
-        return {"error": last[:160]}
+        errors = [x for x in out.stderr.strip().splitlines() if "Error" in x or "error" in x]
+        return {"error": (errors or out.stderr.strip().splitlines() or ["?"])[-1][:160]}
     return json.loads(line[len("RESULT "):])
 
 
