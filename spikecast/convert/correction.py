@@ -214,17 +214,18 @@ def correct_graph(snn_graph: fx.GraphModule, ann_graph: fx.GraphModule, images: 
     def refine_keep(values: int) -> int:
         return min(config.refine_images, max(1, CACHE_BYTES // (T * values * 4)))
 
-    targets, active, kept, ndims = ann_targets(ann_graph, x, config.batch_size, refine_keep, device)
     # int8 spike trains of the neurons still needed above: about two live layers at a time (a
-    # residual and the current branch); cap the images so they fit the budget
-    per_image = 2 * T * max(int(v[0].numel()) for v in kept.values())
+    # residual and the current branch); cap the images so they fit the budget (the sizes from one
+    # image, before the teacher's pass over all of them)
+    _, _, probe, _ = ann_targets(ann_graph, x[:1], config.batch_size, 1, device)
+    per_image = 2 * T * max(int(v[0].numel()) for v in probe.values())
     affordable = max(int(config.memory_budget // max(per_image, 1)), min(len(x), 16))
     if affordable < len(x):
         warnings.warn(f"layer-wise correction at T={T} uses the first {affordable} of {len(x)} calibration images "
                       f"(spike trains of {per_image / 2**20:.1f} MiB per image; memory_budget="
                       f"{config.memory_budget / 2**30:.1f} GiB)", stacklevel=2)
         x = x[:affordable]
-        targets, active, kept, ndims = ann_targets(ann_graph, x, config.batch_size, refine_keep, device)
+    targets, active, kept, ndims = ann_targets(ann_graph, x, config.batch_size, refine_keep, device)
     sim = LayerwiseSimulation(out, x, T, simulation, config.batch_size)
     report, silent = [], []
     passes = 1 + config.runs_bias + config.runs_potential + config.runs_refine
