@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 import results_file
-from bench_speed import peak_memory_mb, slug, with_config
+from bench_speed import interleaved, peak_memory_mb, slug, spikingjelly_recipe, with_config
 
 MODELS = ("resnet50", "vit_small_patch16_224")
 SJ = "SpikingJelly 2.0, default settings"
@@ -90,10 +90,7 @@ def convert_one(args) -> None:
     else:
         from spikingjelly.activation_based import ann2snn, neuron
 
-        recipe = ann2snn.RateCodingRecipe(dataloader=[x for x, _ in data], mode="max", momentum=0.1, fuse_flag=True,
-                                          channel_wise=False, channel_dim=1, pre_spike_maxpool=False,
-                                          half_threshold=False, eps=1e-6,
-                                          neuron_factory=lambda scale: neuron.IFNode(v_threshold=1.0, v_reset=None))
+        recipe = spikingjelly_recipe([x for x, _ in data])
         net = ann2snn.Converter(recipe=recipe, device="cpu").convert(ann)
         result["seconds"] = time.perf_counter() - t0
         result["spiking_neurons"] = sum(isinstance(m, neuron.BaseNode) for m in net.modules())
@@ -134,10 +131,7 @@ def spikingjelly_sim(ann, calib_batches):
     except Exception as exc:  # noqa: BLE001
         return None, f"not importable ({type(exc).__name__})"
     try:
-        recipe = ann2snn.RateCodingRecipe(dataloader=calib_batches, mode="max", momentum=0.1, fuse_flag=True,
-                                          channel_wise=False, channel_dim=1, pre_spike_maxpool=False,
-                                          half_threshold=False, eps=1e-6,
-                                          neuron_factory=lambda scale: neuron.IFNode(v_threshold=1.0, v_reset=None))
+        recipe = spikingjelly_recipe(calib_batches)
         import copy
 
         net = ann2snn.Converter(recipe=recipe, device="cpu").convert(copy.deepcopy(ann)).eval()
@@ -207,26 +201,8 @@ def run_model(name: str, args, work: Path) -> tuple[list[str], list[str], list[s
         with torch.inference_mode():
             ann(x)
 
-    for fn in (*runners.values(), ann_forward):
-        fn()
-    per_step = {n: [] for n in runners}
-    ratio = {n: [] for n in runners}
-    ann_ms = []
+    per_step, ratio, ann_ms = interleaved(runners, ann_forward, T, args.repeats, args.ann_calls, name)
     names = list(runners)
-    for rep in range(args.repeats):
-        t0 = time.perf_counter()
-        for _ in range(args.ann_calls):
-            ann_forward()
-        forward = (time.perf_counter() - t0) / args.ann_calls
-        ann_ms.append(1e3 * forward)
-        for n in names[rep % len(names):] + names[:rep % len(names)]:
-            t0 = time.perf_counter()
-            runners[n]()
-            step = (time.perf_counter() - t0) / T
-            per_step[n].append(1e3 * step)
-            ratio[n].append(step / forward)
-        print(f"{name} repetition {rep + 1}: ANN {ann_ms[-1]:.0f} ms; "
-              + "; ".join(f"{n} {per_step[n][-1]:.0f} ms" for n in names), flush=True)
     torch.save(x, work / "batch.pt")
     memory = {}
     for n, net in nets.items():

@@ -121,10 +121,20 @@ def slug(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name.lower())
 
 
+def spikingjelly_recipe(batches):
+    """SpikingJelly 2.0's ``RateCodingRecipe`` at its default settings, every one pinned (mode ``max``,
+    layer-wise, ``IFNode(v_reset=None)``), calibrated on ``batches`` of images."""
+    from spikingjelly.activation_based import ann2snn, neuron
+
+    return ann2snn.RateCodingRecipe(dataloader=batches, mode="max", momentum=0.1, fuse_flag=True, channel_wise=False,
+                                    channel_dim=1, pre_spike_maxpool=False, half_threshold=False, eps=1e-6,
+                                    neuron_factory=lambda scale: neuron.IFNode(v_threshold=1.0, v_reset=None))
+
+
 def spikingjelly_net(ann, x_cal, model_name: str):
     """SpikingJelly's default conversion, or ``(None, reason)``."""
     try:
-        from spikingjelly.activation_based import ann2snn, functional, neuron
+        from spikingjelly.activation_based import ann2snn, functional
     except Exception as exc:  # not installed, or a missing dependency of it
         return None, f"not importable ({type(exc).__name__})"
     try:
@@ -134,10 +144,7 @@ def spikingjelly_net(ann, x_cal, model_name: str):
             source = relu_resnet20(ann)
         else:
             source = ann
-        recipe = ann2snn.RateCodingRecipe(dataloader=[x_cal[i:i + 64] for i in range(0, len(x_cal), 64)],
-                                          mode="max", momentum=0.1, fuse_flag=True, channel_wise=False,
-                                          channel_dim=1, pre_spike_maxpool=False, half_threshold=False, eps=1e-6,
-                                          neuron_factory=lambda scale: neuron.IFNode(v_threshold=1.0, v_reset=None))
+        recipe = spikingjelly_recipe([x_cal[i:i + 64] for i in range(0, len(x_cal), 64)])
         net = ann2snn.Converter(recipe=recipe, device="cpu").convert(copy.deepcopy(source)).eval()
     except Exception as exc:  # noqa: BLE001 - reported in the table
         return None, f"does not convert it ({type(exc).__name__}: {str(exc)[:80]})"
@@ -168,6 +175,35 @@ def peak_memory_mb(path: Path, batch_path: Path, T: int, threads: int) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
+def interleaved(runners: dict, ann_forward, T: int, repeats: int, ann_calls: int, label: str
+                ) -> tuple[dict[str, list[float]], dict[str, list[float]], list[float]]:
+    """Time every runner (T steps) and the ANN forward side by side: one warm-up call each (first
+    calls, kernels, compiles), then ``repeats`` repetitions, each the ANN forward ``ann_calls``
+    times then every runner once, in rotating order. Returns ms per step and step / ANN forward
+    per runner, and the ANN ms per repetition."""
+    for fn in (*runners.values(), ann_forward):
+        fn()
+    per_step = {name: [] for name in runners}
+    ratio = {name: [] for name in runners}
+    ann_ms = []
+    names = list(runners)
+    for rep in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(ann_calls):
+            ann_forward()
+        forward = (time.perf_counter() - t0) / ann_calls
+        ann_ms.append(1e3 * forward)
+        for name in names[rep % len(names):] + names[:rep % len(names)]:
+            t0 = time.perf_counter()
+            runners[name]()
+            step = (time.perf_counter() - t0) / T
+            per_step[name].append(1e3 * step)
+            ratio[name].append(step / forward)
+        print(f"{label} repetition {rep + 1}: ANN {ann_ms[-1]:.1f} ms; "
+              + "; ".join(f"{n} {per_step[n][-1]:.1f} ms" for n in names), flush=True)
+    return per_step, ratio, ann_ms
+
+
 def run_model(model_name: str, args, work: Path) -> tuple[list[str], list[str]]:
     ann, nets, batch, T, text, x_cal = build(model_name, work)
     runners = {name: (lambda net=net: net.simulate(batch, T)) for name, net in nets.items()}
@@ -179,27 +215,8 @@ def run_model(model_name: str, args, work: Path) -> tuple[list[str], list[str]]:
         with torch.inference_mode():
             ann(batch)
 
-    for fn in (*runners.values(), ann_forward):  # warm-up: first calls, kernels, compiles
-        fn()
-    per_step = {name: [] for name in runners}
-    ratio = {name: [] for name in runners}
-    ann_ms = []
+    per_step, ratio, ann_ms = interleaved(runners, ann_forward, T, args.repeats, args.ann_calls, model_name)
     names = list(runners)
-    for rep in range(args.repeats):
-        t0 = time.perf_counter()
-        for _ in range(args.ann_calls):
-            ann_forward()
-        forward = (time.perf_counter() - t0) / args.ann_calls
-        ann_ms.append(1e3 * forward)
-        order = names[rep % len(names):] + names[:rep % len(names)]
-        for name in order:
-            t0 = time.perf_counter()
-            runners[name]()
-            step = (time.perf_counter() - t0) / T
-            per_step[name].append(1e3 * step)
-            ratio[name].append(step / forward)
-        print(f"{model_name} repetition {rep + 1}: ANN {ann_ms[-1]:.1f} ms; "
-              + "; ".join(f"{n} {per_step[n][-1]:.1f} ms" for n in names), flush=True)
     memory = {}
     for name in nets:
         memory[name] = peak_memory_mb(work / slug(name), work / "batch.pt", T, torch.get_num_threads())
