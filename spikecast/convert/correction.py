@@ -133,8 +133,8 @@ def ann_targets(ann_graph: fx.GraphModule, x: torch.Tensor, batch_size: int, kee
             ndims[name] = out.dim()
             have = sum(t.shape[0] for t in kept.get(name, []))
             wanted = keep(out[0].numel()) if callable(keep) else keep
-            if have < wanted or not have:
-                kept.setdefault(name, []).append(out[:max(wanted - have, 1 - have)].detach().cpu())
+            if have < wanted:
+                kept.setdefault(name, []).append(out[:wanted - have].detach().cpu())
         handles.append(site.register_forward_hook(hook))
     try:
         with torch.inference_mode():
