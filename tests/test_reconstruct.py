@@ -136,8 +136,11 @@ def test_convert_at_four_steps_reconstructs_and_the_snn_follows_the_twin(net, tm
 
 def test_distillation_trains_a_copy_of_the_snn_towards_the_ann_and_records_it(net):
     x = images()
-    snn = spikecast.convert(net, x, timesteps=4, reconstruct_steps=60, distill_steps=0, progress=False)
-    assert "distill" not in snn.metadata["reconstruction"]
+    # a plain conversion leaves room to learn: after a reconstruction the calibration KL is 0.0018 and
+    # 80 steps lowered it by 2% (CI, another summation order: not at all, so nothing was kept)
+    snn = spikecast.convert(net, x, timesteps=4, reconstruct="off", correction="none", distill_steps=0,
+                            progress=False)
+    assert "distill" not in snn.metadata.get("reconstruction", {})
     before = {k: v.clone() for k, v in snn.graph_module.state_dict().items()}
     normalised = prepare(net, x[:2])
     distilled, record = distill(snn, normalised, as_calibration_set(x),
@@ -146,6 +149,7 @@ def test_distillation_trains_a_copy_of_the_snn_towards_the_ann_and_records_it(ne
     for k, v in snn.graph_module.state_dict().items():  # the input network is untouched
         assert torch.equal(v, before[k]), k
     assert record["steps"] == 80 and record["timesteps"] == 4 and record["loss_last"] < record["loss_first"]
+    assert record["kept"] == "distilled" and record["kl_after"] < 0.9 * record["kl_before"], record
     assert not any(p.requires_grad for p in distilled.graph_module.parameters())
     changed = [k for k, v in distilled.graph_module.state_dict().items() if not torch.equal(v, before[k])]
     assert changed and all(k.endswith(("weight", "bias")) for k in changed), changed  # thresholds, charges stay
