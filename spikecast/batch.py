@@ -54,7 +54,8 @@ JOB_FILE = "job.json"
 DEFAULTS: dict[str, Any] = {
     "data": None, "checkpoint": None, "pretrained": None, "trust_checkpoint": False, "calib_data": None,
     "eval_images": None, "eval_timesteps": [1, 2, 4, 8, 16, 32, 64], "tolerance": 0.01, "early_exit": [0.9, 0.99],
-    "batch_size": 256, "device": None, "mean": None, "std": None, "size": None, "report": True, "activity_images": 64,
+    "batch_size": 256, "device": None, "mean": None, "std": None, "size": None, "workers": None, "report": True,
+    "activity_images": 64,
 }
 #: Recipe fields (``None``: the recipe's default).
 RECIPE_KEYS = tuple(f.name for f in fields(Recipe))
@@ -169,7 +170,9 @@ def job_spec(job: dict) -> JobSpec:
                    calib_data=job["calib_data"], eval_images=job["eval_images"],
                    eval_timesteps=tuple(parse_timesteps(job["eval_timesteps"])), tolerance=float(job["tolerance"]),
                    early_exit=_floats(job["early_exit"]) or (), batch_size=int(job["batch_size"]), device=job["device"],
-                   mean=_floats(job["mean"]), std=_floats(job["std"]), size=job["size"], report=bool(job["report"]),
+                   mean=_floats(job["mean"]), std=_floats(job["std"]), size=job["size"],
+                   workers=None if job["workers"] is None else int(job["workers"]),
+                   report=bool(job["report"]),
                    activity_images=int(job["activity_images"]))
 
 

@@ -12,7 +12,9 @@ spec                        data
 ``path/to/file.pt``         a tensor ``x``, a pair ``(x, y)`` or a dict with ``x`` / ``y`` keys
 ==========================  =====================================================================
 
-:func:`resolve_data` returns ``(x, y)`` tensors (``y`` is None for unlabelled data); a ``limit``
+:func:`resolve_data` returns ``(x, y)`` tensors (``y`` is None for unlabelled data); :func:`open_data`
+returns the same images as :class:`ImageData`, read batch by batch (image folders are decoded by
+``DataLoader`` workers as they are used, never all in memory). A ``limit``
 keeps a deterministic class-balanced subset. Named datasets have a train and a test split; the
 split suffix of a spec picks the default split, and an explicit ``split`` argument overrides it
 (calibration always asks for ``"train"``). A folder without ``train/``/``test/`` and a ``.pt``
@@ -21,21 +23,24 @@ file have one split, used for both.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Subset
 
-from spikecast.data import CIFAR10_SPLITS, balanced_indices, cifar10_tensors
+from spikecast.data import CIFAR10_SPLITS, TensorBatches, balanced_indices, cifar10_tensors
 from spikecast.errors import DataError, DataNotFoundError, one_line
 from spikecast.zoo.checkpoint import load_error_detail, refused_pickle_object
 from spikecast.zoo.digits import digits_tensors
 from spikecast.zoo.registry import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["DataSpec", "parse_data_spec", "resolve_data", "DATASETS", "SPLITS"]
+__all__ = ["DataSpec", "FolderImages", "ImageData", "open_data", "parse_data_spec", "resolve_data", "DATASETS",
+           "SPLITS"]
 
 DATASETS = ("cifar10", "digits")
 SPLITS = ("train", "test")
@@ -112,13 +117,7 @@ def resolve_data(spec: Union[str, Path, DataSpec], split: Optional[str] = None, 
             (default: ``len(mean)`` when given, else 3).
     """
     parsed = parse_data_spec(spec)
-    if split is None:
-        split = parsed.split or "test"
-    allowed = CIFAR10_SPLITS if parsed.kind == "cifar10" else SPLITS
-    if split not in allowed:
-        raise DataError(f"split must be one of {', '.join(repr(s) for s in allowed)} for {parsed.name}, got {split!r}")
-    if limit is not None and limit < 1:
-        raise DataError(f"the number of images must be at least 1, got {limit}")
+    split = _check_split(parsed, split, limit)
     if parsed.kind == "cifar10":
         x, y = cifar10_tensors(split, limit=limit)
         return x, y
@@ -126,8 +125,21 @@ def resolve_data(spec: Union[str, Path, DataSpec], split: Optional[str] = None, 
         x, y = digits_tensors(split)
         return _limit(x, y, limit)
     if parsed.kind == "folder":
-        return _image_folder(parsed.path, split, limit, mean, std, size, channels)
+        images = _folder_images(parsed.path, split, limit, mean, std, size, channels)
+        return ImageData(parsed.name, folder=images).tensors()
     return _limit(*_tensor_file(parsed.path), limit)
+
+
+def _check_split(parsed: DataSpec, split: Optional[str], limit: Optional[int]) -> str:
+    """The split to read (default: the spec's own, else ``"test"``), checked with ``limit``."""
+    if split is None:
+        split = parsed.split or "test"
+    allowed = CIFAR10_SPLITS if parsed.kind == "cifar10" else SPLITS
+    if split not in allowed:
+        raise DataError(f"split must be one of {', '.join(repr(s) for s in allowed)} for {parsed.name}, got {split!r}")
+    if limit is not None and limit < 1:
+        raise DataError(f"the number of images must be at least 1, got {limit}")
+    return split
 
 
 def _limit(x: Tensor, y: Optional[Tensor], limit: Optional[int]) -> tuple[Tensor, Optional[Tensor]]:
@@ -174,10 +186,139 @@ def _tensor_file(path: Path) -> tuple[Tensor, Optional[Tensor]]:
     return x.float(), y
 
 
-def _image_folder(root: Path, split: str, limit: Optional[int], mean, std, size, channels
-                  ) -> tuple[Tensor, Tensor]:
-    from torchvision.datasets import ImageFolder
+class FolderImages(Dataset):
+    """The images of a class-subfolder folder, each read, resized and normalised when it is asked for:
+    the dataset a ``DataLoader`` with workers decodes while the network runs. Items: ``(x, label)``."""
 
+    def __init__(self, folder: Path, files: Sequence[str], labels: np.ndarray, mean: Sequence[float],
+                 std: Sequence[float], size: Optional[int], channels: int) -> None:
+        self.folder = folder
+        self.files = list(files)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        self.size = size
+        self.channels = channels
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        from PIL import Image  # Pillow comes with torchvision; loaded only where folders are read
+
+        path = self.files[i]
+        try:
+            with Image.open(path) as img:
+                img = img.convert("L" if self.channels == 1 else "RGB")
+                if self.size is not None:
+                    img = _resize_center_crop(img, int(self.size))
+                array = np.array(img, dtype=np.uint8, copy=True)
+        except OSError as exc:  # PIL's UnidentifiedImageError is an OSError; so are truncated files
+            raise DataError(f"cannot read image {path}: {one_line(exc, 200)}") from None
+        x = torch.from_numpy(array).float().div_(255.0)
+        x = x.unsqueeze(0) if self.channels == 1 else x.permute(2, 0, 1)
+        return ((x - self.mean) / self.std).contiguous(), int(self.labels[i])
+
+    def collate(self, items: list) -> tuple[Tensor, Tensor]:
+        """Stack a batch; images of different sizes are a :class:`DataError` that says what to pass."""
+        shapes = sorted({tuple(x.shape[1:]) for x, _ in items})
+        if len(shapes) > 1:
+            raise DataError(f"images in {self.folder} have different sizes {shapes[:3]}...: pass a size "
+                            "(CLI: --size) to resize them")
+        return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items], dtype=torch.long)
+
+
+class ImageData:
+    """The images of a data spec, read batch by batch: image folders are decoded by ``DataLoader``
+    worker processes while the network runs, so an ImageNet-size evaluation set is never held in
+    memory; tensors (CIFAR-10, digits, .pt files) are sliced. ``len`` is the number of images,
+    ``labelled`` whether they have labels."""
+
+    def __init__(self, name: str, *, tensors: Optional[tuple[Tensor, Optional[Tensor]]] = None,
+                 folder: Optional[FolderImages] = None) -> None:
+        if (tensors is None) == (folder is None):
+            raise ValueError("ImageData holds either tensors or a folder")
+        self.name = name
+        self._tensors = tensors
+        self._folder = folder
+
+    def __len__(self) -> int:
+        return len(self._folder) if self._folder is not None else len(self._tensors[0])
+
+    @property
+    def labelled(self) -> bool:
+        return self._folder is not None or self._tensors[1] is not None
+
+    def head(self, n: int) -> Tensor:
+        """The first ``n`` images as one tensor (shape checks, tracing)."""
+        if self._tensors is not None:
+            return self._tensors[0][:n]
+        return self._folder.collate([self._folder[i] for i in range(min(n, len(self._folder)))])[0]
+
+    def batches(self, batch_size: int = 256, workers: Optional[int] = None,
+                indices: Optional[Sequence[int]] = None) -> Iterable:
+        """Re-iterable ``(x, y)`` batches (``x`` when unlabelled) in order; ``indices``: only those images
+        (a torchrun shard). ``workers``: decoding processes for image folders (default: up to 4 when
+        there is more than one batch; 0 decodes in this process)."""
+        if batch_size < 1:
+            raise DataError(f"the batch size must be at least 1, got {batch_size}")
+        if workers is not None and workers < 0:
+            raise DataError(f"the number of data workers must be 0 or more, got {workers}")
+        if self._tensors is not None:
+            x, y = self._tensors
+            if indices is not None:
+                index = torch.as_tensor(list(indices), dtype=torch.long)
+                x, y = x[index], (None if y is None else y[index])
+            return TensorBatches(x, y, batch_size=batch_size)
+        dataset = self._folder if indices is None else Subset(self._folder, list(indices))
+        if workers is None:
+            workers = min(4, os.cpu_count() or 1) if len(dataset) > batch_size else 0
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                            collate_fn=self._folder.collate)
+        return _WorkerErrors(loader)
+
+    def tensors(self) -> tuple[Tensor, Optional[Tensor]]:
+        """All the images in memory, ``(x, y)``."""
+        if self._tensors is not None:
+            return self._tensors
+        xs, ys = zip(*self.batches(batch_size=256, workers=0))
+        return torch.cat(xs), torch.cat(ys)
+
+
+class _WorkerErrors:
+    """Iterate a DataLoader; a :class:`DataError` raised in a worker process comes back as the one line
+    it said (DataLoader re-raises it with the worker's whole traceback in the message)."""
+
+    def __init__(self, loader: DataLoader) -> None:
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator:
+        try:
+            yield from self.loader
+        except DataError as exc:
+            lines = [line for line in str(exc).splitlines() if line.strip()]
+            last = lines[-1] if lines else str(exc)
+            head, sep, message = last.partition(": ")
+            raise type(exc)(message if sep and head.endswith("Error") else last) from None
+
+
+def open_data(spec: Union[str, Path, DataSpec], split: Optional[str] = None, limit: Optional[int] = None, *,
+              mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
+              size: Optional[int] = None, channels: Optional[int] = None) -> ImageData:
+    """The data named by ``spec`` as :class:`ImageData`, read batch by batch (arguments as
+    :func:`resolve_data`). Image folders are listed here and decoded as they are iterated."""
+    parsed = parse_data_spec(spec)
+    if parsed.kind != "folder":
+        return ImageData(parsed.name, tensors=resolve_data(parsed, split, limit))
+    split = _check_split(parsed, split, limit)
+    return ImageData(parsed.name, folder=_folder_images(parsed.path, split, limit, mean, std, size, channels))
+
+
+def _folder_images(root: Path, split: str, limit: Optional[int], mean, std, size, channels) -> FolderImages:
+    from torchvision.datasets import ImageFolder  # torchvision is imported only where folders are read
 
     folder = root / split if all((root / s).is_dir() for s in SPLITS) else root
     mean = tuple(float(m) for m in (mean if mean is not None else IMAGENET_MEAN))
@@ -194,24 +335,7 @@ def _image_folder(root: Path, split: str, limit: Optional[int], mean, std, size,
             from None
     labels = np.asarray(dataset.targets, dtype=np.int64)
     index = balanced_indices(labels, limit=limit) if limit is not None else np.arange(len(labels))
-    from PIL import Image
-
-    images = []
-    for i in index:
-        path = dataset.samples[i][0]
-        with Image.open(path) as img:
-            img = img.convert("L" if channels == 1 else "RGB")
-            if size is not None:
-                img = _resize_center_crop(img, int(size))
-            images.append(torch.from_numpy(np.array(img, dtype=np.uint8, copy=True)))
-    shapes = {tuple(t.shape) for t in images}
-    if len(shapes) > 1:
-        raise DataError(f"images in {folder} have different sizes {sorted(shapes)[:3]}...: pass a size "
-                         "(CLI: --size) to resize them")
-    x = torch.stack(images).float().div_(255.0)
-    x = x.unsqueeze(1) if channels == 1 else x.permute(0, 3, 1, 2)
-    x = (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
-    return x.contiguous(), torch.from_numpy(labels[index].copy())
+    return FolderImages(folder, [dataset.samples[i][0] for i in index], labels[index], mean, std, size, channels)
 
 
 def _resize_center_crop(img, size: int):

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from spikecast.data import TensorBatches
-from spikecast.datasets import DataSpec, parse_data_spec, resolve_data
+from spikecast.datasets import DataSpec, ImageData, open_data, parse_data_spec, resolve_data
 from spikecast.devices import resolve_device
 from spikecast.errors import DataError, one_line
 from spikecast.models import data_defaults, parse_model_ref, resolve_model
@@ -152,6 +152,19 @@ def load_data(model: LoadedModel, spec: Union[str, DataSpec], limit: Optional[in
                         size=size or defaults.get("size"))
 
 
+def open_eval_data(model: LoadedModel, spec: Union[str, DataSpec], limit: Optional[int], split: Optional[str] = None,
+                   *, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
+                   size: Optional[int] = None) -> ImageData:
+    """The images of a data spec read batch by batch (:class:`~spikecast.datasets.ImageData`: image
+    folders are decoded by DataLoader workers as the network runs), normalised as :func:`load_data`;
+    checks that the ANN runs on them."""
+    defaults = data_defaults(model.ref, model.ann)
+    images = open_data(spec, split, limit, mean=mean or defaults.get("mean"), std=std or defaults.get("std"),
+                       size=size or defaults.get("size"))
+    check_model_runs(model.ann, images.head(2))
+    return images
+
+
 def check_model_runs(ann: nn.Module, x: torch.Tensor) -> None:
     """Run the ANN on two samples, turning a shape mismatch into a one-line :class:`DataError`."""
     device = next((p.device for p in ann.parameters()), torch.device("cpu"))
@@ -261,6 +274,7 @@ class JobSpec:
     mean: Optional[tuple[float, ...]] = None
     std: Optional[tuple[float, ...]] = None
     size: Optional[int] = None
+    workers: Optional[int] = None
     report: bool = False
     activity_images: int = 128
 
@@ -312,16 +326,15 @@ def run_job(spec: JobSpec, out_dir: Union[str, Path], *, log: Optional[Log] = No
     data = parse_data_spec(spec.data)
     calib = parse_data_spec(spec.calib_data) if spec.calib_data else data
     norm = dict(mean=spec.mean, std=spec.std, size=spec.size)
-    x, y = load_data(model, data, spec.eval_images, **norm)
+    images = open_eval_data(model, data, spec.eval_images, **norm)
     calib_split = "train" if calib.has_splits else None
     x_cal, _ = load_data(model, calib, recipe.calib_images, split=calib_split, **norm)
     if not calib.has_splits and not spec.calib_data:
         warnings.warn(f"{data.name} has no separate training split: calibrating on {len(x_cal)} of the evaluation "
                       "images (give separate calibration data: --calib-data SPEC, batch: calib_data)", UserWarning,
                       stacklevel=2)
-    check_model_runs(model.ann, x)
     eval_name, calib_name = split_name(data, None), split_name(calib, calib_split)
-    say(f"  data: {eval_name}, {len(x)} evaluation images; calibration: {calib_name}, {len(x_cal)} images")
+    say(f"  data: {eval_name}, {len(images)} evaluation images; calibration: {calib_name}, {len(x_cal)} images")
     say(f"  converting ({describe_recipe(recipe)})...")
     t0 = time.perf_counter()
     snn = convert(model.ann, TensorBatches(x_cal, batch_size=spec.batch_size), recipe, device=device,
@@ -330,10 +343,10 @@ def run_job(spec: JobSpec, out_dir: Union[str, Path], *, log: Optional[Log] = No
     say(f"  converted in {seconds_text(convert_s)}: {len(snn.neurons())} IF neuron layers "
         f"({describe_neurons(neuron_summary(snn))})")
     timesteps = parse_timesteps(spec.eval_timesteps)
-    say(f"  validating the SNN against the ANN at T = {timesteps_text(timesteps)} on {len(x)} images"
+    say(f"  validating the SNN against the ANN at T = {timesteps_text(timesteps)} on {len(images)} images"
         f"{' (and measuring activity for the report)' if spec.report else ''}...")
     t0 = time.perf_counter()
-    batches = TensorBatches(x, y, batch_size=spec.batch_size)
+    batches = images.batches(spec.batch_size, spec.workers)
     early_exit = list(spec.early_exit) or None
     if spec.report:
         report = build_report(model.ann, snn, batches, timesteps, model=model.name, data_name=eval_name,
@@ -350,7 +363,7 @@ def run_job(spec: JobSpec, out_dir: Union[str, Path], *, log: Optional[Log] = No
     info = {
         "model": {"name": model.name, "reference": model.text, "checkpoint": absolute_path(spec.checkpoint),
                   "pretrained": spec.pretrained},
-        "data": {"spec": eval_name, "images": len(x)},
+        "data": {"spec": eval_name, "images": len(images)},
         "calibration": {"spec": calib_name, "images": len(x_cal)},
         "calibration_set": snn.metadata.get("calibration_set"),
         "recipe": recipe.to_dict(),

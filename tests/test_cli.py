@@ -285,6 +285,79 @@ def test_finetune_resumes_and_quantize_and_export(tmp_path, capsys):
     assert "nothing to export" in capsys.readouterr().err
 
 
+@pytest.fixture(scope="module")
+def digits_folder(tmp_path_factory):
+    """150 test digits as 8x8 grayscale PNGs in class subfolders (an image folder, read by DataLoader)."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    root = tmp_path_factory.mktemp("digits-folder")
+    for i in range(150):
+        folder = root / f"digit{digits.target[i]}"
+        folder.mkdir(exist_ok=True)
+        pixels = (digits.images[i] / 16 * 255).round().astype("uint8")
+        Image.fromarray(pixels, "L").save(folder / f"{i:04d}.png")
+    return root
+
+
+def test_validate_and_report_stream_image_folders_through_dataloader_workers(converted, digits_folder, tmp_path,
+                                                                            monkeypatch, capsys):
+    from spikecast.datasets import ImageData, open_data
+    from spikecast.zoo.digits import DIGITS_MEAN, DIGITS_STD
+
+    _, out = converted
+    snn = spikecast.load(out / "snn")
+    x, y = resolve_data(digits_folder, mean=DIGITS_MEAN, std=DIGITS_STD)
+    ann = spikecast.zoo.create_model("digits-cnn", pretrained=True)
+    expected = spikecast.validate(ann, snn, (x, y), timesteps=[4, 16], progress=False)
+
+    # the CLI never holds the folder in memory: it reads batches, decoded by worker processes
+    monkeypatch.setattr(ImageData, "tensors", lambda self: pytest.fail("the evaluation images were all loaded"))
+    args = ["validate", str(out / "snn"), "--data", str(digits_folder), "--timesteps", "4,16", "--batch-size", "32",
+            "--tolerance", "1"]
+    for workers in ("2", "0"):
+        assert main(args + ["--workers", workers, "--out", str(tmp_path / workers)]) == 0
+        doc = json.loads((tmp_path / workers / "validation.json").read_text())
+        assert doc["samples"] == 150 and doc["ann_accuracy"] == expected.ann_accuracy
+        assert doc["snn_accuracy"] == {str(t): a for t, a in expected.snn_accuracy.items()}
+    assert main(["report", str(out / "snn"), "--data", str(digits_folder), "--timesteps", "4", "--workers", "2",
+                 "--activity-images", "16", "--tolerance", "1", "--out", str(tmp_path / "report")]) == 0
+    assert json.loads((tmp_path / "report" / "report.json").read_text())["snn"]["top1"]["4"] == \
+        pytest.approx(expected.snn_accuracy[4])
+    # a shard (torchrun) reads only its images
+    images = open_data(digits_folder, mean=DIGITS_MEAN, std=DIGITS_STD)
+    shard = [xb for xb, _ in images.batches(batch_size=8, workers=1, indices=range(3, 20, 2))]
+    assert torch.equal(torch.cat(shard), x[3:20:2])
+    capsys.readouterr()
+
+
+def test_unreadable_and_mixed_size_images_in_a_folder_are_one_line_errors(converted, digits_folder, tmp_path, capsys):
+    import shutil
+
+    from PIL import Image
+
+    _, out = converted
+    bad = tmp_path / "bad"
+    shutil.copytree(digits_folder, bad)
+    (bad / "digit0" / "zz-broken.png").write_bytes(b"not a png")
+    args = ["validate", str(out / "snn"), "--data", str(bad), "--timesteps", "4", "--batch-size", "32"]
+    for workers in ("2", "0"):
+        assert main(args + ["--workers", workers]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("spikecast: error: cannot read image ") and "zz-broken.png" in err, err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    (bad / "digit0" / "zz-broken.png").unlink()
+    Image.new("L", (9, 9)).save(bad / "digit0" / "zz-larger.png")
+    assert main(args) == 0  # the model's input size (8 px): every image is resized to it
+    capsys.readouterr()
+    from spikecast.datasets import open_data  # no size given: the images must agree
+    for workers in (2, 0):
+        with pytest.raises(ValueError, match=r"^images in .* have different sizes .*--size") as info:
+            list(open_data(bad, mean=(0.5,), std=(0.5,)).batches(batch_size=200, workers=workers))
+        assert "\n" not in str(info.value)
+
+
 def test_report_command_writes_every_file(converted, tmp_path, capsys):
     code, out = converted
     rdir = tmp_path / "report"

@@ -134,6 +134,9 @@ def add_data_args(p, required: bool = True) -> None:
     p.add_argument("--std", metavar="S,S,S", help="image folders: normalisation std (default: the model's)")
     p.add_argument("--size", type=positive_int, metavar="PX",
                    help="image folders: resize + centre-crop to PX (default: the model's)")
+    p.add_argument("--workers", type=non_negative_int, metavar="N",
+                   help="image folders: processes that decode the evaluation images while the network runs "
+                        "(default: up to 4 when there is more than one batch; 0 decodes in this process)")
 
 
 def add_eval_args(p, *, list_flag_is_timesteps: bool = False, default: str = EVAL_DEFAULT,

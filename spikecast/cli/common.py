@@ -8,15 +8,15 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional, Sequence
 
 import torch
 
 from spikecast import distributed
 from spikecast.cli.args import EXIT_MISSED, EXIT_OK, parse_floats
-from spikecast.datasets import DataSpec, parse_data_spec
+from spikecast.datasets import DataSpec, ImageData, parse_data_spec
 from spikecast.devices import resolve_device
-from spikecast.jobs import LoadedModel, check_model_runs, load_data, load_model, origin_of
+from spikecast.jobs import LoadedModel, load_data, load_model, open_eval_data, origin_of
 from spikecast.runtime.network import SpikingNetwork
 
 
@@ -55,14 +55,17 @@ class Saved:
     snn: SpikingNetwork
     model: LoadedModel
     data: Optional[DataSpec]
-    x: Optional[torch.Tensor] = None
-    y: Optional[torch.Tensor] = None
+    images: Optional[ImageData] = None
 
     def read(self, args) -> "Saved":
-        """Read the evaluation images (``--eval-images``, normalisation flags) and check the ANN runs on them."""
-        self.x, self.y = load_data(self.model, self.data, getattr(args, "eval_images", None), **normalisation(args))
-        check_model_runs(self.model.ann, self.x)
+        """Open the evaluation images (``--eval-images``, normalisation flags; image folders are read
+        batch by batch, see :meth:`batches`) and check the ANN runs on them."""
+        self.images = open_eval_data(self.model, self.data, getattr(args, "eval_images", None), **normalisation(args))
         return self
+
+    def batches(self, args, indices: Optional[Sequence[int]] = None) -> Iterable:
+        """The evaluation batches (``--batch-size``, ``--workers``); ``indices``: a torchrun shard."""
+        return self.images.batches(args.batch_size, getattr(args, "workers", None), indices)
 
 
 def load_saved(args, snn_dir: str, *, device: Optional[torch.device] = None, need_data: bool = True,

@@ -37,7 +37,8 @@ def run(args) -> int:
                    pretrained=args.pretrained, trust_checkpoint=args.trust_checkpoint, calib_data=args.calib_data,
                    eval_images=args.eval_images, eval_timesteps=tuple(timesteps), tolerance=args.tolerance,
                    early_exit=parse_confidences(args.early_exit), batch_size=args.batch_size, device=args.device,
-                   report=args.report, activity_images=args.activity_images or 128, **normalisation(args))
+                   report=args.report, activity_images=args.activity_images or 128, workers=args.workers,
+                   **normalisation(args))
     say(f"spikecast convert: {args.model}")
     result = run_job(spec, out_path(args.out), log=say)
     say()

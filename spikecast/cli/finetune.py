@@ -10,9 +10,8 @@ from spikecast.cli.args import (CORRECTION_FORMS, CORRECTIONS, THRESHOLDS, Depre
                                 add_model_args, eval_timesteps, int_flag, note, parse_confidences,
                                 positive_int)
 from spikecast.cli.common import device_of, exit_code, model_from, normalisation, out_path, say
-from spikecast.data import TensorBatches
 from spikecast.datasets import parse_data_spec
-from spikecast.jobs import (ORIGIN_KEY, check_model_runs, environment, load_data, origin, seconds_text, split_name,
+from spikecast.jobs import (ORIGIN_KEY, environment, load_data, open_eval_data, origin, seconds_text, split_name,
                             timesteps_text, write_validation)
 from spikecast.runtime.network import SpikingNetwork
 from spikecast.train import FinetuneConfig, TrainConfig, finetune
@@ -104,8 +103,7 @@ def run(args) -> int:
                          "(e.g. --data cifar10)")
     model = model_from(args, device=device)
     x_train, y_train = load_data(model, spec, args.train_images, split="train", **normalisation(args))
-    x, y = load_data(model, spec, args.eval_images, **normalisation(args))
-    check_model_runs(model.ann, x)
+    images = open_eval_data(model, spec, args.eval_images, **normalisation(args))
     out = out_path(args.out)
     ckpt = out / "checkpoints"
     if args.restart and ckpt.exists():
@@ -116,14 +114,14 @@ def run(args) -> int:
         f"{args.epochs:g} epoch(s) on {len(x_train)} training images (checkpoints: {ckpt}/)")
     snn = finetune(source, (x_train, y_train), config, checkpoint_dir=ckpt, device=device, progress=True)
     say(f"  fine-tuned in {seconds_text(snn.metadata['finetune']['seconds'])}")
-    say(f"  validating the SNN against the ANN at T = {timesteps_text(timesteps)} on {len(x)} images...")
-    result = validate(model.ann, snn, TensorBatches(x, y, batch_size=args.batch_size), timesteps=timesteps,
+    say(f"  validating the SNN against the ANN at T = {timesteps_text(timesteps)} on {len(images)} images...")
+    result = validate(model.ann, snn, images.batches(args.batch_size, args.workers), timesteps=timesteps,
                       tolerance=args.tolerance, early_exit=early_exit)
     snn.metadata[ORIGIN_KEY] = origin(model, args.checkpoint, args.pretrained, args.data, args.trust_checkpoint)
     snn_dir = snn.save(out / "snn").resolve()
     info = {"model": {"name": model.name, "reference": model.text, "checkpoint": args.checkpoint,
                       "pretrained": args.pretrained},
-            "data": {"spec": split_name(spec, None), "images": len(x), "train_images": len(x_train)},
+            "data": {"spec": split_name(spec, None), "images": len(images), "train_images": len(x_train)},
             "finetune": snn.metadata["finetune"],
             "config": {"eval_timesteps": timesteps, "tolerance": args.tolerance, "early_exit": early_exit or [],
                        "batch_size": args.batch_size, "device": str(device or "cpu")},

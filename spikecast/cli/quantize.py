@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from spikecast.cli.args import EXIT_OK, add_saved_snn_args, eval_timesteps, parse_confidences, positive_int
 from spikecast.cli.common import calibration_images, device_of, exit_code, load_saved, out_path, say
-from spikecast.data import TensorBatches
 from spikecast.jobs import environment, timesteps_text, write_validation
 from spikecast.quant.integer import int8_kernels, integer_network
 from spikecast.quant.weights import quantize_weights
@@ -58,9 +57,9 @@ def run(args) -> int:
         say(f"saved: {written}/ (give --data SPEC to measure the accuracy change)")
         return EXIT_OK
     saved.read(args)
-    say(f"  validating the fp32 and the {args.bits}-bit SNN at T = {timesteps_text(timesteps)} on {len(saved.x)} "
+    say(f"  validating the fp32 and the {args.bits}-bit SNN at T = {timesteps_text(timesteps)} on {len(saved.images)} "
         "images...")
-    batches = TensorBatches(saved.x, saved.y, batch_size=args.batch_size)
+    batches = saved.batches(args)
     base = validate(saved.model.ann, snn, batches, timesteps=timesteps, progress=False)
     result = validate(saved.model.ann, q, batches, timesteps=timesteps, tolerance=args.tolerance,
                       early_exit=early_exit)

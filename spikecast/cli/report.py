@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from spikecast.cli.args import add_saved_snn_args, eval_timesteps, parse_confidences, positive_int
 from spikecast.cli.common import calibration_images, device_of, exit_code, load_saved, out_path, say
-from spikecast.data import TensorBatches
 from spikecast.export import export_ann, quantize_ann_int8, run_ann
 from spikecast.jobs import split_name, timesteps_text
 from spikecast.pipeline import prepare
@@ -33,21 +32,23 @@ def run(args) -> int:
     timesteps = eval_timesteps(args)
     early_exit = list(parse_confidences(args.early_exit)) or None
     saved = load_saved(args, args.snn_dir, device=device_of(args))
-    ann, x, y = saved.model.ann, saved.x, saved.y
+    ann, images = saved.model.ann, saved.images
     out = out_path(args.out)
     quantized = {}
     if args.int8:
-        if y is None:
+        if not images.labelled:
             raise ValueError("--int8 reports the int8 ANN's top-1: the data needs labels")
         x_cal = calibration_images(args, saved, saved.data, args.calib_images or 512)
-        fp32 = export_ann(prepare(ann, x[:2]), out / "onnx" / "ann.onnx", example=x[:2])
+        example = images.head(2)
+        fp32 = export_ann(prepare(ann, example), out / "onnx" / "ann.onnx", example=example)
         int8 = quantize_ann_int8(fp32, out / "onnx" / "ann_int8.onnx", x_cal)
-        quantized["int8 ANN (onnxruntime)"] = float((run_ann(int8, x).argmax(-1) == y).float().mean())
+        correct = sum(int((run_ann(int8, x).argmax(-1) == y).sum()) for x, y in saved.batches(args))
+        quantized["int8 ANN (onnxruntime)"] = correct / len(images)
     data_name = split_name(saved.data, None)
-    say(f"spikecast report: {args.snn_dir} against {saved.model.name} on {len(x)} images of {data_name}, "
+    say(f"spikecast report: {args.snn_dir} against {saved.model.name} on {len(images)} images of {data_name}, "
         f"T = {timesteps_text(timesteps)}")
     # build_report runs where the SNN is: --device placed both networks there
-    report = build_report(ann, saved.snn, TensorBatches(x, y, batch_size=args.batch_size), timesteps,
+    report = build_report(ann, saved.snn, saved.batches(args), timesteps,
                           model=saved.model.name, data_name=data_name, tolerance=args.tolerance, early_exit=early_exit,
                           activity_images=args.activity_images, quantized_ann=quantized)
     paths = write_report(report, out)

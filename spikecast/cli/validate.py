@@ -7,7 +7,6 @@ import torch.distributed as dist
 from spikecast import distributed
 from spikecast.cli.args import add_saved_snn_args, eval_timesteps, parse_confidences
 from spikecast.cli.common import device_of, exit_code, load_saved, out_path, say
-from spikecast.data import TensorBatches
 from spikecast.jobs import environment, split_name, timesteps_text, write_validation
 from spikecast.validate import validate
 
@@ -27,15 +26,15 @@ def run(args) -> int:
     early_exit = list(parse_confidences(args.early_exit)) or None
     device = device_of(args)
     saved = load_saved(args, args.snn_dir, device=device)
-    x, y, total, world = saved.x, saved.y, len(saved.x), 1
+    total, world, indices = len(saved.images), 1, None
     if distributed.init_from_env():  # torchrun: each process validates its shard, counts are summed
         world = dist.get_world_size()
-        x, y = distributed.shard(x, y)
-        say(f"spikecast validate: {world} processes (torchrun), {total} images sharded, rank 0 has {len(x)}")
+        indices = distributed.shard_indices(total)
+        say(f"spikecast validate: {world} processes (torchrun), {total} images sharded, rank 0 has {len(indices)}")
     data_name = split_name(saved.data, None)
     say(f"spikecast validate: {args.snn_dir} against {saved.model.name}")
     say(f"  validating at T = {timesteps_text(timesteps)} on {total} images of {data_name}...")
-    result = validate(saved.model.ann, saved.snn, TensorBatches(x, y, batch_size=args.batch_size), timesteps=timesteps,
+    result = validate(saved.model.ann, saved.snn, saved.batches(args, indices), timesteps=timesteps,
                       tolerance=args.tolerance, early_exit=early_exit)
     say()
     say(result.table())
