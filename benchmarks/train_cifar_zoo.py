@@ -1,9 +1,12 @@
-"""Train a timm CIFAR-10 zoo model (``cifar10-vit-tiny``, ``cifar10-convnext-nano``) from scratch.
+"""Train a CIFAR-10 zoo model whose weights spikecast trains itself, from scratch: the timm
+``cifar10-vit-tiny`` and ``cifar10-convnext-nano``, and the classic ``cifar10-vgg-small``,
+``cifar10-googlenet-small`` and ``cifar10-densenet-small``.
 
 Trains on spikecast's CIFAR-10 ``"train"`` split (the 45,000 training images outside the validation
 split; decoded once, kept in memory; random crop + flip) with spikecast's training loop
-(``spikecast.train.loop.train``): AdamW, one epoch of linear warm-up then cosine decay, label
-smoothing 0.1, gradient clipping at norm 1. Progress is checked on the 5,000-image ``"val"`` split
+(``spikecast.train.loop.train``): AdamW (the transformers) or SGD with momentum 0.9 (the classic
+CNNs), one epoch of linear warm-up then cosine decay, label smoothing 0.1, gradient clipping at
+norm 1. Progress is checked on the 5,000-image ``"val"`` split
 after every epoch; the test set is never read here (``bench_modern_cifar.py`` reads it once per
 reported number). The network kept is the one after the recipe's last epoch (the epoch count is
 fixed in ``RECIPES``, sized for the CPU time, not chosen on any accuracy). A checkpoint is written
@@ -32,7 +35,9 @@ from spikecast.data import cifar10_tensors
 from spikecast.paths import cache_dir
 from spikecast.train.loop import TrainConfig, train
 from spikecast.zoo import create_model
-from spikecast.zoo.cifar_modern import MODERN_MODELS, WEIGHTS_VERSION, weights_path
+from spikecast.zoo.cifar_classic import CLASSIC_MODELS
+from spikecast.zoo.cifar_modern import MODERN_MODELS
+from spikecast.zoo.trained import WEIGHTS_VERSION, weights_path
 from spikecast.zoo.digits import _save_atomically
 
 
@@ -45,12 +50,19 @@ class Recipe:
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.1
     max_grad_norm: float = 1.0
+    optimizer: str = "adamw"
+    channels_last: bool = False  # NHWC convolutions: 1.3-1.6x faster for the classic CNNs on this CPU
 
 
 # Measured on 2 cores: ViT ~0.33 s, ConvNeXt ~0.26 s per batch of 128 (forward + backward + step).
 RECIPES = {
     "cifar10-vit-tiny": Recipe(epochs=12, lr=1e-3),
     "cifar10-convnext-nano": Recipe(epochs=10, lr=2e-3),
+    # Classic CNNs with batch norm: SGD. Epochs sized for <= 30 minutes on 2 cores, measured channels-last:
+    # VGG 0.125 s, GoogLeNet 0.27 s, DenseNet 0.46 s per batch of 128 (352 batches per epoch).
+    "cifar10-vgg-small": Recipe(epochs=25, lr=0.05, weight_decay=5e-4, optimizer="sgd", channels_last=True),
+    "cifar10-googlenet-small": Recipe(epochs=15, lr=0.05, weight_decay=5e-4, optimizer="sgd", channels_last=True),
+    "cifar10-densenet-small": Recipe(epochs=10, lr=0.05, weight_decay=5e-4, optimizer="sgd", channels_last=True),
 }
 
 
@@ -65,7 +77,7 @@ def top1(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: i
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("name", choices=MODERN_MODELS)
+    parser.add_argument("name", choices=MODERN_MODELS + CLASSIC_MODELS)
     parser.add_argument("--epochs", type=int, default=None, help="default: the model's recipe")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--max-batches", type=int, default=None, help="per epoch (quick trial runs)")
@@ -80,6 +92,8 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(0)
     device = torch.device(args.device)
     model = create_model(args.name).to(device)
+    layout = torch.channels_last if recipe.channels_last else torch.contiguous_format
+    model = model.to(memory_format=layout)
     # timm's own no-weight-decay set (position embedding, class token) besides the 1-D parameters
     skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
     for name, p in model.named_parameters():
@@ -96,11 +110,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     config = TrainConfig(epochs=epochs, lr=recipe.lr, weight_decay=recipe.weight_decay,
                          batch_size=recipe.batch_size, augment="crop-flip", seed=0, max_batches=args.max_batches,
-                         max_grad_norm=recipe.max_grad_norm, optimizer="adamw",
+                         max_grad_norm=recipe.max_grad_norm, optimizer=recipe.optimizer,
                          warmup_epochs=recipe.warmup_epochs)
 
     def batch_step(x, y):
-        logits = model(x.to(device, non_blocking=True))
+        logits = model(x.to(device, non_blocking=True).contiguous(memory_format=layout))
         loss = F.cross_entropy(logits, y.to(device, non_blocking=True), label_smoothing=recipe.label_smoothing)
         loss.backward()
         return float(loss.detach()), logits.detach().cpu()
@@ -118,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
               "train_seconds": round(history.seconds, 1), "wall_seconds": round(wall, 1),
               "parameters": sum(p.numel() for p in params)}
     path = Path(args.out) if args.out else weights_path(args.name)
-    _save_atomically(model.eval().cpu(), path, metadata={
+    _save_atomically(model.eval().cpu().to(memory_format=torch.contiguous_format), path, metadata={
         "device": str(device),
         "model": args.name, "epochs": str(epochs), "seed": "0", "val_accuracy": f"{accuracy:.4f}",
         "train_split": f"spikecast cifar10 'train' ({len(y_train)} images)",

@@ -272,7 +272,7 @@ def _describe(gm: fx.GraphModule, node: fx.Node, varying: set[fx.Node], bad: dic
         elif packet in _BATCHNORMS:
             detail.append("BatchNorm")
         elif is_pool and meta.get("maxpool"):
-            detail.append("max-pool moved before the neuron: exact")
+            detail.append(f"max-pool {_pool_move(meta)}: exact")
         suffix = f" ({'; '.join(detail)})" if detail else ""
         return STATIC, f"static prefix: computed once{suffix}", folded, None
     if packet in ops.WEIGHTED:
@@ -284,14 +284,19 @@ def _describe(gm: fx.GraphModule, node: fx.Node, varying: set[fx.Node], bad: dic
         else:  # the rule of spikecast.convert.spiking: a pool whose input varies per step
             stateful = node.args[0] in varying
         if not stateful:
-            return MAXPOOL_EXACT, "max-pool: exact (moved before the neuron)", None, None
-        moved = " - moved before the neuron, but the current it pools varies per step" if meta.get("maxpool") else ""
+            return MAXPOOL_EXACT, f"max-pool: exact ({_pool_move(meta) or 'moved before the neuron'})", None, None
+        moved = f" - {_pool_move(meta)}, but the current it pools varies per step" if meta.get("maxpool") else ""
         return MAXPOOL_SPIKING, f"max-pool: spiking max-pool, stateful (warning){moved}", None, None
     if packet in _BATCHNORMS:
         return AFFINE, "affine, runs per step (BatchNorm kept: exact per-channel affine)", None, None
     if packet in ops.PRODUCTS:
         return AFFINE, "affine, runs per step (one operand is static)", None, None
     return AFFINE, "affine, runs per step", None, None
+
+
+def _pool_move(meta: dict) -> str:
+    """How normalisation moved a max-pool (``"moved through the concatenation before new neurons"``...)."""
+    return str(meta.get("maxpool", "")).partition(": ")[2]
 
 
 def inspect(model: ModelLike, input_shape: Optional[Sequence[int]] = None, example: Optional[torch.Tensor] = None,

@@ -482,6 +482,70 @@ def test_maxpool_after_relu_moves_before_the_neuron(where):
     check_close(model, snn, x[:4], T=512, max_rel=0.02 if where == "first" else 0.05)
 
 
+class ConcatPoolNet(nn.Module):
+    """Two ReLU branches concatenated on channels, then an inception-style stride-1 max-pool branch
+    next to a branch that reads the concatenation itself, and a stride-2 pool of the concatenation."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(3, 2, 1)
+        self.proj, self.side = nn.Conv2d(6, 5, 1), nn.Conv2d(6, 3, 1)
+        self.fc = nn.Linear(8 * 4 * 4, 5)
+
+    def forward(self, x):
+        h = torch.cat([F.relu(self.a(x)), F.relu(self.b(x))], 1)
+        h = torch.cat([F.relu(self.proj(F.max_pool2d(h, 3, 1, 1))), F.relu(self.side(h))], 1)
+        return self.fc(F.max_pool2d(h, 2).flatten(1))
+
+
+def test_maxpool_of_a_concatenation_moves_before_new_neurons_of_each_part():
+    from spikecast.graph.normalize import insert_activation_sites, move_maxpool_before_sites
+
+    model = ConcatPoolNet().eval()
+    x = torch.rand(16, 3, 8, 8) * 2 - 1
+    gm = normalize(trace(model, x))
+    with torch.no_grad():
+        assert torch.allclose(gm(x), model(x), atol=1e-6)
+    pools = _pool_nodes(gm)
+    # each pool of a concatenation of two sites became one pool per part, each before its own site
+    assert len(pools) == 4
+    for pool in pools:
+        (user,) = pool.users
+        assert isinstance(gm.get_submodule(user.target), ActivationSite)
+        assert not str(pool.args[0].target).startswith("sites.")
+    # the stride-1 pool's parts are also read unpooled (by `side`): their pooled paths get new neurons;
+    # the stride-2 pool is all that reads its parts, so they keep theirs
+    assert sorted(p.meta["spikecast"]["maxpool"] for p in pools) == [
+        "exact: moved through the concatenation before new neurons"] * 2 + [
+        "exact: moved through the concatenation before the neuron"] * 2
+    names = [gm.get_submodule(n.target).name for n, _ in site_nodes(gm)]
+    assert len(names) == 6 and sum(name.endswith("@pooled") for name in names) == 2
+    # off: the pools stay after the concatenation (and pool spikes in the SNN)
+    plain = move_maxpool_before_sites(insert_activation_sites(fold_batchnorm(remove_identities(trace(model, x)))),
+                                      through_concat=False)
+    assert all(ops.packet(p.args[0]) is torch.ops.aten.cat for p in _pool_nodes(plain))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        snn = spikecast.convert(model, calib=x, thresholds="max", correction="none", reconstruct="off",
+                                progress=False)
+    assert len(all_neurons(snn)) == 6
+    check_close(model, snn, x[:4], T=512, max_rel=0.05)
+
+
+def test_maxpool_of_a_concatenation_along_a_pooled_axis_stays():
+    class WidthCat(nn.Module):
+        def forward(self, x):
+            return F.max_pool2d(torch.cat([F.relu(x), F.relu(-x)], 3), 2)
+
+    x = torch.rand(2, 3, 4, 4)
+    gm = normalize(trace(WidthCat().eval(), x))
+    (pool,) = _pool_nodes(gm)
+    assert ops.packet(pool.args[0]) is torch.ops.aten.cat  # windows straddle the two parts: not moved
+    with torch.no_grad():
+        assert torch.equal(gm(x), WidthCat()(x))
+
+
 def test_maxpool_not_after_relu_warns_and_converts():
     model = PoolNet("not-after-relu").eval()
     x = torch.rand(32, 3, 8, 8) * 2 - 1

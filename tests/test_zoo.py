@@ -60,10 +60,13 @@ class TinyNet(nn.Module):
 def test_registry_lists_the_families() -> None:
     assert list_models("cifar10-*") == [
         "cifar10-convnext-nano",
+        "cifar10-densenet-small",
+        "cifar10-googlenet-small",
         "cifar10-resnet20",
         "cifar10-resnet32",
         "cifar10-resnet44",
         "cifar10-resnet56",
+        "cifar10-vgg-small",
         "cifar10-vit-tiny",
     ]
     assert "digits-cnn" in list_models()
@@ -101,6 +104,25 @@ def test_create_model_errors(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
     monkeypatch.setenv("SPIKECAST_SHARED", str(tmp_path / "empty"))
     with pytest.raises(FileNotFoundError, match="SPIKECAST_SHARED"):
         create_model("cifar10-resnet20", pretrained=True)
+
+
+@pytest.mark.parametrize(("name", "num_params", "pools"), [
+    ("cifar10-vgg-small", 814_570, 3),
+    ("cifar10-googlenet-small", 168_850, 7),  # 5 inception pool branches, 2 between stages
+    ("cifar10-densenet-small", 226_250, 0),
+])
+def test_cifar_classic_models(name: str, num_params: int, pools: int, monkeypatch: pytest.MonkeyPatch,
+                              tmp_path: Path) -> None:
+    info = model_info(name)
+    assert info.input_size == (3, 32, 32) and info.num_classes == 10 and info.dataset == "cifar10"
+    model = create_model(name)
+    assert not model.training and sum(p.numel() for p in model.parameters()) == num_params
+    assert sum(isinstance(m, torch.nn.MaxPool2d) for m in model.modules()) == pools
+    with torch.inference_mode():
+        assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    monkeypatch.setenv("SPIKECAST_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(FileNotFoundError, match=rf"{name}-{WEIGHTS_VERSION}\.safetensors.*train_cifar_zoo\.py {name}"):
+        create_model(name, pretrained=True)
 
 
 @pytest.mark.parametrize(("name", "num_params"), [

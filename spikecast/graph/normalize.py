@@ -245,48 +245,118 @@ def _maxpool_input(node: fx.Node) -> Optional[fx.Node]:
     return None
 
 
-def move_maxpool_before_sites(gm: fx.GraphModule) -> fx.GraphModule:
+_SPATIAL_DIMS = {aten.max_pool1d: 1, aten.max_pool2d: 2, aten.max_pool3d: 3, aten.max_pool2d_with_indices: 2,
+                 aten.adaptive_max_pool2d: 2}
+
+
+def _infer_val(node: fx.Node) -> None:
+    """Set ``node.meta["val"]`` (shape and dtype, on the meta device) from its inputs' values, for a
+    node a pass created (later passes read shapes and tell tensors from sizes by it)."""
+    def meta(arg):
+        val = arg.meta.get("val")
+        if isinstance(val, torch.Tensor):
+            return torch.empty(val.shape, dtype=val.dtype, device="meta")
+        if isinstance(val, (tuple, list)):
+            return type(val)(torch.empty(v.shape, dtype=v.dtype, device="meta") for v in val)
+        return val
+
+    args, kwargs = fx.node.map_arg((node.args, node.kwargs), meta)
+    node.meta["val"] = node.target(*args, **kwargs)
+
+
+def _site_sources(node: fx.Node, spatial: int) -> Optional[list]:
+    """The tree under a max-pool's input made of sites and channel concatenations only: a site call
+    node, or ``("cat", dim, [subtrees])``; None when anything else is in the way."""
+    if node.op == "call_module" and str(node.target).startswith(SITES_PREFIX):
+        return node
+    if node.op == "call_function" and ops.packet(node) is aten.cat:
+        parts = node.args[0]
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        val = node.meta.get("val")
+        if val is None or not isinstance(parts, (list, tuple)):
+            return None
+        if dim % val.dim() >= val.dim() - spatial:
+            return None  # concatenated along a pooled axis: windows straddle the parts
+        subtrees = [_site_sources(part, spatial) if isinstance(part, fx.Node) else None for part in parts]
+        if any(t is None for t in subtrees):
+            return None
+        return ("cat", dim, subtrees)
+    return None
+
+
+def move_maxpool_before_sites(gm: fx.GraphModule, *, through_concat: bool = True) -> fx.GraphModule:
     """Rewrite ``maxpool(site(x))`` as ``site'(maxpool(x))`` - exact, since max commutes with any
     non-decreasing function. When the site has other users it stays for them and the pooled path
-    gets its own site (calibrated on its own)."""
+    gets its own site (calibrated on its own): extra neurons, as many as the pool's outputs.
+
+    ``through_concat``: also ``maxpool(cat([site_a(a), site_b(b)], channels))`` ->
+    ``cat([site_a'(maxpool(a)), site_b'(maxpool(b))])`` (a pool acts on each channel alone, so it
+    commutes with a channel concatenation): the max-pool branch of an inception block and the pools
+    between its stages then pool currents before their own neurons instead of pooling spikes."""
     gm = fresh_copy(gm)
     box = container(gm)
     taken = set(dict(box.named_children()))
     for pool in list(gm.graph.nodes):
         src = _maxpool_input(pool)
-        if src is None or not (src.op == "call_module" and str(src.target).startswith("sites.")):
+        if src is None:
             continue
-        site = gm.get_submodule(src.target)
-        with gm.graph.inserting_after(pool):
-            new_pool = gm.graph.call_function(pool.target, (src.args[0], *pool.args[1:]), dict(pool.kwargs))
-        new_pool.meta = copy.copy(pool.meta)
-        pooled = new_pool
-        if ops.packet(pool) in (aten.max_pool2d_with_indices, aten.adaptive_max_pool2d):
-            # tuple output: users take [0] (values) - keep that structure
-            pooled = None
-        if len(src.users) == 1:
-            target, name = src.target, site.name
-        else:
-            name = f"{site.name}@pooled"
-            key = attr_name(name, taken)
-            box.add_module(key, ActivationSite(name, op=site.op, upper=site.upper, bipolar=site.bipolar))
-            target = f"sites.{key}"
-        if pooled is None:
+        tree = _site_sources(src, _SPATIAL_DIMS.get(ops.packet(pool), 2))
+        if tree is None or (isinstance(tree, tuple) and not through_concat):
+            continue
+        tuple_output = ops.packet(pool) in (aten.max_pool2d_with_indices, aten.adaptive_max_pool2d)
+
+        def pooled_site(site_node: fx.Node, exclusive: bool) -> fx.Node:
+            """maxpool(x) -> site, for the site call ``site_node = site(x)`` (inserted before ``pool``);
+            ``exclusive``: nothing but this pool reads the site, so the pooled path may keep it."""
+            site = gm.get_submodule(site_node.target)
+            with gm.graph.inserting_before(pool):
+                new_pool = gm.graph.call_function(pool.target, (site_node.args[0], *pool.args[1:]), dict(pool.kwargs))
+                values = gm.graph.call_function(operator.getitem, (new_pool, 0)) if tuple_output else new_pool
+            new_pool.meta = copy.copy(pool.meta)
+            _infer_val(new_pool)
+            if tuple_output:
+                _infer_val(values)
+            where = "" if tree is site_node else " through the concatenation"
+            new_pool.meta.setdefault("spikecast", {})["maxpool"] = (
+                f"exact: moved{where} before the neuron" if exclusive else
+                f"exact: moved{where} before new neurons")
+            if exclusive:
+                target = site_node.target
+            else:
+                name = f"{site.name}@pooled"
+                key = attr_name(name, taken)
+                taken.add(key)
+                box.add_module(key, ActivationSite(name, op=site.op, upper=site.upper, bipolar=site.bipolar))
+                target = f"sites.{key}"
+            with gm.graph.inserting_before(pool):
+                new_site = gm.graph.call_module(target, (values,))
+            new_site.meta = copy.copy(site_node.meta)
+            new_site.meta["val"] = values.meta["val"]
+            return new_site
+
+        def rebuild(t, node: fx.Node, exclusive: bool) -> fx.Node:
+            if isinstance(t, fx.Node):
+                return pooled_site(t, exclusive)
+            _, dim, subtrees = t
+            parts = [rebuild(sub, part, exclusive and len(part.users) == 1) for sub, part in zip(subtrees, node.args[0])]
+            with gm.graph.inserting_before(pool):
+                cat = gm.graph.call_function(aten.cat.default, (parts, dim))
+            _infer_val(cat)
+            return cat
+
+        if tuple_output:
             for user in list(pool.users):
                 if user.target is operator.getitem and user.args[1] == 0:
-                    with gm.graph.inserting_after(user):
-                        get0 = gm.graph.call_function(operator.getitem, (new_pool, 0))
-                        new_site = gm.graph.call_module(target, (get0,))
-                    new_site.meta = copy.copy(src.meta)
-                    user.replace_all_uses_with(new_site)
-                elif len(user.users):
+                    continue
+                if len(user.users):
                     raise ValueError(f"max-pool indices are used at {module_path(pool)}; cannot reorder")
+        replacement = rebuild(tree, src, len(src.users) == 1)
+        if tuple_output:
+            for user in list(pool.users):
+                if user.target is operator.getitem and user.args[1] == 0:
+                    user.replace_all_uses_with(replacement)
         else:
-            with gm.graph.inserting_after(new_pool):
-                new_site = gm.graph.call_module(target, (new_pool,))
-            new_site.meta = copy.copy(src.meta)
-            pool.replace_all_uses_with(new_site)
-        new_pool.meta.setdefault("spikecast", {})["maxpool"] = "exact: moved before the neuron"
+            pool.replace_all_uses_with(replacement)
     gm = _finish(gm)
     # drop site modules that lost their last call
     used = {n.target for n, _ in site_nodes(gm)}

@@ -11,51 +11,26 @@ and they are sized to train from scratch in about half an hour on two CPU cores:
                             16/48/96/192 with 1/1/2/1 blocks, 3x3 depthwise convs (569k parameters)
 ==========================  ===========================================================================
 
-Their weights are trained by spikecast, not shipped: ``benchmarks/train_cifar_zoo.py <name>``
-writes ``cache_dir() / "<name>-v2.safetensors"``, which ``create_model(name, pretrained=True)``
-loads (or raises a FileNotFoundError naming that command).
+Their weights are trained by spikecast, not shipped (:mod:`spikecast.zoo.trained`):
+``benchmarks/train_cifar_zoo.py <name>`` writes ``cache_dir() / "<name>-v2.safetensors"``, which
+``create_model(name, pretrained=True)`` loads (or raises a FileNotFoundError naming that command).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from torch import nn
 
-from ..paths import CACHE_ENV_VAR, cache_dir
-from .checkpoint import load_checkpoint
 from .registry import IMAGENET_MEAN, IMAGENET_STD, register_model
+from .trained import WEIGHTS_VERSION, pretrained_loader, weights_path
 
-__all__ = ["MODERN_MODELS", "weights_path", "build_vit_tiny", "build_convnext_nano"]
+__all__ = ["MODERN_MODELS", "WEIGHTS_VERSION", "weights_path", "build_vit_tiny", "build_convnext_nano"]
 
-#: v2: trained on the 45,000-image "train" split (v1 used all 50,000, validation images included)
-WEIGHTS_VERSION = "v2"
 #: The two registered names.
 MODERN_MODELS: tuple[str, ...] = ("cifar10-vit-tiny", "cifar10-convnext-nano")
-TRAIN_SCRIPT = "benchmarks/train_cifar_zoo.py"
 
 VIT_TINY = dict(img_size=32, patch_size=4, embed_dim=96, depth=6, num_heads=3, mlp_ratio=2.0,
                 class_token=True, pos_embed="learn", global_pool="token")
 CONVNEXT_NANO = dict(depths=(1, 1, 2, 1), dims=(16, 48, 96, 192), patch_size=1, kernel_sizes=3)
-
-
-def weights_path(name: str) -> Path:
-    """Where the trained weights of zoo model ``name`` are cached: ``cache_dir() / "<name>-v2.safetensors"``."""
-    return cache_dir() / f"{name}-{WEIGHTS_VERSION}.safetensors"
-
-
-def _pretrained_loader(name: str):
-    def load(model: nn.Module) -> nn.Module:
-        path = weights_path(name)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"pretrained weights for {name!r} not found at {path}: they are trained by spikecast, "
-                f"not shipped. Train them with `python {TRAIN_SCRIPT} {name}` (about 30 minutes on 2 CPU "
-                f"cores), or set {CACHE_ENV_VAR} to the cache folder that holds {path.name}."
-            )
-        return load_checkpoint(model, path, strict=True)
-
-    return load
 
 
 def build_vit_tiny(num_classes: int = 10) -> nn.Module:
@@ -74,13 +49,13 @@ _INFO = dict(input_size=(3, 32, 32), num_classes=10, mean=IMAGENET_MEAN, std=IMA
              default_checkpoint=None, dataset="cifar10")
 
 
-@register_model("cifar10-vit-tiny", pretrained_loader=_pretrained_loader("cifar10-vit-tiny"), **_INFO)
+@register_model("cifar10-vit-tiny", pretrained_loader=pretrained_loader("cifar10-vit-tiny"), **_INFO)
 def cifar10_vit_tiny(num_classes: int = 10) -> nn.Module:
     """timm VisionTransformer for 32x32 CIFAR-10 (patch 4, width 96, depth 6, 3 heads, MLP ratio 2)."""
     return build_vit_tiny(num_classes)
 
 
-@register_model("cifar10-convnext-nano", pretrained_loader=_pretrained_loader("cifar10-convnext-nano"), **_INFO)
+@register_model("cifar10-convnext-nano", pretrained_loader=pretrained_loader("cifar10-convnext-nano"), **_INFO)
 def cifar10_convnext_nano(num_classes: int = 10) -> nn.Module:
     """timm ConvNeXt for 32x32 CIFAR-10 (1x1 stem, widths 16/48/96/192, blocks 1/1/2/1, 3x3 depthwise)."""
     return build_convnext_nano(num_classes)
