@@ -49,13 +49,15 @@ def correct(snn: SpikingNetwork, ann_graph: fx.GraphModule, data, config: Correc
     return SpikingNetwork(graph, snn.config, metadata)
 
 
-def prepare(model: torch.nn.Module, example: torch.Tensor) -> fx.GraphModule:
-    """Trace and normalise ``model`` (stages 1-2), returning the normalised ANN graph.
+def prepare(model: torch.nn.Module, example: torch.Tensor, *, maxpool_through_concat: bool = True
+            ) -> fx.GraphModule:
+    """Trace and normalise ``model`` (stages 1-2), returning the normalised ANN graph
+    (``maxpool_through_concat``: :attr:`Recipe.maxpool_through_concat`).
 
     Data with the wrong number of channels is refused with a one-line error naming expected and
     got (not torch's shape error from inside the trace)."""
     with input_channel_guard(model, "the calibration data"):
-        return normalize(trace(model, example[:2]))
+        return normalize(trace(model, example[:2]), maxpool_through_concat=maxpool_through_concat)
 
 
 def build_snn(graph: fx.GraphModule, images: CalibrationSet, recipe: Recipe, *, source: str,
@@ -87,7 +89,7 @@ def build_snn(graph: fx.GraphModule, images: CalibrationSet, recipe: Recipe, *, 
                                                  device=device, progress=progress)
     input_scale = images.input_scale() if recipe.encoding == "poisson" else 1.0
     snn_graph = to_spiking(thresholds, recipe.neuron_config(), input_varies=recipe.encoding != "analog",
-                           compensate=recipe.compensate)
+                           compensate=recipe.compensate, maxpool_mode=recipe.maxpool_mode)
     if not any(True for _ in site_nodes(thresholds)):
         warnings.warn(f"{source} has no activation site: the converted network has no spiking neuron "
                       "and computes the ANN exactly. Run `spikecast inspect` to see its ops.", stacklevel=3)
@@ -177,7 +179,7 @@ def convert(
     if home is not None and home != device:
         ann = copy.deepcopy(ann).to(device)  # the caller's model stays where it is
     images = read_calibration_set(calib, recipe, progress=progress)
-    normalised = prepare(ann, images.images[:2].to(device))
+    normalised = prepare(ann, images.images[:2].to(device), maxpool_through_concat=recipe.maxpool_through_concat)
     return build_snn(normalised, images, recipe, source=name, device=device, progress=progress, started=started)
 
 

@@ -49,6 +49,12 @@ NIR_PROFILE = {"signed": False, "levels": 1, "v_init": 0.0, "mask_ratio": 0.0, "
 #: :data:`AUTO_RECONSTRUCT_LEVELS` values in its budget (``timesteps * levels``, default profile
 #: only), where thresholds alone lose the most; ``"on"`` / ``"off"`` force it.
 RECONSTRUCT_MODES = ("auto", "on", "off")
+#: How max-pools whose input varies per step convert (``Recipe.maxpool``): ``"moved"`` - moved
+#: before the neurons, also through channel concatenations (new neurons where a part is also read
+#: unpooled), pooling currents with the spiking max-pool; ``"spikes"`` - a pool of a concatenation
+#: stays after it and pools spikes; ``"gate"`` - as ``"spikes"``, with the gate of Rueckauer et al.
+#: (2017) (the leader's input passes) instead of the increase of the window maximum.
+MAXPOOL_METHODS = ("moved", "spikes", "gate")
 AUTO_RECONSTRUCT_LEVELS = 8
 
 #: Old keyword names still accepted (with a DeprecationWarning): they named the wrong stage.
@@ -83,6 +89,8 @@ class Recipe:
     no labels - before conversion (:mod:`spikecast.quant.reconstruct`); ``"auto"`` (default) does
     so when ``timesteps * levels <= 8``; after the correction, ``distill_steps`` steps of
     backpropagation through time train the SNN itself against the ANN (0: none).
+    Max-pools: ``maxpool`` (:data:`MAXPOOL_METHODS`) is how a max-pool inside the spiking part
+    converts.
     Simulation: ``timesteps`` is the budget T calibrated for (and the default T of ``snn(x)``),
     ``encoding`` the input code. Data: ``calib_images`` bounds the calibration set (the images
     kept, chosen by content, from however many the calibration data holds).
@@ -108,8 +116,11 @@ class Recipe:
     reconstruct: str = "auto"
     reconstruct_steps: int = ReconstructionConfig.steps
     distill_steps: int = ReconstructionConfig.distill_steps
+    maxpool: str = "moved"
 
     def __post_init__(self):
+        if self.maxpool not in MAXPOOL_METHODS:
+            raise ValueError(f"recipe: unknown maxpool method {self.maxpool!r}; choose one of {MAXPOOL_METHODS}")
         if self.reconstruct not in RECONSTRUCT_MODES:
             raise ValueError(f"recipe: unknown reconstruct mode {self.reconstruct!r}; choose one of {RECONSTRUCT_MODES}")
         if self.profile not in PROFILES:
@@ -172,6 +183,16 @@ class Recipe:
         if self.correction_form != "auto":
             return self.correction_form
         return "charge" if self.reconstructs and self.profile != "nir" else "current"
+
+    @property
+    def maxpool_through_concat(self) -> bool:
+        """Whether normalisation moves max-pools through channel concatenations (``maxpool="moved"``)."""
+        return self.maxpool == "moved"
+
+    @property
+    def maxpool_mode(self) -> str:
+        """The :class:`~spikecast.nn.maxpool.SpikingMaxPool` mode of ``maxpool``."""
+        return "gate" if self.maxpool == "gate" else "max"
 
     def reconstruction_config(self) -> ReconstructionConfig:
         return ReconstructionConfig(steps=int(self.reconstruct_steps), distill_steps=int(self.distill_steps))

@@ -533,6 +533,47 @@ def test_maxpool_of_a_concatenation_moves_before_new_neurons_of_each_part():
     check_close(model, snn, x[:4], T=512, max_rel=0.05)
 
 
+def test_recipe_maxpool_chooses_where_pools_of_a_concatenation_go_and_how_they_spike(tmp_path):
+    from spikecast.recipe import Recipe, recipe_of
+
+    model = ConcatPoolNet().eval()
+    x = torch.rand(16, 3, 8, 8) * 2 - 1
+    snns = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for method in ("moved", "spikes", "gate"):
+            snns[method] = spikecast.convert(model, calib=x, thresholds="max", correction="none", reconstruct="off",
+                                             maxpool=method, progress=False)
+    pools = {k: [m for m in snn.graph_module.modules() if isinstance(m, SpikingMaxPool)] for k, snn in snns.items()}
+    # moved: the stride-1 pool's parts pool the static first convs (exact, computed once); the stride-2
+    # pool's parts pool per-step currents (spiking max-pools before the neurons)
+    assert len(all_neurons(snns["moved"])) == 6 and len(pools["moved"]) == 2
+    assert not any(n.target.startswith("pools.") and "@pooled" in str(n.args[0]) for n in
+                   snns["moved"].graph_module.graph.nodes if n.op == "call_module")
+    for method in ("spikes", "gate"):  # the two pools stay after their concatenations and pool spikes
+        assert len(all_neurons(snns[method])) == 4 and len(pools[method]) == 2
+        assert {p.mode for p in pools[method]} == {"max" if method == "spikes" else "gate"}
+        assert recipe_of(snns[method]) == Recipe(thresholds="max", correction="none", reconstruct="off", maxpool=method)
+    check_close(model, snns["spikes"], x[:4], T=512, max_rel=0.05)
+    back = spikecast.load(snns["gate"].save(tmp_path / "gate"))
+    assert {p.mode for p in back.graph_module.modules() if isinstance(p, SpikingMaxPool)} == {"gate"}
+    assert torch.equal(back(x[:4], timesteps=16), snns["gate"](x[:4], timesteps=16))
+    with pytest.raises(ValueError, match="unknown maxpool method 'best'"):
+        Recipe(maxpool="best")
+
+
+def test_gate_passes_the_input_of_the_window_leader():
+    gate = SpikingMaxPool("max_pool2d", [[2, 2], [2, 2]], mode="gate")
+    x = torch.rand(5, 2, 3, 4, 4)
+    acc = torch.zeros_like(x[0])
+    for t in range(5):
+        out = gate(x[t])
+        _, index = F.max_pool2d(acc, 2, return_indices=True)  # the leader before this step (first on ties)
+        expected = x[t].flatten(2).gather(2, index.flatten(2)).view_as(out)
+        assert torch.equal(out, expected)
+        acc = acc + x[t]
+
+
 def test_maxpool_of_a_concatenation_along_a_pooled_axis_stays():
     class WidthCat(nn.Module):
         def forward(self, x):

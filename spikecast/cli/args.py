@@ -17,7 +17,7 @@ from typing import Optional
 from spikecast.jobs import parse_timesteps
 from spikecast.nn.encoding import ENCODINGS
 from spikecast.nn.simulation import DEFAULT_EVAL_TIMESTEPS
-from spikecast.recipe import AUTO_RECONSTRUCT_LEVELS, PROFILES, RECONSTRUCT_MODES, Recipe, build_recipe
+from spikecast.recipe import AUTO_RECONSTRUCT_LEVELS, MAXPOOL_METHODS, PROFILES, RECONSTRUCT_MODES, Recipe, build_recipe
 
 __all__ = ["parse_timesteps", "parse_shape", "parse_floats", "parse_confidences", "positive_int", "int_flag",
            "Deprecated",
@@ -34,7 +34,7 @@ EVAL_DEFAULT = ",".join(str(t) for t in DEFAULT_EVAL_TIMESTEPS)
 #: Recipe fields with a flag of the same name, read by :func:`recipe_from` (``timesteps`` too).
 RECIPE_FLAGS = ("thresholds", "percentile", "per_channel", "correction", "correction_form", "signed", "levels", "v_init",
                 "mask_ratio", "mask_seed", "compensate", "encoding", "calib_images", "profile", "weight_bits",
-                "reconstruct", "reconstruct_steps", "distill_steps")
+                "reconstruct", "reconstruct_steps", "distill_steps", "maxpool")
 
 
 def note(text: str) -> None:
@@ -205,6 +205,10 @@ def add_recipe_args(p) -> None:
     p.add_argument("--distill-steps", type=non_negative_int, metavar="N",
                    help="--reconstruct: steps of backpropagation through time that then train the SNN itself "
                         f"against the ANN, no labels (0: none; default {r.distill_steps})")
+    p.add_argument("--maxpool", choices=MAXPOOL_METHODS,
+                   help="max-pools inside the spiking part: moved (before the neurons, also through channel "
+                        "concatenations; pools currents), spikes (a pool of a concatenation pools its spikes), "
+                        f"gate (as spikes, with Rueckauer's gate) (default {r.maxpool})")
     p.add_argument("--weight-bits", type=positive_int, metavar="B",
                    help="--profile nir: weights and biases on a power-of-two grid of B bits per layer (every NIR "
                         "reader then computes the same membranes bit for bit; 8 = Speck's resolution)")

@@ -61,11 +61,12 @@ class NeuronConfig:
 
 
 def to_spiking(gm: fx.GraphModule, neuron: NeuronConfig = NeuronConfig(), *,
-               input_varies: bool = False, compensate: bool = True) -> fx.GraphModule:
+               input_varies: bool = False, compensate: bool = True, maxpool_mode: str = "max") -> fx.GraphModule:
     """Swap calibrated sites for IF neurons; returns a new graph module (``gm`` is untouched).
 
     ``compensate``: run non-linear ops inside the spiking part with expectation compensation;
-    ``False`` raises :class:`UnsupportedOperationError` naming them instead."""
+    ``False`` raises :class:`UnsupportedOperationError` naming them instead. ``maxpool_mode``: the
+    :class:`SpikingMaxPool` mode of every max-pool whose input varies per step."""
     unsupported = find_unsupported(gm, input_varies)
     if unsupported and not compensate:
         raise UnsupportedOperationError(unsupported)
@@ -87,12 +88,12 @@ def to_spiking(gm: fx.GraphModule, neuron: NeuronConfig = NeuronConfig(), *,
                            signed=neuron.signed, bipolar=getattr(site, "bipolar", False), levels=neuron.levels)
         key = node.target.split(".", 1)[1]
         setattr(out.sites, key, spiking)
-    _replace_varying_maxpools(out, input_varies)
+    _replace_varying_maxpools(out, input_varies, maxpool_mode)
     out.recompile()
     return out
 
 
-def _replace_varying_maxpools(gm: fx.GraphModule, input_varies: bool) -> None:
+def _replace_varying_maxpools(gm: fx.GraphModule, input_varies: bool, mode: str = "max") -> None:
     varying = time_varying_nodes(gm, input_varies)
     taken: set[str] = set()
     approximated = []
@@ -106,7 +107,7 @@ def _replace_varying_maxpools(gm: fx.GraphModule, input_varies: bool) -> None:
         if not hasattr(gm, POOLS):
             gm.add_submodule(POOLS, nn.Module())
         key = attr_name(node.name, taken)
-        gm.get_submodule(POOLS).add_module(key, SpikingMaxPool(kind, list(node.args[1:]), name))
+        gm.get_submodule(POOLS).add_module(key, SpikingMaxPool(kind, list(node.args[1:]), name, mode))
         with gm.graph.inserting_after(node):
             new = gm.graph.call_module(f"{POOLS}.{key}", (node.args[0],))
         new.meta = dict(node.meta)

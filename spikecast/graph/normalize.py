@@ -481,13 +481,14 @@ def unsupported_reason(node: fx.Node, varying: set[fx.Node]) -> Optional[str]:
 
 
 # --------------------------------------------------------------------------------------------
-def normalize(gm: fx.GraphModule) -> fx.GraphModule:
-    """Run all normalisation passes: identities, BN folding, activation sites, max-pool order,
-    spike inputs of weighted layers."""
+def normalize(gm: fx.GraphModule, *, maxpool_through_concat: bool = True) -> fx.GraphModule:
+    """Run all normalisation passes: identities, BN folding, activation sites, max-pool order
+    (``maxpool_through_concat``: see :func:`move_maxpool_before_sites`), spike inputs of weighted
+    layers."""
     gm = remove_identities(gm)
     gm = fold_batchnorm(gm)
     gm = insert_activation_sites(gm)
-    gm = move_maxpool_before_sites(gm)
+    gm = move_maxpool_before_sites(gm, through_concat=maxpool_through_concat)
     gm = insert_spike_sites(gm)
     return gm
 

@@ -60,6 +60,7 @@ from spikecast.graph.trace import module_path
 from spikecast.nn.neuron import eager_steps
 from spikecast.nn.stateful import StatefulModule
 from spikecast.pipeline import prepare
+from spikecast.recipe import recipe_of
 from spikecast.runtime.network import SpikingNetwork
 from spikecast.validate import ModuleState
 
@@ -369,7 +370,7 @@ def measure_activity(ann: torch.nn.Module, snn: SpikingNetwork, data, timesteps:
     ann_state = ModuleState(ann)
     try:
         ann_state.use(device)
-        ann_graph = prepare(ann, x[:2])
+        ann_graph = prepare(ann, x[:2], maxpool_through_concat=recipe_of(snn).maxpool_through_concat)
         ann_acts: dict[str, torch.Tensor] = {}
         hooks = [site.register_forward_hook(lambda m, a, out, key=site.name: ann_acts.__setitem__(key, out.detach()))
                  for _, site in site_nodes(ann_graph)]
