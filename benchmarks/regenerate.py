@@ -63,6 +63,8 @@ STEPS: tuple[Step, ...] = (
     Step(("speed",), "python benchmarks/bench_speed.py", "cpu", 0.4),
     Step(("scale", "scale-resnet50", "scale-vit-small-patch16-224"), "python benchmarks/bench_scale.py",
          "cpu", 1.0),
+    Step(("classic-cifar",), "python benchmarks/bench_classic_cifar.py", "cpu", 0.5),
+    Step(("maxpool-methods",), "python benchmarks/bench_maxpool.py", "cpu", 0.7),
     Step(("readme-outputs",), "python benchmarks/readme_outputs.py", "cpu", 0.2),
 )
 # not a RESULTS.md section: readme_outputs.py rewrites README.md's <!-- output: --> blocks
