@@ -109,7 +109,7 @@ def test_create_model_errors(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
 @pytest.mark.parametrize(("name", "num_params", "pools"), [
     ("cifar10-vgg-small", 814_570, 3),
     ("cifar10-googlenet-small", 168_850, 7),  # 5 inception pool branches, 2 between stages
-    ("cifar10-densenet-small", 226_250, 0),
+    ("cifar10-densenet-small", 95_626, 0),
 ])
 def test_cifar_classic_models(name: str, num_params: int, pools: int, monkeypatch: pytest.MonkeyPatch,
                               tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ the spiking part (after a ReLU, and as a stride-1 branch of an inception block t
 ``cifar10-googlenet-small``      GoogLeNet: 3x3 stem, five inception blocks (1x1 / 1x1-3x3 / 1x1-5x5 /
                                  3x3 stride-1 max-pool-1x1 branches, concatenated), 3x3 stride-2
                                  max-pools between the 32 / 16 / 8 px stages, global average pool
-``cifar10-densenet-small``       DenseNet: three dense blocks of 4 / 6 / 6 pre-activation layers
+``cifar10-densenet-small``       DenseNet: three dense blocks of 2 / 4 / 4 pre-activation layers
                                  (BN-ReLU-conv3x3, growth 16, concatenated), BN-ReLU-conv1x1-avgpool
                                  transitions (compression 0.5), BN-ReLU-global average pool
 ===============================  ======================================================================
@@ -116,7 +116,7 @@ class DenseLayer(nn.Module):
 class DenseNetSmall(nn.Module):
     """DenseNet-style: dense blocks of pre-activation layers, BN-ReLU-conv1x1-avgpool transitions."""
 
-    def __init__(self, depths: tuple[int, ...] = (4, 6, 6), growth: int = 16, stem: int = 32,
+    def __init__(self, depths: tuple[int, ...] = (2, 4, 4), growth: int = 16, stem: int = 32,
                  compression: float = 0.5, num_classes: int = 10) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Conv2d(3, stem, 3, padding=1, bias=False)]
@@ -156,5 +156,5 @@ def cifar10_googlenet_small(num_classes: int = 10) -> nn.Module:
 
 @register_model("cifar10-densenet-small", pretrained_loader=pretrained_loader("cifar10-densenet-small"), **_INFO)
 def cifar10_densenet_small(num_classes: int = 10) -> nn.Module:
-    """DenseNet-style CIFAR-10 network: pre-activation dense blocks (growth 16, depths 4/6/6)."""
+    """DenseNet-style CIFAR-10 network: pre-activation dense blocks (growth 16, depths 2/4/4)."""
     return DenseNetSmall(num_classes=num_classes)
