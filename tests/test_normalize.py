@@ -574,6 +574,29 @@ def test_gate_passes_the_input_of_the_window_leader():
         acc = acc + x[t]
 
 
+def test_a_pool_of_a_pool_inside_the_spiking_part_is_a_spiking_max_pool_too():
+    class PoolPool(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.c1, self.c2, self.fc = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1), nn.Linear(64, 3)
+
+        def forward(self, x):
+            h = F.relu(self.c2(F.relu(self.c1(x))))
+            h = F.max_pool2d(F.max_pool2d(h, 3, 2, 1), 3, 1, 1)  # both moved before the neuron: pool(pool(current))
+            return self.fc(h.flatten(1))
+
+    model = PoolPool().eval()
+    x = torch.rand(16, 3, 8, 8) * 2 - 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        snn = spikecast.convert(model, calib=x, thresholds="max", correction="none", reconstruct="off", progress=False)
+    # the outer pool reads the inner one's per-step output (the increase of its window maxima): it must
+    # accumulate it as well - a per-step max of increases is not the increase of the max
+    assert sum(isinstance(m, SpikingMaxPool) for m in snn.graph_module.modules()) == 2
+    check_close(model, snn, x[:4], T=512, max_rel=0.05)
+
+
 def test_maxpool_of_a_concatenation_along_a_pooled_axis_stays():
     class WidthCat(nn.Module):
         def forward(self, x):

@@ -95,13 +95,14 @@ def to_spiking(gm: fx.GraphModule, neuron: NeuronConfig = NeuronConfig(), *,
 
 def _replace_varying_maxpools(gm: fx.GraphModule, input_varies: bool, mode: str = "max") -> None:
     varying = time_varying_nodes(gm, input_varies)
+    replaced: set[fx.Node] = set()
     taken: set[str] = set()
     approximated = []
     for node in list(gm.graph.nodes):
         if node.op != "call_function" or ops.packet(node) not in ops.MAXPOOLS or node not in varying:
             continue
-        if node.args[0] not in varying:
-            continue
+        if node.args[0] not in varying and node.args[0] not in replaced:
+            continue  # a pool of a pool replaced here (a node made after `varying`) varies too
         kind = op_name(node).split(".")[-1]
         name = f"{module_path(node) or '<top>'}:{node.name}"
         if not hasattr(gm, POOLS):
@@ -111,6 +112,7 @@ def _replace_varying_maxpools(gm: fx.GraphModule, input_varies: bool, mode: str 
         with gm.graph.inserting_after(node):
             new = gm.graph.call_module(f"{POOLS}.{key}", (node.args[0],))
         new.meta = dict(node.meta)
+        replaced.add(new)
         if kind in ("max_pool2d_with_indices", "adaptive_max_pool2d"):
             for user in list(node.users):
                 if user.target is operator.getitem and user.args[1] == 0:
