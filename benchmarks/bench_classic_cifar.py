@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(CLASSIC_MODELS))
     parser.add_argument("--images", type=int, default=10000, help="test images")
     parser.add_argument("--calib-images", type=int, default=512)
-    parser.add_argument("--timesteps", default="8,16,32,64")
+    parser.add_argument("--timesteps", default="8,16,32")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=250)
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
