@@ -50,8 +50,8 @@ def pct(v: float) -> str:
 def neuron_outputs(snn: spikecast.SpikingNetwork, x: torch.Tensor) -> dict[str, int]:
     """Outputs per image of every neuron (by name), from one step."""
     sizes: dict[str, int] = {}
-    hooks = [n.register_forward_hook(lambda m, a, out, key=n.name: sizes.__setitem__(key, out[0].numel()))
-             for n in snn.neurons()]
+    hooks = [n.register_forward_hook(lambda m, a, out, key=name: sizes.__setitem__(key, out[0].numel()))
+             for name, n in snn.neurons().items()]
     try:
         snn.reset()
         with torch.inference_mode():
