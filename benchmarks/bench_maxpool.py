@@ -124,7 +124,9 @@ def main() -> None:
             f"(budget T=32, {len(x_cal)} unlabelled train images), one conversion per method validated at "
             f"every T. Chosen on validation (most accurate at T={key16}, then T={timesteps[0]}): "
             f"**`{chosen}`**; every method read once on the test set. Neurons per image: the outputs of every "
-            "IF neuron (new ones of `moved` in brackets, against `spikes`). No method adds neuron layers in "
+            "IF neuron, in brackets the difference from `spikes` (`moved` adds neurons for parts that are also "
+            "read unpooled and pools the others before their neurons, which then are fewer). No method adds "
+            "neuron layers in "
             "depth; the exact decomposition `max(a, b) = b + relu(a - b)` (4 extra neuron layers per 3x3 pool) "
             "was not built.\n\n" + "\n".join(lines))
     print(body)
