@@ -17,29 +17,16 @@ from __future__ import annotations
 import argparse
 import time
 
-import torch
-
 import spikecast
 from spikecast.data import TensorBatches
 from spikecast.reporting.report import describe_neurons, neuron_summary
 from spikecast.zoo.cifar_classic import CLASSIC_MODELS
-from spikecast.zoo.trained import weights_path
 
 import results_file
-from bench_data import cifar10
+from bench_data import cifar10, training_info
 
 TARGETS = {32: 0.01, 16: 0.03}  # T -> largest allowed drop below the ANN
 CONVERT_LIMIT_S = 120.0
-
-
-def training_info(name: str) -> dict:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(weights_path(name)), "pt") as f:
-            return dict(f.metadata() or {})
-    except Exception:  # noqa: BLE001 - informational only
-        return {}
 
 
 def pct(v: float) -> str:

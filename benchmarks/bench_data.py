@@ -28,7 +28,10 @@ from typing import Optional
 import numpy as np
 import torch
 
+from safetensors import safe_open
+
 from spikecast.data import cifar10_tensors, cifar10_uint8, normalise_uint8
+from spikecast.zoo.trained import weights_path
 
 ENV = "SPIKECAST_BENCH_IMAGES"
 
@@ -49,6 +52,16 @@ def cifar10(split: str, limit: Optional[int] = None) -> tuple[torch.Tensor, torc
             raise KeyError(f"{packed} ({ENV}) has no image set {key}; it has "
                            + ", ".join(sorted({k.split('/')[0] for k in data.files})))
         return normalise_uint8(torch.from_numpy(data[f"{key}/x"])), torch.from_numpy(data[f"{key}/y"])
+
+
+def training_info(name: str) -> dict:
+    """What ``train_cifar_zoo.py`` recorded in the weights of zoo model ``name`` (epochs, seconds,
+    validation accuracy...); empty when the file or its metadata is missing (informational only)."""
+    try:
+        with safe_open(str(weights_path(name)), "pt") as f:
+            return dict(f.metadata() or {})
+    except Exception:  # noqa: BLE001 - informational only
+        return {}
 
 
 def pack(out: Path, sets: list[str]) -> None:

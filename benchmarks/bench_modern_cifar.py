@@ -29,22 +29,11 @@ from spikecast.data import TensorBatches
 from spikecast.recipe import Recipe
 from spikecast.reporting.report import describe_neurons, neuron_summary
 from spikecast.zoo import create_model
-from spikecast.zoo.cifar_modern import weights_path
 
 import results_file
-from bench_data import cifar10
+from bench_data import cifar10, training_info
 
 TARGETS = {8: 0.03, 16: 0.01}  # T -> largest allowed drop below the ANN
-
-
-def training_info(name: str) -> dict:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(weights_path(name)), "pt") as f:
-            return dict(f.metadata() or {})
-    except Exception:  # noqa: BLE001 - informational only
-        return {}
 
 
 def meets(res, ann: float) -> dict[int, bool]:
