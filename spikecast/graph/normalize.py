@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import operator
 from collections import defaultdict
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import torch.fx as fx
@@ -264,7 +264,7 @@ def _infer_val(node: fx.Node) -> None:
     node.meta["val"] = node.target(*args, **kwargs)
 
 
-def _site_sources(node: fx.Node, spatial: int) -> Optional[list]:
+def _site_sources(node: fx.Node, spatial: int) -> Optional[Union[fx.Node, tuple]]:
     """The tree under a max-pool's input made of sites and channel concatenations only: a site call
     node, or ``("cat", dim, [subtrees])``; None when anything else is in the way."""
     if node.op == "call_module" and str(node.target).startswith(SITES_PREFIX):

@@ -75,10 +75,8 @@ class SpikingMaxPool(StatefulModule):
 
     def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         acc, previous = state
-        if self.mode == "gate":
-            out = self._gate(acc, x)
-            acc = acc + x
-            return out, (acc, self._pool(acc))
+        if self.mode == "gate":  # the gate reads the leader from `acc` itself: `pooled` stays unused
+            return self._gate(acc, x), (acc + x, previous)
         acc = acc + x
         pooled = self._pool(acc)
         return pooled - previous, (acc, pooled)
