@@ -130,6 +130,56 @@ def test_layerwise_runs_after_the_first_reuse_the_input_currents():
     neuron.set_correction(None, None)
 
 
+class _PooledBranchNet(nn.Module):
+    """Inception-style: a spiking stem, two branches concatenated, then a stride-1 max-pool branch
+    next to a branch that reads the concatenation unpooled - the pool moves before new neurons
+    (``@pooled``) that read the branch convolutions' currents."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(3, 6, 3, padding=1)
+        self.a, self.b = nn.Conv2d(6, 4, 3, padding=1), nn.Conv2d(6, 3, 1)
+        self.proj, self.side = nn.Conv2d(7, 5, 1), nn.Conv2d(7, 3, 1)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        h = torch.cat([F.relu(self.a(x)), F.relu(self.b(x))], 1)
+        h = torch.cat([F.relu(self.proj(F.max_pool2d(h, 3, 1, 1))), F.relu(self.side(h))], 1)
+        return self.fc(F.adaptive_avg_pool2d(h, 1).flatten(1))
+
+
+def test_layerwise_pooled_neurons_read_the_kept_currents_of_their_unpooled_twin():
+    torch.manual_seed(0)
+    calib, x = torch.randn(48, 3, 10, 10), torch.randn(40, 3, 10, 10)
+    snn = spikecast.convert(_PooledBranchNet().eval(), calib=calib, timesteps=8, correction="none", signed=True,
+                            reconstruct="off", progress=False)
+    reference = _site_rates(snn, x, 8)
+
+    def commit_all(**kwargs):
+        sim = LayerwiseSimulation(snn.graph_module, x, 8, snn.config, batch_size=16, **kwargs)
+        seen = _ConvSamples()
+        with seen:
+            rates = {sim.neuron(k).name: sim.commit(k) for k in range(len(sim.nodes))}
+        return sim, rates, seen.samples
+
+    sim, rates, samples = commit_all()
+    pooled = [k for k in range(len(sim.nodes)) if sim.neuron(k).name.endswith("@pooled")]
+    assert len(pooled) == 2 and sorted(sim._shortcuts) == pooled
+    for k in pooled:  # each right after the neuron whose currents it reads, in a valid order
+        source = sim._shortcuts[k][0]
+        assert source == k - 1 and sim.neuron(k).name == sim.neuron(source).name + "@pooled"
+    for name, rate in rates.items():
+        ref = reference[name]
+        assert torch.allclose(rate, ref.mean(dim=[d for d in range(ref.dim()) if d != 1]), atol=1e-6), name
+    # with no room to keep currents, the pooled neurons recompute the branch convolutions: same rates,
+    # one more convolution of every image per pooled neuron
+    _, recomputed, more = commit_all(cache_bytes=0)
+    assert all(torch.allclose(recomputed[n], r, atol=1e-6) for n, r in rates.items())
+    assert more - samples == 2 * len(x) * 8
+
+
 def test_layerwise_blocks_and_step_chunks_do_not_change_results(monkeypatch):
     from spikecast.convert import layerwise
 

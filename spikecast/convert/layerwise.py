@@ -20,6 +20,13 @@ measure again, record) with the same inputs - only the neuron's own parameters c
 currents are computed once and kept for the later runs (as many images as ``cache_bytes``
 allows; the rest are recomputed), so a run after the first costs the neuron's recurrence alone.
 
+No work repeated between neurons that share an input: when neuron ``k``'s input part passes through
+the input current of another neuron ``j`` - a max-pool moved before new neurons
+(:func:`~spikecast.graph.normalize.move_maxpool_before_sites`) reads the convolution that also
+drives the unpooled neuron; in GoogLeNet-style networks that is 40% of the layer-wise work - ``k``
+is simulated right after ``j`` and reads ``j``'s kept currents (the images they hold) instead of
+recomputing the convolution: its *shortcut* part is only what lies between.
+
 The results equal those of :meth:`SpikingNetwork.simulate` on the same inputs (every op here acts
 per sample; a convolution over a larger batch may round differently in the last bit).
 """
@@ -94,27 +101,44 @@ class LayerwiseSimulation:
         self.simulation = simulation
         self.channels_last = bool(simulation.channels_last)
         self.encoding = simulation.encoding
-        self.nodes = [n for n in self.gm.graph.nodes
-                      if n.op == "call_module" and isinstance(self.gm.get_submodule(n.target), IFNeuron)]
+        nodes = [n for n in self.gm.graph.nodes
+                 if n.op == "call_module" and isinstance(self.gm.get_submodule(n.target), IFNeuron)]
         sizes = self._sizes()
-        neuron_set = set(self.nodes)
+        neuron_set = set(nodes)
+        position = {n: i for i, n in enumerate(nodes)}
+        built = {node: self._part(node, neuron_set, sizes) for node in nodes}
+        # shortcuts: neuron k whose part passes through neuron j's input current (not j's spikes)
+        # reads j's kept currents; it runs right after j, which its other inputs must allow
+        current_of = {n.args[0]: n for n in nodes if isinstance(n.args[0], fx.Node) and n.args[0] not in neuron_set}
+        shortcuts: dict[fx.Node, tuple[fx.Node, tuple]] = {}
+        for node in nodes:
+            sources = [current_of[m] for m in built[node][4] if m in current_of and current_of[m] is not node]
+            if len(sources) != 1 or built[sources[0]][3] or position[sources[0]] > position[node]:
+                continue  # none, ambiguous, j's current is one step's worth (cheap to recompute), or j after k
+            j = sources[0]
+            if j in shortcuts or any(src is j for src, _ in shortcuts.values()):
+                continue  # one hand-over per kept cache
+            short = self._part(node, neuron_set, sizes, boundary={j.args[0]})
+            others = [b for b in short[1] if b is not j.args[0] and b.op != "placeholder"]
+            if all(b in built[j][1] or position[b] < position[j] for b in others):
+                shortcuts[node] = (j, short)
+        order = [n for n in nodes if n not in shortcuts]
+        for node, (j, _) in sorted(shortcuts.items(), key=lambda kv: position[kv[0]]):
+            order.insert(order.index(j) + 1, node)
+        self.nodes = order
         # per neuron: its input part (time-batched), the nodes it reads, the largest value per image,
         # whether its current is the same at every step (the analog input through stateless ops:
         # computed once, as the normal runtime's static prefix is)
-        self._parts: list[tuple[TimeBatchedStep, list[fx.Node], int, bool]] = []
+        self._parts: list[tuple[TimeBatchedStep, list[fx.Node], int, bool]] = [built[n][:4] for n in order]
         # per neuron: the stateful modules of its input part (reset before each block; the time-
         # batched wrapper runs them without owning them)
-        self._part_state: list[list[StatefulModule]] = []
-        for node in self.nodes:
-            part, inputs, members = self._subgraph(node, neuron_set)
-            views_to_reshapes(part.graph)
-            part.recompile()
-            varying = [f"in_{b.name}" for b in inputs if b.op != "placeholder" or self.encoding == "poisson"]
-            largest = max([sizes.get(n.name, 1) for n in members] + [1])
-            stateful = [m for m in part.modules() if isinstance(m, StatefulModule)]
-            static = not varying and not stateful
-            self._parts.append((TimeBatchedStep(part, varying=varying), inputs, largest, static))
-            self._part_state.append(stateful)
+        self._part_state: list[list[StatefulModule]] = [built[n][5] for n in order]
+        # per neuron with a shortcut: (index of the neuron whose currents it reads, its shortcut part
+        # as above, the part's stateful modules)
+        self._shortcuts: dict[int, tuple[int, tuple, list[StatefulModule]]] = {
+            order.index(n): (order.index(j), short[:4], short[5]) for n, (j, short) in shortcuts.items()}
+        # the currents neuron j kept, handed to the neuron that reads them: (j, cache, images filled)
+        self._source: Optional[tuple[int, torch.Tensor, int]] = None
         # last neuron index whose subgraph reads each recorded train
         self._last_use: dict[str, int] = {}
         for k, (_, inputs, _, _) in enumerate(self._parts):
@@ -149,9 +173,23 @@ class LayerwiseSimulation:
                 m.reset()
         return interpreter.numel
 
-    def _subgraph(self, node: fx.Node, neurons: set) -> tuple[fx.GraphModule, list[fx.Node], list[fx.Node]]:
-        """The ops from the recorded trains (and the network input) to ``node``'s input current:
-        ``(graph module, its inputs in graph order, every node it touches)``."""
+    def _part(self, node: fx.Node, neurons: set, sizes: dict[str, int], boundary: frozenset = frozenset()) -> tuple:
+        """``node``'s input part: ``(time-batched part, its inputs, largest value per image, static,
+        the nodes it computes, its stateful modules)``; ``boundary``: nodes read as inputs."""
+        part, inputs, members = self._subgraph(node, neurons, boundary)
+        views_to_reshapes(part.graph)
+        part.recompile()
+        varying = [f"in_{b.name}" for b in inputs if b.op != "placeholder" or self.encoding == "poisson"]
+        largest = max([sizes.get(n.name, 1) for n in members] + [1])
+        stateful = [m for m in part.modules() if isinstance(m, StatefulModule)]
+        static = not varying and not stateful
+        computed = set(members) - set(inputs) - {node}
+        return TimeBatchedStep(part, varying=varying), inputs, largest, static, computed, stateful
+
+    def _subgraph(self, node: fx.Node, neurons: set, boundary: frozenset = frozenset()
+                  ) -> tuple[fx.GraphModule, list[fx.Node], list[fx.Node]]:
+        """The ops from the recorded trains (and the network input, and the ``boundary`` nodes) to
+        ``node``'s input current: ``(graph module, its inputs in graph order, every node it touches)``."""
         needed: set[fx.Node] = set()
         inputs: set[fx.Node] = set()
         stack = list(node.all_input_nodes)
@@ -159,7 +197,7 @@ class LayerwiseSimulation:
             n = stack.pop()
             if n in needed or n in inputs:
                 continue
-            if n.op == "placeholder" or n in neurons:
+            if n.op == "placeholder" or n in neurons or n in boundary:
                 inputs.add(n)
                 continue
             needed.add(n)
@@ -190,11 +228,15 @@ class LayerwiseSimulation:
         for start in range(0, n, images):
             yield slice(start, min(start + images, n)), chunks
 
-    def _inputs(self, k: int, sl: slice, t0: int, t1: int, encoder: Optional[PoissonEncoder]) -> list:
-        inputs = self._parts[k][1]
+    def _inputs(self, inputs: list[fx.Node], sl: slice, t0: int, t1: int, encoder: Optional[PoissonEncoder],
+                source: Optional[torch.Tensor] = None) -> list:
+        """The values of a part's ``inputs`` on images ``sl``, steps ``t0:t1``; a node that is no
+        recorded train nor the input is the kept current ``source`` (a shortcut)."""
         values = []
         for b in inputs:
-            if b.op == "placeholder":
+            if source is not None and b.name not in self._records and b.op != "placeholder":
+                values.append(source[t0:t1, sl])
+            elif b.op == "placeholder":
                 if encoder is not None:
                     values.append(torch.stack([encoder.step() for _ in range(t0, t1)]))
                 else:
@@ -206,9 +248,21 @@ class LayerwiseSimulation:
                 values.append(run_fused(_decode, signs[t0:t1, sl], amplitude))
         return values
 
+    def _shortcut(self, k: int, sl: slice) -> Optional[tuple]:
+        """Neuron ``k``'s shortcut ``(part, inputs, stateful modules, source cache)`` when the
+        currents it reads were kept for images ``sl``, else None."""
+        if k not in self._shortcuts or self._source is None:
+            return None
+        j, (part, inputs, _, _), stateful = self._shortcuts[k]
+        source, cache, cached = self._source
+        if source != j or sl.stop > cached:
+            return None
+        return part, inputs, stateful, cache
+
     def _currents(self, k: int, sl: slice, chunks: list[tuple[int, int]]) -> Iterator[tuple[int, int, torch.Tensor]]:
         """Neuron ``k``'s input currents on images ``sl``, chunk by chunk of steps: from the cache
-        when it holds them, else computed (and kept when the cache has room)."""
+        when it holds them, else computed (and kept when the cache has room) - through the shortcut
+        when the currents it reads were kept."""
         part, _, _, static = self._parts[k]
         if self._cache_for != k:
             self._cache_for, self._cache, self._cached = k, None, 0
@@ -222,25 +276,31 @@ class LayerwiseSimulation:
             return
         keep = sl.start <= self._cached
         if static:  # one step's current, the same at every step
-            values = self._inputs(k, sl, 0, 1, None)
+            values = self._inputs(self._parts[k][1], sl, 0, 1, None)
             current = part(1, values[0], values[1:], sl.stop - sl.start)
             keep = keep and self._keep(current, sl, 0, 1, length=1)
             for t0, t1 in chunks:
                 yield t0, t1, current.expand(t1 - t0, *current.shape[1:])
         else:
+            shortcut = self._shortcut(k, sl)
+            inputs = self._parts[k][1]
+            if shortcut is not None:
+                part, inputs, stateful, source = shortcut
             encoder = None
             if self.encoding == "poisson":
                 encoder = PoissonEncoder(self.simulation.input_scale, self.simulation.encoding_seed)
                 encoder.start(self.x[sl])
-            for m in self._part_state[k]:
+            for m in (self._part_state[k] if shortcut is None else stateful):
                 m.reset()
             for t0, t1 in chunks:
-                values = self._inputs(k, sl, t0, t1, encoder)
+                values = self._inputs(inputs, sl, t0, t1, encoder, None if shortcut is None else source)
                 current = part(t1 - t0, values[0], values[1:], sl.stop - sl.start)
                 keep = keep and self._keep(current, sl, t0, t1, length=self.timesteps)
                 yield t0, t1, current
         if keep:
             self._cached = max(self._cached, min(sl.stop, self._cache.shape[1]))
+        if self._source is not None and (k not in self._shortcuts or self._cached >= self._source[2]):
+            self._source = None  # not this neuron's, or its own cache now holds what the source held
 
     def _keep(self, current: torch.Tensor, sl: slice, t0: int, t1: int, length: int) -> bool:
         """Copy the chunk's currents into the cache (``length`` steps, allocated on first use);
@@ -323,7 +383,11 @@ class LayerwiseSimulation:
         for name, last in list(self._last_use.items()):
             if last <= k and name in self._records:
                 del self._records[name]
-        self._cache_for, self._cache, self._cached = None, None, 0  # neuron k is done
+        # neuron k is done; its currents go to the next neuron when that one reads them (a shortcut)
+        reader = self._shortcuts.get(k + 1)
+        kept = self._cache_for == k and self._cache is not None and reader is not None and reader[0] == k
+        self._source = (k, self._cache, self._cached) if kept else None
+        self._cache_for, self._cache, self._cached = None, None, 0
         return rate
 
     @property
