@@ -65,6 +65,7 @@ STEPS: tuple[Step, ...] = (
          "cpu", 1.0),
     Step(("classic-cifar",), "python benchmarks/bench_classic_cifar.py", "cpu", 0.5),
     Step(("maxpool-methods",), "python benchmarks/bench_maxpool.py", "cpu", 0.7),
+    Step(("timm-real-size",), "python benchmarks/bench_timm_size.py", "cpu", 0.6),
     Step(("readme-outputs",), "python benchmarks/readme_outputs.py", "cpu", 0.2),
 )
 # not a RESULTS.md section: readme_outputs.py rewrites README.md's <!-- output: --> blocks
