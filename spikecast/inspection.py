@@ -43,7 +43,7 @@ import torch.fx as fx
 from spikecast.convert.spiking import to_spiking
 from spikecast.errors import UnsupportedSite
 from spikecast.graph import ops
-from spikecast.graph.normalize import find_unsupported, fresh_copy, normalize, time_varying_nodes
+from spikecast.graph.normalize import MAXPOOL_REWRITES, find_unsupported, fresh_copy, normalize, time_varying_nodes
 from spikecast.graph.sites import SITES
 from spikecast.graph.trace import module_path, op_name, trace
 from spikecast.models import ModelLike, default_input_shape, resolve_model
@@ -258,6 +258,9 @@ def _describe(gm: fx.GraphModule, node: fx.Node, varying: set[fx.Node], bad: dic
             return NEURON, "bipolar IF neuron (spike input of a weighted layer that reads an analog value)", \
                 None, site.name
         clip = f", clip {site.upper:g}" if site.upper is not None else ""
+        if str(site.op).startswith("max-pool decomposition"):  # one relu(a - b) of max(a, b) = b + relu(a - b)
+            return NEURON, f"IF neuron of an exact max-pool decomposition max(a, b) = b + relu(a - b) " \
+                           f"({site.op.partition(', ')[2]}; threshold from calibration)", None, site.name
         return NEURON, f"IF neuron (threshold from calibration{clip})", None, site.name
     if node.name in bad:
         if compensate:
@@ -302,7 +305,7 @@ def _pool_move(meta: dict) -> str:
 def inspect(model: ModelLike, input_shape: Optional[Sequence[int]] = None, example: Optional[torch.Tensor] = None,
             checkpoint: Optional[Union[str, Path]] = None, pretrained: Optional[bool] = None,
             encoding: str = "analog", compensate: bool = True, trust_checkpoint: bool = False,
-            target: Optional[str] = None) -> InspectionReport:
+            target: Optional[str] = None, maxpool: str = "moved") -> InspectionReport:
     """Trace and normalise ``model`` and report what conversion will do with every operation.
 
     Args:
@@ -321,6 +324,8 @@ def inspect(model: ModelLike, input_shape: Optional[Sequence[int]] = None, examp
         target: a hardware target (``"speck"``, ``"xylo-audio2"``, ``"xylo-imu"``,
             ``"xylo-audio3"``): ``report.target`` then says, layer by layer,
             what fits it and what does not (:mod:`spikecast.targets`).
+        maxpool: the ``Recipe.maxpool`` method whose rewrite of the max-pools to show (default
+            ``"moved"``, the default recipe's); each pool's row says what was done with it.
 
     Returns:
         An :class:`InspectionReport`; ``report.ok`` is False when any op cannot be converted, and
@@ -329,6 +334,8 @@ def inspect(model: ModelLike, input_shape: Optional[Sequence[int]] = None, examp
     """
     if encoding not in ENCODINGS:
         raise ValueError(f"unknown encoding {encoding!r}; choose one of {ENCODINGS}")
+    if maxpool not in MAXPOOL_REWRITES:
+        raise ValueError(f"unknown maxpool method {maxpool!r}; choose one of {tuple(MAXPOOL_REWRITES)}")
     ann, name = resolve_model(model, checkpoint, bool(pretrained), trust_checkpoint=trust_checkpoint)
     device = next((p.device for p in ann.parameters()), torch.device("cpu"))
     if example is None:
@@ -345,7 +352,7 @@ def inspect(model: ModelLike, input_shape: Optional[Sequence[int]] = None, examp
     else:
         example = example.to(device)
         input_shape = tuple(example.shape[1:])
-    gm = normalize(trace(ann, example[:2]))
+    gm = normalize(trace(ann, example[:2]), maxpool=MAXPOOL_REWRITES[maxpool])
     input_varies = encoding != "analog"
     varying = time_varying_nodes(gm, input_varies)
     offenders = find_unsupported(gm, input_varies)

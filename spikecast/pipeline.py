@@ -25,7 +25,7 @@ from spikecast.data import input_channel_guard
 from spikecast.devices import DeviceLike, resolve_device
 from spikecast.errors import CalibrationError
 from spikecast.export.nir import nir_form
-from spikecast.graph.normalize import normalize
+from spikecast.graph.normalize import MaxpoolRewrite, normalize
 from spikecast.graph.sites import site_nodes
 from spikecast.graph.trace import trace
 from spikecast.models import ModelLike, resolve_model
@@ -49,15 +49,15 @@ def correct(snn: SpikingNetwork, ann_graph: fx.GraphModule, data, config: Correc
     return SpikingNetwork(graph, snn.config, metadata)
 
 
-def prepare(model: torch.nn.Module, example: torch.Tensor, *, maxpool_through_concat: bool = True
+def prepare(model: torch.nn.Module, example: torch.Tensor, *, maxpool: MaxpoolRewrite = MaxpoolRewrite()
             ) -> fx.GraphModule:
     """Trace and normalise ``model`` (stages 1-2), returning the normalised ANN graph
-    (``maxpool_through_concat``: :attr:`Recipe.maxpool_through_concat`).
+    (``maxpool``: :attr:`Recipe.maxpool_rewrite`).
 
     Data with the wrong number of channels is refused with a one-line error naming expected and
     got (not torch's shape error from inside the trace)."""
     with input_channel_guard(model, "the calibration data"):
-        return normalize(trace(model, example[:2]), maxpool_through_concat=maxpool_through_concat)
+        return normalize(trace(model, example[:2]), maxpool=maxpool)
 
 
 def build_snn(graph: fx.GraphModule, images: CalibrationSet, recipe: Recipe, *, source: str,
@@ -179,7 +179,7 @@ def convert(
     if home is not None and home != device:
         ann = copy.deepcopy(ann).to(device)  # the caller's model stays where it is
     images = read_calibration_set(calib, recipe, progress=progress)
-    normalised = prepare(ann, images.images[:2].to(device), maxpool_through_concat=recipe.maxpool_through_concat)
+    normalised = prepare(ann, images.images[:2].to(device), maxpool=recipe.maxpool_rewrite)
     return build_snn(normalised, images, recipe, source=name, device=device, progress=progress, started=started)
 
 

@@ -29,6 +29,7 @@ from spikecast.calibrate.sample import DEFAULT_MAX_IMAGES
 from spikecast.calibrate.thresholds import DEFAULT_PERCENTILE, METHODS, CalibrationConfig
 from spikecast.convert.correction import FORMS, LEVELS, CorrectionConfig
 from spikecast.convert.spiking import NeuronConfig
+from spikecast.graph.normalize import MAXPOOL_REWRITES, MaxpoolRewrite
 from spikecast.nn.encoding import ENCODINGS
 from spikecast.nn.simulation import DEFAULT_BUDGET, SimulationConfig
 from spikecast.quant.reconstruct import ReconstructionConfig
@@ -53,8 +54,10 @@ RECONSTRUCT_MODES = ("auto", "on", "off")
 #: before the neurons, also through channel concatenations (new neurons where a part is also read
 #: unpooled), pooling currents with the spiking max-pool; ``"spikes"`` - a pool of a concatenation
 #: stays after it and pools spikes; ``"gate"`` - as ``"spikes"``, with the gate of Rueckauer et al.
-#: (2017) (the leader's input passes) instead of the increase of the window maximum.
-MAXPOOL_METHODS = ("moved", "spikes", "gate")
+#: (2017) (the leader's input passes) instead of the increase of the window maximum; ``"decompose"`` -
+#: a pool of a concatenation becomes the exact tree ``max(a, b) = b + relu(a - b)`` of new neurons
+#: (``ceil(log2(k*k))`` extra neuron layers per k x k pool).
+MAXPOOL_METHODS = tuple(MAXPOOL_REWRITES)
 AUTO_RECONSTRUCT_LEVELS = 8
 
 #: Old keyword names still accepted (with a DeprecationWarning): they named the wrong stage.
@@ -185,9 +188,10 @@ class Recipe:
         return "charge" if self.reconstructs and self.profile != "nir" else "current"
 
     @property
-    def maxpool_through_concat(self) -> bool:
-        """Whether normalisation moves max-pools through channel concatenations (``maxpool="moved"``)."""
-        return self.maxpool == "moved"
+    def maxpool_rewrite(self) -> MaxpoolRewrite:
+        """How normalisation rewrites max-pools: through channel concatenations for ``"moved"``,
+        the exact decomposition for ``"decompose"``."""
+        return MAXPOOL_REWRITES[self.maxpool]
 
     @property
     def maxpool_mode(self) -> str:

@@ -99,6 +99,18 @@ def test_inspect_cli_names_unsupported_sigmoid(tmp_path, capsys):
     assert "1 compensated" in printed and "convertible" in printed
 
 
+def test_inspect_cli_says_what_each_maxpool_method_does_with_the_pools(capsys):
+    model = "zoo:cifar10-googlenet-small"
+    assert main(["inspect", model]) == 0
+    moved = capsys.readouterr().out
+    assert "moved through the concatenation before new neurons" in moved and "decomposition" not in moved
+    assert main(["inspect", model, "--maxpool", "decompose"]) == 0
+    decomposed = capsys.readouterr().out
+    assert "exact max-pool decomposition max(a, b) = b + relu(a - b) (layer 4 of 4" in decomposed
+    assert main(["inspect", model, "--maxpool", "spikes"]) == 0
+    assert "max-pool: spiking max-pool, stateful" in capsys.readouterr().out
+
+
 def test_inspect_report_lists_every_op():
     namespace: dict = {}
     exec(SIGMOID_MODEL, namespace)

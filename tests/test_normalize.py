@@ -597,6 +597,53 @@ def test_a_pool_of_a_pool_inside_the_spiking_part_is_a_spiking_max_pool_too():
     check_close(model, snn, x[:4], T=512, max_rel=0.05)
 
 
+def _neuron_depth(snn) -> int:
+    """Neuron layers on the longest path from the input to the output (the SNN's latency in layers)."""
+    depth = {}
+    for node in snn.graph_module.graph.nodes:
+        d = max([depth.get(a, 0) for a in node.all_input_nodes] + [0])
+        is_neuron = node.op == "call_module" and isinstance(snn.graph_module.get_submodule(node.target), IFNeuron)
+        depth[node] = d + is_neuron
+    return max(depth.values())
+
+
+def test_maxpool_decomposition_is_exact_in_the_ann_and_costs_neuron_layers(tmp_path):
+    from spikecast.graph.normalize import MAXPOOL_REWRITES
+    from spikecast.pipeline import prepare
+    from spikecast.recipe import recipe_of
+
+    model = ConcatPoolNet().eval()
+    x = torch.rand(16, 3, 8, 8) * 2 - 1
+    gm = prepare(model, x, maxpool=MAXPOOL_REWRITES["decompose"])
+    with torch.no_grad():
+        assert torch.allclose(gm(x), model(x), atol=1e-6)
+    assert _pool_nodes(gm) == []  # both pools of concatenations became max(a, b) = b + relu(a - b) trees
+    names = [gm.get_submodule(n.target).name for n, _ in site_nodes(gm)]
+    # 3x3 window: 9 views -> 5 -> 3 -> 2 -> 1 (4 levels, 8 relus); 2x2: 4 -> 2 -> 1 (2 levels, 3 relus)
+    decomposed = [n for n in names if "@max" in n]
+    assert len(names) == 4 + 8 + 3 and len(decomposed) == 11
+    assert {n.split("@max")[1].split("[")[0] for n in decomposed} == {"1", "2", "3", "4"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        snns = {m: spikecast.convert(model, calib=x, thresholds="max", correction="none", reconstruct="off",
+                                     maxpool=m, progress=False) for m in ("spikes", "decompose")}
+    snn = snns["decompose"]
+    assert recipe_of(snn).maxpool == "decompose"
+    assert not any(isinstance(m, SpikingMaxPool) for m in snn.graph_module.modules())
+    assert len(all_neurons(snn)) == 15
+    assert _neuron_depth(snn) == _neuron_depth(snns["spikes"]) + 4 + 2  # the latency it costs, in layers
+    check_close(model, snn, x[:4], T=512, max_rel=0.05)
+    back = spikecast.load(snn.save(tmp_path / "decomposed"))
+    # (a first call runs step by step, later ones time-batched: equal up to float rounding)
+    assert torch.allclose(back(x[:4], timesteps=16), snn(x[:4], timesteps=16), rtol=0, atol=1e-6)
+    # inspect says what became of each pool
+    report = spikecast.inspect(model, example=x, maxpool="decompose")
+    rows = [r for r in report.rows if "max-pool decomposition" in r.action]
+    assert len(rows) == 11 and any("layer 4 of 4" in r.action for r in rows)
+    with pytest.raises(ValueError, match="maxpool"):
+        spikecast.inspect(model, example=x, maxpool="lateral")
+
+
 def test_maxpool_of_a_concatenation_along_a_pooled_axis_stays():
     class WidthCat(nn.Module):
         def forward(self, x):

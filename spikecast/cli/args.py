@@ -208,7 +208,8 @@ def add_recipe_args(p) -> None:
     p.add_argument("--maxpool", choices=MAXPOOL_METHODS,
                    help="max-pools inside the spiking part: moved (before the neurons, also through channel "
                         "concatenations; pools currents), spikes (a pool of a concatenation pools its spikes), "
-                        f"gate (as spikes, with Rueckauer's gate) (default {r.maxpool})")
+                        "gate (as spikes, with Rueckauer's gate), decompose (a pool of a concatenation becomes "
+                        f"the exact tree max(a, b) = b + relu(a - b) of extra neuron layers) (default {r.maxpool})")
     p.add_argument("--weight-bits", type=positive_int, metavar="B",
                    help="--profile nir: weights and biases on a power-of-two grid of B bits per layer (every NIR "
                         "reader then computes the same membranes bit for bit; 8 = Speck's resolution)")

@@ -10,6 +10,7 @@ from spikecast.cli.common import say
 from spikecast.inspection import inspect
 from spikecast.models import parse_model_ref
 from spikecast.nn.encoding import ENCODINGS
+from spikecast.recipe import MAXPOOL_METHODS
 from spikecast.targets import TARGETS
 
 
@@ -27,6 +28,9 @@ def register(sub, parents) -> None:
     p.add_argument("--target", choices=sorted(TARGETS),
                    help="also check a hardware target: which layers fit its cores, what does not and why "
                         "(exit code 1 when it does not fit)")
+    p.add_argument("--maxpool", choices=MAXPOOL_METHODS, default="moved",
+                   help="the conversion's max-pool method whose rewrite to show (as convert --maxpool; "
+                        "default moved)")
     output = p.add_mutually_exclusive_group()
     output.add_argument("--text", action="store_true", help="aligned text instead of a Markdown table")
     output.add_argument("--json", action="store_true", help="machine-readable JSON")
@@ -37,7 +41,8 @@ def run(args) -> int:
     # weights are not needed for the graph: only the ones asked for are loaded
     report = inspect(parse_model_ref(args.model), input_shape=parse_shape(args.input_shape),
                      checkpoint=args.checkpoint, pretrained=args.pretrained, encoding=args.encoding,
-                     compensate=args.compensate, trust_checkpoint=args.trust_checkpoint, target=args.target)
+                     compensate=args.compensate, trust_checkpoint=args.trust_checkpoint, target=args.target,
+                     maxpool=args.maxpool)
     if args.json:
         say(json.dumps(report.to_dict(), indent=2))
     else:

@@ -8,6 +8,8 @@ Pure passes over ``fx.GraphModule`` (each returns a new module and leaves its in
 * :func:`insert_activation_sites` - every ReLU-like op becomes an :class:`ActivationSite`.
 * :func:`move_maxpool_before_sites` - ``maxpool(relu(x)) == relu(maxpool(x))``; moving the pool
   before the site makes it exact in the SNN.
+* :func:`decompose_maxpools` - (optional) a max-pool of sites written as a tree of
+  ``max(a, b) = b + relu(a - b)`` with new sites: exact in the ANN, extra neuron layers in the SNN.
 * :func:`insert_spike_sites` - a weighted layer that would read an analog value made by a
   non-linear op (GELU, LayerNorm, attention, ...) reads a bipolar site instead, so that every
   weighted layer past the input is driven by spikes.
@@ -21,6 +23,7 @@ from __future__ import annotations
 import copy
 import operator
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Optional, Union
 
 import torch
@@ -252,6 +255,14 @@ _SPATIAL_DIMS = {aten.max_pool1d: 1, aten.max_pool2d: 2, aten.max_pool3d: 3, ate
 def _infer_val(node: fx.Node) -> None:
     """Set ``node.meta["val"]`` (shape and dtype, on the meta device) from its inputs' values, for a
     node a pass created (later passes read shapes and tell tensors from sizes by it)."""
+    vals = [a.meta.get("val") for a in node.all_input_nodes]
+    fake_mode = next((v.fake_mode for v in vals if hasattr(v, "fake_mode")), None)
+    if fake_mode is not None:  # the fake tensors of torch.export, with their symbolic batch size
+        args, kwargs = fx.node.map_arg((node.args, node.kwargs), lambda a: a.meta.get("val"))
+        with fake_mode:
+            node.meta["val"] = node.target(*args, **kwargs)
+        return
+
     def meta(arg):
         val = arg.meta.get("val")
         if isinstance(val, torch.Tensor):
@@ -364,6 +375,119 @@ def move_maxpool_before_sites(gm: fx.GraphModule, *, through_concat: bool = True
         if f"sites.{key}" not in used:
             delattr(gm.sites, key)
     return gm
+
+
+def _pool_geometry(pool: fx.Node) -> Optional[tuple[tuple[int, int], tuple[int, int], tuple[int, int]]]:
+    """``(kernel, stride, padding)`` of a plain 2-D max-pool (dilation 1, no ceil mode), else None."""
+    if ops.packet(pool) not in (aten.max_pool2d, aten.max_pool2d_with_indices):
+        return None
+    names = ("kernel_size", "stride", "padding", "dilation", "ceil_mode")
+    given = dict(zip(names, pool.args[1:]), **pool.kwargs)
+
+    def pair(v, default):
+        v = default if v is None or (isinstance(v, (list, tuple)) and not v) else v
+        v = [int(v)] * 2 if isinstance(v, int) else [int(e) for e in v]
+        return (v[0], v[0]) if len(v) == 1 else (v[0], v[1])
+
+    kernel = pair(given["kernel_size"], None)
+    stride = pair(given.get("stride"), kernel)
+    padding = pair(given.get("padding"), 0)
+    if pair(given.get("dilation"), 1) != (1, 1) or given.get("ceil_mode", False):
+        return None
+    return kernel, stride, padding
+
+
+def decompose_maxpools(gm: fx.GraphModule) -> fx.GraphModule:
+    """Rewrite each 2-D max-pool of sites (or of channel concatenations of sites) as a tree of
+    ``max(a, b) = b + relu(a - b)``: the window's ``kh * kw`` shifted views, paired level by level,
+    each ``relu(a - b)`` a new :class:`ActivationSite` (``<pool>@max<level>``). Exact in the ANN (its
+    inputs are ReLU outputs, >= 0, so zero padding is -inf padding for the max); in the SNN every
+    level is a layer of neurons: ``ceil(log2(kh * kw))`` layers of delay (4 for 3x3) and
+    ``kh * kw - 1`` neurons per output, each adding its rate error - the known exact alternative to
+    a spiking max-pool (Rueckauer et al. 2017, Sec. 2.2.3; Gao et al. 2023). Pools the SNN runs
+    exactly anyway (moved before a neuron, static input) should be moved first
+    (:func:`move_maxpool_before_sites`); this pass only touches pools whose input is made of sites."""
+    gm = fresh_copy(gm)
+    box = container(gm)
+    taken = set(dict(box.named_children()))
+    for pool in list(gm.graph.nodes):
+        src = _maxpool_input(pool)
+        geometry = _pool_geometry(pool) if src is not None else None
+        if geometry is None or _site_sources(src, 2) is None:
+            continue
+        tuple_output = ops.packet(pool) is aten.max_pool2d_with_indices
+        if tuple_output and any(not (u.target is operator.getitem and u.args[1] == 0) and len(u.users)
+                                for u in pool.users):
+            continue  # the indices are used
+        (kh, kw), (sh, sw), (ph, pw) = geometry
+        val = pool.meta.get("val")
+        out = val[0] if tuple_output else val
+        ho, wo = int(out.shape[-2]), int(out.shape[-1])
+        levels = max(1, (kh * kw - 1).bit_length())
+        base = module_path(pool) or pool.name
+        where = f"exact: decomposed into {levels} neuron layer{'s' if levels > 1 else ''} " \
+                f"({kh * kw - 1} neurons per output)"
+        graph = gm.graph
+        with graph.inserting_before(pool):
+            x = src
+            if ph or pw:
+                x = graph.call_function(aten.constant_pad_nd.default, (src, [pw, pw, ph, ph], 0.0))
+                _infer_val(x)
+            views = []
+            for i in range(kh):
+                for j in range(kw):
+                    v = graph.call_function(aten.slice.Tensor, (x, -2, i, i + sh * (ho - 1) + 1, sh))
+                    _infer_val(v)
+                    v = graph.call_function(aten.slice.Tensor, (v, -1, j, j + sw * (wo - 1) + 1, sw))
+                    _infer_val(v)
+                    views.append(v)
+            level = 0
+            while len(views) > 1:
+                level += 1
+                merged = []
+                for k in range(0, len(views) - 1, 2):
+                    a, b = views[k], views[k + 1]
+                    diff = graph.call_function(aten.sub.Tensor, (a, b))
+                    _infer_val(diff)
+                    name = f"{base}@max{level}[{k // 2}]"
+                    key = attr_name(name, taken)
+                    taken.add(key)
+                    box.add_module(key, ActivationSite(name, op=f"max-pool decomposition, layer {level} of {levels}"))
+                    relu = graph.call_module(f"{SITES_PREFIX}{key}", (diff,))
+                    relu.meta["val"] = diff.meta["val"]
+                    relu.meta.setdefault("spikecast", {})["maxpool"] = where
+                    m = graph.call_function(aten.add.Tensor, (b, relu))
+                    _infer_val(m)
+                    merged.append(m)
+                if len(views) % 2:
+                    merged.append(views[-1])
+                views = merged
+        result = views[0]
+        result.meta.setdefault("spikecast", {})["maxpool"] = where
+        if tuple_output:
+            for user in list(pool.users):
+                if user.target is operator.getitem and user.args[1] == 0:
+                    user.replace_all_uses_with(result)
+        else:
+            pool.replace_all_uses_with(result)
+    return _finish(gm)
+
+
+@dataclass(frozen=True)
+class MaxpoolRewrite:
+    """How :func:`normalize` rewrites the max-pools of sites (``Recipe.maxpool`` resolves to one)."""
+
+    #: move pools through channel concatenations of sites (:func:`move_maxpool_before_sites`)
+    through_concat: bool = True
+    #: decompose the pools of sites left after the move (:func:`decompose_maxpools`)
+    decompose: bool = False
+
+
+#: The rewrite of each ``Recipe.maxpool`` method (``"spikes"`` and ``"gate"`` differ only in the
+#: spiking max-pool the converter puts where pools stay on spikes).
+MAXPOOL_REWRITES = {"moved": MaxpoolRewrite(through_concat=True), "spikes": MaxpoolRewrite(through_concat=False),
+                    "gate": MaxpoolRewrite(through_concat=False),
+                    "decompose": MaxpoolRewrite(through_concat=False, decompose=True)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -481,14 +605,15 @@ def unsupported_reason(node: fx.Node, varying: set[fx.Node]) -> Optional[str]:
 
 
 # --------------------------------------------------------------------------------------------
-def normalize(gm: fx.GraphModule, *, maxpool_through_concat: bool = True) -> fx.GraphModule:
+def normalize(gm: fx.GraphModule, *, maxpool: MaxpoolRewrite = MaxpoolRewrite()) -> fx.GraphModule:
     """Run all normalisation passes: identities, BN folding, activation sites, max-pool order
-    (``maxpool_through_concat``: see :func:`move_maxpool_before_sites`), spike inputs of weighted
-    layers."""
+    (``maxpool``: see :class:`MaxpoolRewrite`), spike inputs of weighted layers."""
     gm = remove_identities(gm)
     gm = fold_batchnorm(gm)
     gm = insert_activation_sites(gm)
-    gm = move_maxpool_before_sites(gm, through_concat=maxpool_through_concat)
+    gm = move_maxpool_before_sites(gm, through_concat=maxpool.through_concat)
+    if maxpool.decompose:
+        gm = decompose_maxpools(gm)
     gm = insert_spike_sites(gm)
     return gm
 

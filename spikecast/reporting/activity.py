@@ -370,7 +370,7 @@ def measure_activity(ann: torch.nn.Module, snn: SpikingNetwork, data, timesteps:
     ann_state = ModuleState(ann)
     try:
         ann_state.use(device)
-        ann_graph = prepare(ann, x[:2], maxpool_through_concat=recipe_of(snn).maxpool_through_concat)
+        ann_graph = prepare(ann, x[:2], maxpool=recipe_of(snn).maxpool_rewrite)
         ann_acts: dict[str, torch.Tensor] = {}
         hooks = [site.register_forward_hook(lambda m, a, out, key=site.name: ann_acts.__setitem__(key, out.detach()))
                  for _, site in site_nodes(ann_graph)]

@@ -255,7 +255,7 @@ def _place(module: nn.Module, device: DeviceLike) -> tuple[nn.Module, torch.devi
 def _finetune_qcfs(ann: nn.Module, name: str, train_data, run: _Run, placed: tuple[nn.Module, torch.device]):
     config, recipe, images = run.config, run.recipe, run.images
     ann, device = placed
-    normalised = prepare(ann, images.images[:2].to(device), maxpool_through_concat=recipe.maxpool_through_concat)
+    normalised = prepare(ann, images.images[:2].to(device), maxpool=recipe.maxpool_rewrite)
     calibrated, stats = calibrate(normalised, images, recipe.calibration_config(), progress=run.progress,
                                   device=device)
     if not stats:
