@@ -38,16 +38,14 @@ from pathlib import Path
 
 import torch
 
+from spikecast.paths import shared_dir
+
 import results_file
 from bench_speed import interleaved, peak_memory_mb, slug, spikingjelly_recipe, with_config
 
 MODELS = ("resnet50", "vit_small_patch16_224")
 SJ = "SpikingJelly 2.0, default settings"
 TARGET_SECONDS = {"resnet50": 600}  # issue 17: default-recipe conversion with 512 images <= 10 minutes
-
-
-def shared() -> Path:
-    return Path(os.environ.get("SPIKECAST_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 
 
 def loader(split: str, images: int, batch: int, workers: int):
@@ -58,7 +56,7 @@ def loader(split: str, images: int, batch: int, workers: int):
     tf = transforms.Compose([transforms.Resize(224, interpolation=transforms.InterpolationMode.BILINEAR),
                              transforms.ToTensor(),
                              transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
-    folder = datasets.ImageFolder(str(shared() / "data" / "cifar10-jpeg" / split), transform=tf)
+    folder = datasets.ImageFolder(str(shared_dir() / "data" / "cifar10-jpeg" / split), transform=tf)
     index = torch.randperm(len(folder), generator=torch.Generator().manual_seed(0))[:images].tolist()
     return torch.utils.data.DataLoader(torch.utils.data.Subset(folder, index), batch_size=batch,
                                        num_workers=workers, shuffle=False)

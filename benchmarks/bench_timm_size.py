@@ -25,14 +25,13 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 import spikecast
+from spikecast.paths import shared_dir
 from spikecast.reporting.report import describe_neurons, neuron_summary
 
 import results_file
@@ -41,17 +40,13 @@ MODELS = {"vgg11_bn": 224, "inception_v3": 299, "densenet121": 224}
 TARGET_T, TARGET_COSINE = 64, 0.999
 
 
-def shared() -> Path:
-    return Path(os.environ.get("SPIKECAST_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-
-
 def loader(split: str, images: int, size: int, mean, std, batch: int, workers: int) -> torch.utils.data.DataLoader:
     """``images`` CIFAR-10 JPEGs of ``split`` (a fixed random subset, seed 0), resized to ``size``."""
     from torchvision import datasets, transforms
 
     tf = transforms.Compose([transforms.Resize(size, interpolation=transforms.InterpolationMode.BILINEAR),
                              transforms.ToTensor(), transforms.Normalize(mean, std)])
-    folder = datasets.ImageFolder(str(shared() / "data" / "cifar10-jpeg" / split), transform=tf)
+    folder = datasets.ImageFolder(str(shared_dir() / "data" / "cifar10-jpeg" / split), transform=tf)
     index = torch.randperm(len(folder), generator=torch.Generator().manual_seed(0))[:images].tolist()
     return torch.utils.data.DataLoader(torch.utils.data.Subset(folder, index), batch_size=batch,
                                        num_workers=workers, shuffle=False)

@@ -135,8 +135,9 @@ class LayerwiseSimulation:
         self._part_state: list[list[StatefulModule]] = [built[n][5] for n in order]
         # per neuron with a shortcut: (index of the neuron whose currents it reads, its shortcut part
         # as above, the part's stateful modules)
+        index = {n: i for i, n in enumerate(order)}
         self._shortcuts: dict[int, tuple[int, tuple, list[StatefulModule]]] = {
-            order.index(n): (order.index(j), short[:4], short[5]) for n, (j, short) in shortcuts.items()}
+            index[n]: (index[j], short[:4], short[5]) for n, (j, short) in shortcuts.items()}
         # the currents neuron j kept, handed to the neuron that reads them: (j, cache, images filled)
         self._source: Optional[tuple[int, torch.Tensor, int]] = None
         # last neuron index whose subgraph reads each recorded train
@@ -282,18 +283,18 @@ class LayerwiseSimulation:
             for t0, t1 in chunks:
                 yield t0, t1, current.expand(t1 - t0, *current.shape[1:])
         else:
+            inputs, stateful, source = self._parts[k][1], self._part_state[k], None
             shortcut = self._shortcut(k, sl)
-            inputs = self._parts[k][1]
             if shortcut is not None:
                 part, inputs, stateful, source = shortcut
             encoder = None
             if self.encoding == "poisson":
                 encoder = PoissonEncoder(self.simulation.input_scale, self.simulation.encoding_seed)
                 encoder.start(self.x[sl])
-            for m in (self._part_state[k] if shortcut is None else stateful):
+            for m in stateful:
                 m.reset()
             for t0, t1 in chunks:
-                values = self._inputs(inputs, sl, t0, t1, encoder, None if shortcut is None else source)
+                values = self._inputs(inputs, sl, t0, t1, encoder, source)
                 current = part(t1 - t0, values[0], values[1:], sl.stop - sl.start)
                 keep = keep and self._keep(current, sl, t0, t1, length=self.timesteps)
                 yield t0, t1, current

@@ -252,6 +252,21 @@ _SPATIAL_DIMS = {aten.max_pool1d: 1, aten.max_pool2d: 2, aten.max_pool3d: 3, ate
                  aten.adaptive_max_pool2d: 2}
 
 
+def _indices_used(pool: fx.Node) -> bool:
+    """Whether anything reads the indices of a ``max_pool2d_with_indices`` (its output 1)."""
+    return any(not (u.target is operator.getitem and u.args[1] == 0) and len(u.users) for u in pool.users)
+
+
+def _replace_pool_values(pool: fx.Node, tuple_output: bool, value: fx.Node) -> None:
+    """Make every reader of ``pool``'s pooled values (``pool`` itself, or its output 0) read ``value``."""
+    if not tuple_output:
+        pool.replace_all_uses_with(value)
+        return
+    for user in list(pool.users):
+        if user.target is operator.getitem and user.args[1] == 0:
+            user.replace_all_uses_with(value)
+
+
 def _infer_val(node: fx.Node) -> None:
     """Set ``node.meta["val"]`` (shape and dtype, on the meta device) from its inputs' values, for a
     node a pass created (later passes read shapes and tell tensors from sizes by it)."""
@@ -355,19 +370,9 @@ def move_maxpool_before_sites(gm: fx.GraphModule, *, through_concat: bool = True
             _infer_val(cat)
             return cat
 
-        if tuple_output:
-            for user in list(pool.users):
-                if user.target is operator.getitem and user.args[1] == 0:
-                    continue
-                if len(user.users):
-                    raise ValueError(f"max-pool indices are used at {module_path(pool)}; cannot reorder")
-        replacement = rebuild(tree, src, len(src.users) == 1)
-        if tuple_output:
-            for user in list(pool.users):
-                if user.target is operator.getitem and user.args[1] == 0:
-                    user.replace_all_uses_with(replacement)
-        else:
-            pool.replace_all_uses_with(replacement)
+        if tuple_output and _indices_used(pool):
+            raise ValueError(f"max-pool indices are used at {module_path(pool)}; cannot reorder")
+        _replace_pool_values(pool, tuple_output, rebuild(tree, src, len(src.users) == 1))
     gm = _finish(gm)
     # drop site modules that lost their last call
     used = {n.target for n, _ in site_nodes(gm)}
@@ -416,17 +421,14 @@ def decompose_maxpools(gm: fx.GraphModule) -> fx.GraphModule:
         if geometry is None or _site_sources(src, 2) is None:
             continue
         tuple_output = ops.packet(pool) is aten.max_pool2d_with_indices
-        if tuple_output and any(not (u.target is operator.getitem and u.args[1] == 0) and len(u.users)
-                                for u in pool.users):
-            continue  # the indices are used
+        if tuple_output and _indices_used(pool):
+            continue
         (kh, kw), (sh, sw), (ph, pw) = geometry
         val = pool.meta.get("val")
         out = val[0] if tuple_output else val
         ho, wo = int(out.shape[-2]), int(out.shape[-1])
         levels = max(1, (kh * kw - 1).bit_length())
         base = module_path(pool) or pool.name
-        where = f"exact: decomposed into {levels} neuron layer{'s' if levels > 1 else ''} " \
-                f"({kh * kw - 1} neurons per output)"
         graph = gm.graph
         with graph.inserting_before(pool):
             x = src
@@ -455,21 +457,13 @@ def decompose_maxpools(gm: fx.GraphModule) -> fx.GraphModule:
                     box.add_module(key, ActivationSite(name, op=f"max-pool decomposition, layer {level} of {levels}"))
                     relu = graph.call_module(f"{SITES_PREFIX}{key}", (diff,))
                     relu.meta["val"] = diff.meta["val"]
-                    relu.meta.setdefault("spikecast", {})["maxpool"] = where
                     m = graph.call_function(aten.add.Tensor, (b, relu))
                     _infer_val(m)
                     merged.append(m)
                 if len(views) % 2:
                     merged.append(views[-1])
                 views = merged
-        result = views[0]
-        result.meta.setdefault("spikecast", {})["maxpool"] = where
-        if tuple_output:
-            for user in list(pool.users):
-                if user.target is operator.getitem and user.args[1] == 0:
-                    user.replace_all_uses_with(result)
-        else:
-            pool.replace_all_uses_with(result)
+        _replace_pool_values(pool, tuple_output, views[0])
     return _finish(gm)
 
 
