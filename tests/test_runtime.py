@@ -291,3 +291,56 @@ def test_peak_memory_is_flat_in_T(tmp_path):
         growth = {k: (r["hwm_kib"] - r["base_kib"]) / 1024 for k, r in res.items()}
         assert growth["T256"] < growth["T16"] + 16, growth  # 240 more steps: < 16 activations more
         assert growth["T256-leak"] > growth["T256"] + 200, growth
+
+
+# ---------------------------------------------------------------------------- compact spike counts
+def test_a_byte_count_gives_the_float_counts_values():
+    """A signed neuron whose net count climbs past 128 and is taken back: the uint8 count
+    (reserved 255 steps) fires exactly the spikes of the float32 count, in place and as a pure step."""
+    from spikecast.nn.neuron import COMPACT_COUNT, IFNeuron
+
+    g = torch.Generator().manual_seed(1)
+    theta = torch.rand(5, generator=g) + 0.5
+    up = 1 + 0.01 * torch.rand(140, 5, generator=g)  # fires every step: the count reaches 140
+    mixed = torch.randn(40, 5, generator=g)  # around zero: fires and retracts
+    down = -1.5 * torch.ones(COMPACT_COUNT - 180, 5)  # takes spikes back every step
+    currents = torch.cat([up, mixed, down]) * theta
+    compact, wide = IFNeuron(theta, signed=True), IFNeuron(theta, signed=True)
+    compact.reserve_steps(COMPACT_COUNT)
+    highest = 0.0
+    for c in currents[:-1]:
+        assert torch.equal(compact(c), wide(c))
+        highest = max(highest, float(wide.emitted.max()))
+    assert compact.emitted.dtype == torch.uint8 and wide.emitted.dtype == torch.float32
+    assert torch.equal(compact.emitted.float(), wide.emitted) and torch.equal(compact.v, wide.v)
+    assert highest >= 140 and float(wide.emitted.min()) < 100  # the byte's top bit was used, then cleared
+    # the last step as a pure function of the uint8 state
+    out, (v, emitted) = compact.step(currents[-1], compact.get_state())
+    assert emitted.dtype == torch.uint8 and torch.equal(out, wide(currents[-1]))
+    assert torch.equal(emitted.float(), wide.emitted) and torch.equal(v, wide.v)
+    # 256 steps could overflow a byte: the count stays float32
+    compact.reset()
+    compact.reserve_steps(COMPACT_COUNT + 1)
+    compact(currents[0])
+    assert compact.emitted.dtype == torch.float32
+
+
+@pytest.mark.parametrize("runtime", ["step by step", "time-batched", "compiled"])
+def test_a_network_run_counts_in_bytes_with_the_same_outputs(model, runtime, monkeypatch):
+    import dataclasses
+
+    from spikecast.nn.neuron import IFNeuron
+
+    snn = convert(model, timesteps=8)  # default recipe: signed neurons
+    assert any(n.signed for n in snn.neurons().values())
+    config = {"step by step": dict(time_batched=False, compiled=False),
+              "time-batched": dict(time_batched=True, compiled=False),
+              "compiled": dict(time_batched=False, compiled=True)}[runtime]
+    net = spikecast.SpikingNetwork(snn.graph_module, dataclasses.replace(snn.config, **config), snn.metadata)
+    compact = net.simulate(X, [8, 40])
+    counts = {n.emitted.dtype for n in net.neurons().values() if n.signed}
+    assert counts == {torch.uint8}
+    monkeypatch.setattr(IFNeuron, "reserve_steps", lambda self, steps: None)  # float32 counts
+    wide = net.simulate(X, [8, 40])
+    assert {n.emitted.dtype for n in net.neurons().values() if n.signed} == {torch.float32}
+    assert all(torch.equal(compact[T], wide[T]) for T in (8, 40))

@@ -313,6 +313,8 @@ def test_network_state_moves_with_the_network():
     snn.to(torch.float64)
     for m in snn.stateful_modules():
         for name, tensor in zip(m.state_names(), m.get_state()):
-            assert tensor.dtype == (torch.int64 if name == "t" else torch.float64), (m, name)
+            # counts stay integers: a step counter, and a signed neuron's spike count (a byte: 4 steps reserved)
+            expected = {"t": torch.int64, "emitted": torch.uint8}.get(name, torch.float64)
+            assert tensor.dtype == expected, (m, name)
     ref = snn.simulate(X[:3].double(), 4)  # a fresh simulation in the new dtype
     assert ref.dtype == torch.float64

@@ -59,6 +59,8 @@ from spikecast.nn.stateful import State, StatefulModule
 # Small tensors (tests, toy models) stay eager, where compiling would cost more than it saves.
 # SPIKECAST_COMPILE=0 turns it off; a failed compile (no C++ compiler) falls back to eager.
 COMPILE_MIN_ELEMENTS = 1 << 20
+# Largest net spike count a signed neuron keeps in a byte (uint8); see IFNeuron.reserve_steps.
+COMPACT_COUNT = 255
 RECOMPILE_LIMIT = 32
 _compile_state: dict = {"enabled": os.environ.get("SPIKECAST_COMPILE", "1") != "0"}
 
@@ -80,15 +82,20 @@ def _binary_zero_step(v, current, bias, theta):
 
 
 # A signed neuron's bookkeeping ``emitted`` is the net number of spikes it sent so far: an exact
-# count (a float tensor, exact below 2^24) rather than a sum of +-theta, which rounds. Not int16: CPU
-# kernels do not vectorise 16-bit integer arithmetic (measured: ResNet-20 steps 1.5-2x slower).
+# count rather than a sum of +-theta, which rounds. Its type: float32 (exact below 2^24), or uint8
+# where the runtime reserved at most 255 steps (:meth:`IFNeuron.reserve_steps`; a count never exceeds
+# the steps run): a step reads and writes one byte of it instead of four per neuron, in steps that
+# are memory-bound (the elementwise kernels of a compiled step). The arithmetic runs in the membrane's float type whatever the
+# count's (never a negative value converted to a byte), and the count is stored back. Not int16:
+# CPU kernels do not vectorise 16-bit integer conversions (measured: 3-4x slower than uint8).
 def _signed_step(v, emitted, current, bias, theta):
     v = v + current + bias
     # take back a spike already sent when the membrane fell below the rounding band [0, theta)
+    count = emitted.to(v.dtype)
     fire = v >= theta
-    retract = (v < 0) & (emitted > 0)
+    retract = (v < 0) & (count > 0)
     out = torch.where(fire, theta, torch.where(retract, -theta, torch.zeros_like(v)))
-    return out, v - out, emitted + fire.to(emitted.dtype) - retract.to(emitted.dtype)
+    return out, v - out, (count + fire.to(v.dtype) - retract.to(v.dtype)).to(emitted.dtype)
 
 
 def _bipolar_step(v, current, bias, theta):
@@ -105,11 +112,12 @@ def _multilevel_step(v, emitted, current, bias, theta, levels: int, bipolar: boo
     if bipolar:
         n = n.clamp(-levels, levels)
     elif emitted is not None:
-        n = torch.minimum(torch.maximum(n, -emitted.clamp(0, levels).to(n.dtype)), torch.full_like(n, levels))
+        n = torch.minimum(torch.maximum(n, -emitted.to(n.dtype).clamp(0, levels)), torch.full_like(n, levels))
     else:
         n = n.clamp(0, levels)
     out = n * theta
-    return out, v - out, (emitted + n.to(emitted.dtype) if emitted is not None else None)
+    # n >= -emitted: the new count is never negative, whatever the count's type (see _signed_step)
+    return out, v - out, ((emitted.to(n.dtype) + n).to(emitted.dtype) if emitted is not None else None)
 
 
 def _scan(step: Callable, states: int, steps: int) -> Callable:
@@ -206,7 +214,7 @@ def _surrogate_step(v, emitted, current, bias, theta, bipolar: bool = False):
     elif emitted is not None:
         retract = _Spike.apply(-v, theta, True) * (emitted > 0).to(v.dtype)
         out = out - theta * retract
-        emitted = emitted + torch.sign(out.detach()).to(emitted.dtype)
+        emitted = (emitted.to(v.dtype) + torch.sign(out.detach())).to(emitted.dtype)
     return out, v - out.detach(), emitted
 
 
@@ -380,6 +388,21 @@ class IFNeuron(StatefulModule):
         self.spike_count = 0.0
         self.neuron_steps = 0.0  # number of (neuron, step) pairs seen, for the firing rate
         self._generator: Optional[torch.Generator] = None
+        self._compact_count = False  # emitted count as uint8 (see reserve_steps)
+
+    def reserve_steps(self, steps: int) -> None:
+        """A signed neuron keeps its net spike count in a byte when it cannot exceed 255 in
+        ``steps`` steps (at most ``levels`` per step): exact, and a quarter of the bytes each step
+        reads and writes. Only the runtime calls this (after :meth:`reset`, without autograd); a
+        neuron driven any other way counts in float32."""
+        self._compact_count = self.signed and 0 < self.levels * int(steps) <= COMPACT_COUNT
+
+    def _first_state(self, current: torch.Tensor) -> State:
+        """The buffered state's first value: :meth:`initial_state`, the count as uint8 when reserved."""
+        state = self.initial_state(current)
+        if self._compact_count:
+            return (state[0], state[1].to(torch.uint8))
+        return state
 
     def state_names(self) -> tuple[str, ...]:
         return ("v", "emitted") if self.signed else ("v",)
@@ -446,7 +469,7 @@ class IFNeuron(StatefulModule):
         as one fused kernel (large layers) or with surrogate gradients (input requires grad)."""
         theta = self.threshold
         if self.v is None:
-            self.set_state(self.initial_state(current))
+            self.set_state(self._first_state(current))
         training = current.requires_grad and torch.is_grad_enabled()
         if training and self.reset_mode == "zero":
             raise NotImplementedError(f"neuron {self.name!r}: surrogate-gradient training of reset='zero' neurons "
@@ -490,9 +513,12 @@ class IFNeuron(StatefulModule):
         if self.bias is not None:
             v.add_(self.bias)
         if self.signed:
+            fire = v >= theta
             retract = (v < 0) & (self.emitted > 0)
-            out = torch.where(v >= theta, theta, torch.where(retract, -theta, 0.0))
-            self.emitted.add_(torch.sign(out).to(self.emitted.dtype))
+            out = torch.where(fire, theta, torch.where(retract, -theta, 0.0))
+            # the count's own type (float32 or uint8): add the spikes sent, then take back the
+            # retracted ones (only where the count is positive: never below zero)
+            self.emitted.add_(fire.to(self.emitted.dtype)).sub_(retract.to(self.emitted.dtype))
         else:
             out = torch.where(v >= theta, theta, 0.0)
         v.sub_(out)
@@ -509,7 +535,7 @@ class IFNeuron(StatefulModule):
         if not fused:
             return super().run_steps(currents)
         if self.v is None:
-            self.set_state(self.initial_state(currents[0]))
+            self.set_state(self._first_state(currents[0]))
         if currents.stride(0) == 0:
             # a constant current (a static input, broadcast over the steps): materialised in the
             # layout of one step (NHWC stays NHWC), so every scan sees dense inputs
@@ -534,7 +560,7 @@ class IFNeuron(StatefulModule):
                 total = out.clone() if total is None else total.add_(out)
             return total
         if self.v is None:
-            self.set_state(self.initial_state(currents[0]))
+            self.set_state(self._first_state(currents[0]))
         kind = self._kind()
         total = torch.zeros_like(currents[0])
         for t in range(0, currents.shape[0], SUM_SCAN_STEPS):

@@ -16,6 +16,9 @@ differences of compensated ops) is used the same way by every runtime:
   fast path, but it must give exactly the values of :meth:`step` (tests/test_stateful.py checks
   every registered type); :meth:`run_steps` is several steps at once (``(steps, batch, ...)`` in
   and out, the time-batched runtime's call), with the same values as as many calls of forward;
+* :meth:`reserve_steps` tells the module how many steps the runtime will run before the next
+  :meth:`reset`, without autograd: a module may then keep its state in a narrower type that is
+  exact for that many steps (a signed neuron's spike count in a byte); by default nothing changes;
 * :meth:`config` / :meth:`from_config` round-trip the module through JSON plus its persistent
   tensors (how :meth:`SpikingNetwork.save` / ``load`` store it, without pickle).
 
@@ -83,6 +86,11 @@ class StatefulModule(nn.Module):
         """Forget the state (call before each simulation)."""
         for name in self.state_buffers:
             setattr(self, name, None)
+
+    def reserve_steps(self, steps: int) -> None:
+        """The runtime will run at most ``steps`` steps from the next state it creates, without
+        autograd (called after :meth:`reset`; :meth:`reset` forgets it). A module may store its state
+        in a narrower type exact for that many steps; the values must not change. Default: nothing."""
 
     def detach_state(self) -> None:
         """Cut the autograd history of the state (truncated backpropagation through time)."""

@@ -140,6 +140,10 @@ class SpikingNetwork(nn.Module):
         if int(timesteps) < 1:
             raise ValueError(f"timesteps must be >= 1, got {timesteps!r}")
         self.reset()
+        if not torch.is_grad_enabled():
+            # the number of steps is known: state types exact for that many (a byte per spike count)
+            for m in self.stateful_modules():
+                m.reserve_steps(int(timesteps))
         if x.dim() == 4 and self.config.channels_last:
             # oneDNN convolutions run without layout reorders on NHWC; everything downstream
             # (neuron state included) inherits the layout.
