@@ -263,6 +263,11 @@ def run_fused(fn: Callable, *args, force: bool = False):
     working C++ compiler) with a step that runs fine eagerly turns compilation off, once, with a
     warning; any other failure of the kernel is raised as is.
     """
+    if torch.compiler.is_compiling():
+        # inside a compiled network step (SimulationConfig.compiled): the outer compiler traces the
+        # step itself and fuses it with the ops around it; a nested compiled kernel would split the
+        # graph there (a graph break) and pass the neuron's output through memory
+        return fn(*args)
     if force or args[0].numel() >= COMPILE_MIN_ELEMENTS:
         kernel = _fused(fn)
         if kernel is not None:
