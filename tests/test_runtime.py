@@ -325,13 +325,18 @@ def test_a_byte_count_gives_the_float_counts_values():
     assert compact.emitted.dtype == torch.float32
 
 
+@pytest.fixture(scope="module")
+def signed_snn(model):
+    return convert(model, timesteps=8)  # default recipe: signed neurons
+
+
 @pytest.mark.parametrize("runtime", ["step by step", "time-batched", "compiled"])
-def test_a_network_run_counts_in_bytes_with_the_same_outputs(model, runtime, monkeypatch):
+def test_a_network_run_counts_in_bytes_with_the_same_outputs(signed_snn, runtime, monkeypatch):
     import dataclasses
 
     from spikecast.nn.neuron import IFNeuron
 
-    snn = convert(model, timesteps=8)  # default recipe: signed neurons
+    snn = signed_snn
     assert any(n.signed for n in snn.neurons().values())
     config = {"step by step": dict(time_batched=False, compiled=False),
               "time-batched": dict(time_batched=True, compiled=False),
