@@ -505,7 +505,9 @@ class IFNeuron(StatefulModule):
         if self.reset_mode == "zero":
             out, self.v = run_fused(_binary_zero_step, self.v, current, bias, theta)
             return self._finish(out)
-        if _compile_state["enabled"] and current.numel() >= COMPILE_MIN_ELEMENTS:
+        # inside a compiled network step every layer takes the pure step (the compiler fuses it; the
+        # in-place path below would make it compute a byte count in integer ops, which it does not vectorise)
+        if _compile_state["enabled"] and (current.numel() >= COMPILE_MIN_ELEMENTS or torch.compiler.is_compiling()):
             if self.signed:
                 out, self.v, self.emitted = run_fused(_signed_step, self.v, self.emitted, current, bias, theta)
             else:
