@@ -40,6 +40,7 @@ import spikecast
 from spikecast.data import TensorBatches
 from spikecast.nn.maxpool import SpikingMaxPool
 from spikecast.recipe import MAXPOOL_METHODS
+from spikecast.reporting.report import neuron_depth
 
 import results_file
 from bench_data import cifar10
@@ -63,16 +64,6 @@ def neuron_outputs(snn: spikecast.SpikingNetwork, x: torch.Tensor) -> dict[str, 
             h.remove()
         snn.reset()
     return sizes
-
-
-def neuron_depth(snn: spikecast.SpikingNetwork) -> int:
-    """Neuron layers on the longest path from the input to the output."""
-    depth: dict = {}
-    for node in snn.graph_module.graph.nodes:
-        d = max([depth.get(a, 0) for a in node.all_input_nodes] + [0])
-        depth[node] = d + (node.op == "call_module" and
-                           isinstance(snn.graph_module.get_submodule(node.target), spikecast.IFNeuron))
-    return max(depth.values())
 
 
 def main() -> None:

@@ -98,3 +98,47 @@ def test_equal_bit_quantised_ann_row_and_not_cheaper_statements(tmp_path):
     assert doc["equal_bit_ann"]["rows"]["4"]["macs"] == 1.01e6
     cheaper = {t: (x["snn_cheaper_than_equal_bit_ann"], x["snn_cheaper_than_ann"]) for t, x in doc["totals"].items()}
     assert cheaper == {"1": (True, True), "4": (False, True), "16": (False, False)}
+
+
+def test_report_says_what_each_maxpool_got_and_what_it_cost(tmp_path, single_thread):
+    """A max-pool of a concatenation of two ReLUs: the default method moves it through the
+    concatenation before the neurons; the decomposition adds neurons and neuron layers."""
+    import warnings
+
+    from torch import nn
+
+    class Pooled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.a, self.b = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(3, 4, 3, padding=1)
+            self.c = nn.Conv2d(8, 6, 3, padding=1)
+            self.fc = nn.Linear(6, 3)
+
+        def forward(self, x):
+            h = torch.cat([torch.relu(self.a(x)), torch.relu(self.b(x))], 1)
+            h = torch.relu(self.c(nn.functional.max_pool2d(h, 2)))
+            return self.fc(h.mean((2, 3)))
+
+    ann = Pooled().eval()
+    x = torch.rand(24, 3, 8, 8)
+    records = {}
+    for method in ("moved", "decompose"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            snn = spikecast.convert(ann, calib=x, maxpool=method, correction="none", timesteps=4, progress=False)
+        report = build_report(ann, snn, (x[:8],), [4], activity_images=0, progress=False)
+        records[method] = rec = report.maxpools
+        assert rec["method"] == method and len(rec["pools"]) >= 1
+        assert rec["neuron_layers"] >= 2
+        paths = spikecast.report(report, tmp_path / method)
+        assert "## Max-pools" in paths["report.md"].read_text() and "<h2>Max-pools</h2>" in paths["report.html"].read_text()
+        assert json.loads(paths["report.json"].read_text())["maxpools"]["method"] == method
+    assert records["moved"]["decomposition_neurons"] == 0 and records["decompose"]["decomposition_neurons"] > 0
+    assert records["decompose"]["neuron_layers"] > records["moved"]["neuron_layers"]
+    assert any("max-pool" in p["action"] for p in records["moved"]["pools"])
+    # no max-pool, no section
+    plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)).eval()
+    snn = spikecast.convert(plain, calib=x, correction="none", timesteps=4, progress=False)
+    report = build_report(plain, snn, (x[:8],), [4], activity_images=0, progress=False)
+    assert report.maxpools is None and "## Max-pools" not in report.markdown()

@@ -35,7 +35,11 @@ from typing import Optional, Sequence, Union
 
 import torch
 
+from spikecast.calibrate.statistics import iterate_inputs
 from spikecast.convert.compensation import compensated_nodes
+from spikecast.errors import SpikecastError
+from spikecast.inspection import MAXPOOL_SPIKING, NEURON, inspect
+from spikecast.nn.neuron import IFNeuron
 from spikecast.recipe import calibration_set_of, recipe_of
 from spikecast.reporting.activity import MAC_CONVENTION, ActivityReport, EnergyModel, equal_bits, measure_activity
 from spikecast.runtime.network import SpikingNetwork
@@ -61,6 +65,7 @@ class Report:
     masking: Optional[dict] = None
     snn_metadata: dict = field(default_factory=dict)
     neuron_summary: dict = field(default_factory=dict)  # see neuron_summary()
+    maxpools: Optional[dict] = None  # see maxpool_record(); None when the ANN has no max-pool
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
 
     # ------------------------------------------------------------------ derived numbers
@@ -95,6 +100,7 @@ class Report:
             "masking": _jsonable(self.masking),
             "conversion": _jsonable(self.snn_metadata),
             "neurons": self.neuron_summary,
+            "maxpools": self.maxpools,
             "activity": self.activity.to_dict() if self.activity is not None else None,
         }
         return doc
@@ -199,6 +205,8 @@ class Report:
                                for t, acc in m["accuracy_without"].items())
             lines.append(f"- random spike masking ratio {m['ratio']:g}: {effect}")
         lines += ["", "## Accuracy and cost per timestep budget", "", self.summary_table(), ""]
+        if self.maxpools:
+            lines += ["## Max-pools", "", *describe_maxpools(self.maxpools), ""]
         if self.activity is not None:
             m = self.activity.energy_model
             lines += [f"Energy model: {m.reference}. Activity measured on {self.activity.images} images. "
@@ -268,10 +276,73 @@ def build_report(ann: torch.nn.Module, snn: SpikingNetwork, data, timesteps: Seq
         masking = {"ratio": max(masked.values()), "sites": sorted(masked),
                    "accuracy_without": {str(t): without.snn_accuracy[t] for t in without.timesteps}}
     name = model or str(snn.metadata.get("source", "model"))
+    example = next(iter(iterate_inputs(data)), None)
     return Report(title=title or f"spikecast report: {name}", model=name, data=data_name, validation=result,
                   activity=activity, quantized_ann=dict(quantized_ann or {}), masking=masking,
                   snn_metadata=conversion_record(snn),
-                  neuron_summary=neuron_summary(snn))
+                  neuron_summary=neuron_summary(snn),
+                  maxpools=maxpool_record(ann, snn, example[:2]) if example is not None else None)
+
+
+def neuron_depth(snn: SpikingNetwork) -> int:
+    """Neuron layers on the longest path from the input to the output: the latency, in steps, of
+    the first spike that can reach the output."""
+    depth: dict = {}
+    for node in snn.graph_module.graph.nodes:
+        here = node.op == "call_module" and isinstance(snn.graph_module.get_submodule(node.target), IFNeuron)
+        depth[node] = max([depth[a] for a in node.all_input_nodes] + [0]) + here
+    return max(depth.values(), default=0)
+
+
+def maxpool_record(ann: torch.nn.Module, snn: SpikingNetwork, example: torch.Tensor) -> Optional[dict]:
+    """What the SNN's max-pool method (``Recipe.maxpool``) did with each max-pool of ``ann`` - the
+    rows :func:`spikecast.inspect` gives with that method - and what it cost: the neurons it added
+    (a pooled twin of a neuron whose part is also read unpooled, ``@pooled``; a neuron of an exact
+    decomposition, ``@max``), the spiking max-pools left, and the neuron layers on the longest path.
+    None when ``ann`` has no max-pool."""
+    recipe = recipe_of(snn)
+    device = next((p.device for p in ann.parameters()), torch.device("cpu"))
+    try:
+        found = inspect(ann, example=example.to(device), maxpool=recipe.maxpool, encoding=recipe.encoding,
+                        compensate=recipe.compensate)
+    except SpikecastError as exc:  # the report still stands; the section says why it is missing
+        return {"method": recipe.maxpool, "error": f"{type(exc).__name__}: {exc}"}
+    pools = [{"path": row.path, "node": row.node, "action": row.action} for row in found.rows if "max_pool" in row.op]
+    # a decomposed pool is gone from the graph: its neurons ("max-pool decomposition, layer i of n") stand for it
+    decomposed: dict[str, list] = {}
+    for row in found.rows:
+        if row.kind == NEURON and str(row.op).startswith("max-pool decomposition"):
+            decomposed.setdefault(row.path, []).append(row)
+    for path, rows in decomposed.items():
+        layers = rows[0].op.rpartition(" of ")[2]
+        pools.append({"path": path, "node": rows[0].node,
+                      "action": f"decomposed exactly, max(a, b) = b + relu(a - b): {len(rows)} neuron sites in "
+                                f"{layers} neuron layers"})
+    if not pools:
+        return None
+    added = [row.neuron for row in found.rows if row.kind == NEURON and row.neuron
+             and ("@pooled" in row.neuron or "@max" in row.neuron)]
+    return {"method": recipe.maxpool,
+            "pools": pools,
+            "decomposition_neurons": sum("@max" in name for name in added),
+            "pooled_twin_neurons": sum("@pooled" in name for name in added),
+            "spiking_maxpools": sum(row.kind == MAXPOOL_SPIKING for row in found.rows),
+            "neuron_layers": neuron_depth(snn)}
+
+
+def describe_maxpools(record: dict) -> list[str]:
+    """Markdown lines of :func:`maxpool_record`: the method, its cost, one row per max-pool."""
+    if "error" in record:
+        return [f"Method `{record['method']}`; the ANN could not be inspected ({record['error']})."]
+    lines = [f"Method `{record['method']}` (`Recipe.maxpool`; `spikecast inspect --maxpool M` shows the others). "
+             f"{len(record['pools'])} max-pool{'s' if len(record['pools']) != 1 else ''}; {record['spiking_maxpools']} "
+             "run as stateful spiking max-pools. "
+             f"Neurons the method added: {record['pooled_twin_neurons']} pooled twins (a pool moved before new "
+             f"neurons), {record['decomposition_neurons']} of exact decompositions. Neuron layers on the "
+             f"longest input-output path: {record['neuron_layers']}.", "",
+             "| module | node | what conversion did |", "|---|---|---|"]
+    lines += [f"| {p['path'] or '-'} | {p['node']} | {p['action']} |" for p in record["pools"]]
+    return lines
 
 
 def conversion_record(snn: SpikingNetwork) -> dict:
@@ -461,6 +532,10 @@ def _html(report: Report, pngs: dict[str, bytes]) -> str:
                   _md_table_to_html(report.energy_table()),
                   "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in report.energy_verdicts()) + "</ul>",
                   "<h2>Per-layer firing rate and error</h2>", _md_table_to_html(report.layer_table())]
+    if report.maxpools:
+        intro, *table = describe_maxpools(report.maxpools)
+        parts += ["<h2>Max-pools</h2>", f"<p class='meta'>{html.escape(intro)}</p>",
+                  _md_table_to_html("\n".join(table))]
     if report.snn_metadata:
         parts += ["<h2>Conversion settings</h2>",
                   f"<pre>{html.escape(json.dumps(_jsonable(report.snn_metadata), indent=1)[:20000])}</pre>"]
