@@ -43,7 +43,7 @@ from spikecast.nn.neuron import IFNeuron
 from spikecast.recipe import calibration_set_of, recipe_of
 from spikecast.reporting.activity import MAC_CONVENTION, ActivityReport, EnergyModel, equal_bits, measure_activity
 from spikecast.runtime.network import SpikingNetwork
-from spikecast.validate import DEFAULT_TIMESTEPS, ValidationResult, validate
+from spikecast.validate import DEFAULT_TIMESTEPS, ModuleState, ValidationResult, validate
 
 REPORT_FORMAT = "spikecast-report"
 SCHEMA_VERSION = 1
@@ -302,11 +302,14 @@ def maxpool_record(ann: torch.nn.Module, snn: SpikingNetwork, example: torch.Ten
     None when ``ann`` has no max-pool."""
     recipe = recipe_of(snn)
     device = next((p.device for p in ann.parameters()), torch.device("cpu"))
+    state = ModuleState(ann)  # tracing puts the ANN in eval mode: the caller gets it back as it was
     try:
         found = inspect(ann, example=example.to(device), maxpool=recipe.maxpool, encoding=recipe.encoding,
                         compensate=recipe.compensate)
     except SpikecastError as exc:  # the report still stands; the section says why it is missing
         return {"method": recipe.maxpool, "error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        state.restore()
     pools = [{"path": row.path, "node": row.node, "action": row.action} for row in found.rows if "max_pool" in row.op]
     # a decomposed pool is gone from the graph: its neurons ("max-pool decomposition, layer i of n") stand for it
     decomposed: dict[str, list] = {}
