@@ -38,7 +38,9 @@ import torch
 from spikecast.calibrate.statistics import iterate_inputs
 from spikecast.convert.compensation import compensated_nodes
 from spikecast.errors import SpikecastError
+from spikecast.graph import ops
 from spikecast.inspection import MAXPOOL_SPIKING, NEURON, inspect
+from spikecast.nn.maxpool import SpikingMaxPool
 from spikecast.nn.neuron import IFNeuron
 from spikecast.recipe import calibration_set_of, recipe_of
 from spikecast.reporting.activity import MAC_CONVENTION, ActivityReport, EnergyModel, equal_bits, measure_activity
@@ -276,12 +278,21 @@ def build_report(ann: torch.nn.Module, snn: SpikingNetwork, data, timesteps: Seq
         masking = {"ratio": max(masked.values()), "sites": sorted(masked),
                    "accuracy_without": {str(t): without.snn_accuracy[t] for t in without.timesteps}}
     name = model or str(snn.metadata.get("source", "model"))
-    example = next(iter(iterate_inputs(data)), None)
+    # only a network that kept a trace of a max-pool is inspected (a trace of the ANN and one batch read)
+    example = next(iter(iterate_inputs(data)), None) if _has_maxpools(snn) else None
     return Report(title=title or f"spikecast report: {name}", model=name, data=data_name, validation=result,
                   activity=activity, quantized_ann=dict(quantized_ann or {}), masking=masking,
                   snn_metadata=conversion_record(snn),
                   neuron_summary=neuron_summary(snn),
                   maxpools=maxpool_record(ann, snn, example[:2]) if example is not None else None)
+
+
+def _has_maxpools(snn: SpikingNetwork) -> bool:
+    """Whether conversion left a trace of a max-pool in ``snn``: a max-pool op (static or moved), a
+    spiking max-pool, or a neuron of a decomposition. Every max-pool of the ANN leaves one."""
+    gm = snn.graph_module
+    return any(node.op == "call_function" and ops.packet(node) in ops.MAXPOOLS for node in gm.graph.nodes) or \
+        any(isinstance(m, SpikingMaxPool) or (isinstance(m, IFNeuron) and "@max" in m.name) for m in gm.modules())
 
 
 def neuron_depth(snn: SpikingNetwork) -> int:
