@@ -85,8 +85,9 @@ def _binary_zero_step(v, current, bias, theta):
 # count rather than a sum of +-theta, which rounds. Its type: float32 (exact below 2^24), or uint8
 # where the runtime reserved at most 255 steps (:meth:`IFNeuron.reserve_steps`; a count never exceeds
 # the steps run): a step reads and writes one byte of it instead of four per neuron, in steps that
-# are memory-bound (the elementwise kernels of a compiled step). The arithmetic runs in the membrane's float type whatever the
-# count's (never a negative value converted to a byte), and the count is stored back. Not int16:
+# are memory-bound (the elementwise kernels of a compiled step). The arithmetic runs in the
+# membrane's float type whatever the count's (never a negative value converted to a byte), and the
+# count is stored back. Not int16:
 # CPU kernels do not vectorise 16-bit integer conversions (measured: 3-4x slower than uint8).
 def _signed_step(v, emitted, current, bias, theta):
     v = v + current + bias
