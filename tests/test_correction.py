@@ -180,6 +180,52 @@ def test_layerwise_pooled_neurons_read_the_kept_currents_of_their_unpooled_twin(
     assert more - samples == 2 * len(x) * 8
 
 
+class _LinearWork(TorchDispatchMode):
+    """Counts the multiply-adds of every linear layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.macs = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket is aten.linear:
+            self.macs += args[0].numel() * args[1].shape[0]
+        return func(*args, **(kwargs or {}))
+
+
+def test_layerwise_cuts_the_residual_stream_of_a_transformer(monkeypatch):
+    # a transformer's residual stream is no neuron: without cuts, every neuron's input part reaches
+    # back through all earlier blocks, and every block's trains stay alive to the end
+    from test_compensation import TinyViT, X
+
+    model = TinyViT(depth=3).eval()
+    calib = torch.randn(48, 3, 8, 8, generator=torch.Generator().manual_seed(5))
+    snn = spikecast.convert(model, calib=calib, timesteps=8, correction="none", reconstruct="off", progress=False)
+    reference = _site_rates(snn, X, 8)
+
+    def commit_all():
+        sim = LayerwiseSimulation(snn.graph_module, X, 8, snn.config, batch_size=10)  # blocks that do not divide 24
+        work, rates, peak = _LinearWork(), [], 0
+        with work:
+            for k in range(len(sim.nodes)):
+                rates.append(sim.commit(k))
+                peak = max(peak, sim.recorded_bytes)
+        assert sim.recorded_bytes == 0
+        return sim, rates, work.macs, peak
+
+    sim, rates, macs, peak = commit_all()
+    assert len(sim._cut_parts) >= 3  # the stream after each block's attention and MLP
+    for k, rate in enumerate(rates):
+        ref = reference[sim.neuron(k).name]
+        cdim = 2 if ref.dim() == 3 else 1
+        assert torch.allclose(rate, ref.double().mean(dim=[d for d in range(ref.dim()) if d != cdim]), atol=1e-6)
+    monkeypatch.setattr(LayerwiseSimulation, "_find_cuts", lambda self, *a: frozenset())
+    plain, plain_rates, plain_macs, plain_peak = commit_all()
+    assert not plain._cut_parts and plain.bytes_per_image < sim.bytes_per_image  # the estimate counts cuts
+    assert all(torch.allclose(a, b, atol=1e-9) for a, b in zip(rates, plain_rates))
+    assert macs < 0.8 * plain_macs and peak < plain_peak
+
+
 def test_layerwise_blocks_and_step_chunks_do_not_change_results(monkeypatch):
     from spikecast.convert import layerwise
 

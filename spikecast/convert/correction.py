@@ -74,7 +74,7 @@ class CorrectionConfig:
     refine_scales: tuple[float, ...] = (0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.25)
     batch_size: int = 256
     max_images: Optional[int] = None  # at most this many images of the calibration set (None: all of them)
-    memory_budget: int = 2 << 30  # bytes for the recorded spike trains; fewer images if needed
+    memory_budget: int = 2 << 30  # bytes for the recorded spike trains and cuts; fewer images if needed
 
     def __post_init__(self):
         if self.level not in LEVELS:
@@ -214,19 +214,19 @@ def correct_graph(snn_graph: fx.GraphModule, ann_graph: fx.GraphModule, images: 
     def refine_keep(values: int) -> int:
         return min(config.refine_images, max(1, CACHE_BYTES // (T * values * 4)))
 
-    # int8 spike trains of the neurons still needed above: about two live layers at a time (a
-    # residual and the current branch); cap the images so they fit the budget (the sizes from one
-    # image, before the teacher's pass over all of them)
-    _, _, probe, _ = ann_targets(ann_graph, x[:1], config.batch_size, 1, device)
-    per_image = 2 * T * max(int(v[0].numel()) for v in probe.values())
+    # int8 spike trains of the neurons still needed above (about two live layers at a time: a
+    # residual and the current branch) and the float32 cuts of analog paths (see layerwise); cap
+    # the images so they fit the budget (the sizes from one image, before the teacher's pass)
+    sim = LayerwiseSimulation(out, x, T, simulation, config.batch_size)
+    per_image = sim.bytes_per_image
     affordable = max(int(config.memory_budget // max(per_image, 1)), min(len(x), 16))
     if affordable < len(x):
         warnings.warn(f"layer-wise correction at T={T} uses the first {affordable} of {len(x)} calibration images "
-                      f"(spike trains of {per_image / 2**20:.1f} MiB per image; memory_budget="
+                      f"(spike trains and cuts of {per_image / 2**20:.1f} MiB per image; memory_budget="
                       f"{config.memory_budget / 2**30:.1f} GiB)", stacklevel=2)
         x = x[:affordable]
+        sim.keep_first(affordable)
     targets, active, kept, ndims = ann_targets(ann_graph, x, config.batch_size, refine_keep, device)
-    sim = LayerwiseSimulation(out, x, T, simulation, config.batch_size)
     report, silent = [], []
     passes = 1 + config.runs_bias + config.runs_potential + config.runs_refine
     with progress_bar(f"calibration: {config.level} correction (T={T})", len(sim.nodes) * passes, progress) as bar:

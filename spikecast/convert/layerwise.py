@@ -27,12 +27,21 @@ drives the unpooled neuron; in GoogLeNet-style networks that is 40% of the layer
 is simulated right after ``j`` and reads ``j``'s kept currents (the images they hold) instead of
 recomputing the convolution: its *shortcut* part is only what lies between.
 
+No work repeated along an analog path: in a transformer the residual stream is no neuron - each
+block adds its projections' currents to it - so the input part of every neuron would reach back
+through every earlier block to their spike trains (O(n^2) work, and every train kept to the end:
+ViT-S/16 at 224 ran out of 24 GB). A node that the input parts of several neurons compute, that
+contains a weighted layer and no stateful module, is a *cut*: computed once (float32, ``T x images
+x ...``) when the first neuron needs it and read like a recorded train by the parts above it, which
+stop there. Cuts and trains are freed after their last reader.
+
 The results equal those of :meth:`SpikingNetwork.simulate` on the same inputs (every op here acts
 per sample; a convolution over a larger batch may round differently in the last bit).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Iterator, Optional
 
 import torch
@@ -53,6 +62,8 @@ BLOCK_ELEMENTS = 1 << 25
 STEP_CHUNK = 8
 #: Bytes of input currents kept per neuron for its later runs (float32, ``T`` steps per image).
 CACHE_BYTES = 1 << 30
+#: The ops whose recomputation a cut saves (a weighted layer in its part).
+_WEIGHTED = ("conv", "linear", "addmm", "mm", "bmm", "matmul", "einsum", "baddbmm")
 
 
 def _decode(signs: torch.Tensor, amplitude: torch.Tensor) -> torch.Tensor:
@@ -106,7 +117,13 @@ class LayerwiseSimulation:
         sizes = self._sizes()
         neuron_set = set(nodes)
         position = {n: i for i, n in enumerate(nodes)}
+        graph_order = {n: i for i, n in enumerate(self.gm.graph.nodes)}
         built = {node: self._part(node, neuron_set, sizes) for node in nodes}
+        cuts = self._find_cuts(nodes, built, neuron_set)
+        if cuts:
+            built = {node: self._part(node, neuron_set, sizes, boundary=cuts) for node in nodes}
+        self._sizes_per_image = {n.name: sizes.get(n.name, 1) for n in list(nodes) + sorted(cuts, key=str)}
+        self._neuron_names = {n.name for n in nodes}
         # shortcuts: neuron k whose part passes through neuron j's input current (not j's spikes)
         # reads j's kept currents; it runs right after j, which its other inputs must allow
         current_of = {n.args[0]: n for n in nodes if isinstance(n.args[0], fx.Node) and n.args[0] not in neuron_set}
@@ -118,8 +135,10 @@ class LayerwiseSimulation:
             j = sources[0]
             if j in shortcuts or any(src is j for src, _ in shortcuts.values()):
                 continue  # one hand-over per kept cache
-            short = self._part(node, neuron_set, sizes, boundary={j.args[0]})
+            short = self._part(node, neuron_set, sizes, boundary=cuts | {j.args[0]})
             others = [b for b in short[1] if b is not j.args[0] and b.op != "placeholder"]
+            if any(b in cuts for b in others):
+                continue  # a cut is computed when the neuron in graph order first needs it
             if all(b in built[j][1] or position[b] < position[j] for b in others):
                 shortcuts[node] = (j, short)
         order = [n for n in nodes if n not in shortcuts]
@@ -140,12 +159,31 @@ class LayerwiseSimulation:
             index[n]: (index[j], short[:4], short[5]) for n, (j, short) in shortcuts.items()}
         # the currents neuron j kept, handed to the neuron that reads them: (j, cache, images filled)
         self._source: Optional[tuple[int, torch.Tensor, int]] = None
-        # last neuron index whose subgraph reads each recorded train
-        self._last_use: dict[str, int] = {}
+        # per cut: its part (time-batched), the nodes it reads, the largest value per image
+        self._cut_parts: dict[str, tuple[TimeBatchedStep, list[fx.Node], int]] = {}
+        for c in sorted(cuts, key=lambda n: graph_order[n]):
+            part, inputs, members = self._subgraph(c, neuron_set, cuts - {c}, output=c)
+            views_to_reshapes(part.graph)
+            part.recompile()
+            largest = max([sizes.get(n.name, 1) for n in members] + [1])
+            self._cut_parts[c.name] = (TimeBatchedStep(part, varying=[f"in_{b.name}" for b in inputs
+                                                                      if b.op != "placeholder"]), inputs, largest)
+        # the neuron index at which each cut is computed: the first that reads it, directly or
+        # through a later cut (cuts in reverse graph order: their readers come after them)
+        readers: dict[str, list[int]] = {}
         for k, (_, inputs, _, _) in enumerate(self._parts):
             for b in inputs:
-                if b.op != "placeholder":
-                    self._last_use[b.name] = k
+                readers.setdefault(b.name, []).append(k)
+        computed_at: dict[str, int] = {}
+        for name in reversed(list(self._cut_parts)):
+            computed_at[name] = min(readers.get(name, [len(order)]))
+            for b in self._cut_parts[name][1]:
+                readers.setdefault(b.name, []).append(computed_at[name])
+        # last neuron index whose part (or a cut computed for it) reads each recorded train or cut
+        self._last_use: dict[str, int] = {}
+        for name, ks in readers.items():
+            if name in self._neuron_names or name in self._cut_parts:
+                self._last_use[name] = max(ks)
         self._records: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._cache_for: Optional[int] = None  # the neuron whose currents are cached
         self._cache: Optional[torch.Tensor] = None  # (T, images, ...) float32
@@ -187,10 +225,40 @@ class LayerwiseSimulation:
         computed = set(members) - set(inputs) - {node}
         return TimeBatchedStep(part, varying=varying), inputs, largest, static, computed, stateful
 
-    def _subgraph(self, node: fx.Node, neurons: set, boundary: frozenset = frozenset()
-                  ) -> tuple[fx.GraphModule, list[fx.Node], list[fx.Node]]:
+    def _find_cuts(self, nodes: list[fx.Node], built: dict, neurons: set) -> frozenset:
+        """The nodes worth computing once (see the module's docstring): computed by the input parts
+        of two or more neurons, stateless and driven by spike trains up to the trains, with a
+        weighted layer among those ops, no neuron's own input current (a pooled twin reads those
+        through its shortcut) and not the only reader of a node that is a cut already."""
+        if self.encoding == "poisson":
+            return frozenset()  # the input's spikes are drawn per block of images: not shareable
+        shared = Counter(m for node in nodes for m in built[node][4])
+        stateful: set[fx.Node] = set()
+        driven: set[fx.Node] = set()
+        weighted: set[fx.Node] = set()
+        for n in self.gm.graph.nodes:
+            ups = [a for a in n.all_input_nodes if a not in neurons and a.op != "placeholder"]
+            if (n.op == "call_module" and isinstance(self.gm.get_submodule(str(n.target)), StatefulModule)) \
+                    or any(a in stateful for a in ups):
+                stateful.add(n)
+            if any(a in neurons or a in driven for a in n.all_input_nodes):
+                driven.add(n)
+            name = getattr(n.target, "__name__", str(n.target))
+            if (n.op == "call_function" and any(w in name for w in _WEIGHTED)) or any(a in weighted for a in ups):
+                weighted.add(n)
+        inputs_of_neurons = {n.args[0] for n in nodes if isinstance(n.args[0], fx.Node)}
+        candidates = {m for m, count in shared.items()
+                      if count >= 2 and m.op in ("call_function", "call_module") and m in driven
+                      and m in weighted and m not in stateful and m not in inputs_of_neurons}
+        # a node read by a single candidate is computed inside that candidate's part
+        return frozenset(m for m in candidates
+                         if not (len(m.users) == 1 and next(iter(m.users)) in candidates))
+
+    def _subgraph(self, node: fx.Node, neurons: set, boundary: frozenset = frozenset(),
+                  output: Optional[fx.Node] = None) -> tuple[fx.GraphModule, list[fx.Node], list[fx.Node]]:
         """The ops from the recorded trains (and the network input, and the ``boundary`` nodes) to
-        ``node``'s input current: ``(graph module, its inputs in graph order, every node it touches)``."""
+        ``node``'s input current (or to ``output`` itself): ``(graph module, its inputs in graph
+        order, every node it touches)``."""
         needed: set[fx.Node] = set()
         inputs: set[fx.Node] = set()
         stack = list(node.all_input_nodes)
@@ -211,15 +279,20 @@ class LayerwiseSimulation:
             env[b] = graph.placeholder(f"in_{b.name}")
         for n in sorted(needed, key=order.__getitem__):
             env[n] = graph.node_copy(n, lambda a: env[a])
-        graph.output(env[node.args[0]])
+        if output is not None:
+            env[output] = graph.node_copy(output, lambda a: env[a])
+            needed.add(output)
+        graph.output(env[output if output is not None else node.args[0]])
         return (fx.GraphModule(self.gm, graph, class_name="NeuronInput"), inputs_sorted,
-                list(needed) + inputs_sorted + [node])
+                list(needed) + inputs_sorted + ([] if output is not None else [node]))
 
     # ------------------------------------------------------------------ blocks of images and steps
     def _blocks(self, k: int, n: int) -> Iterator[tuple[slice, list[tuple[int, int]]]]:
         """``(images, step chunks)``: blocks of images, run in chunks of at most :data:`STEP_CHUNK`
         steps with at most :data:`BLOCK_ELEMENTS` values per tensor."""
-        largest = self._parts[k][2]
+        return self._blocks_for(self._parts[k][2], n)
+
+    def _blocks_for(self, largest: int, n: int) -> Iterator[tuple[slice, list[tuple[int, int]]]]:
         T = self.timesteps
         steps = max(1, min(STEP_CHUNK, T, BLOCK_ELEMENTS // largest))
         images = max(1, min(self.batch_size, BLOCK_ELEMENTS // (steps * largest)))
@@ -246,7 +319,10 @@ class LayerwiseSimulation:
                                   if x.dim() == 4 and self.channels_last else x)
             else:
                 signs, amplitude = self._records[b.name]
-                values.append(run_fused(_decode, signs[t0:t1, sl], amplitude))
+                if amplitude is None:  # a cut: its values
+                    values.append(signs[t0:t1, sl])
+                else:
+                    values.append(run_fused(_decode, signs[t0:t1, sl], amplitude))
         return values
 
     def _shortcut(self, k: int, sl: slice) -> Optional[tuple]:
@@ -276,6 +352,7 @@ class LayerwiseSimulation:
                     yield t0, t1, self._cache[t0:t1, sl]
             return
         keep = sl.start <= self._cached
+        self._compute_cuts(self._parts[k][1])
         if static:  # one step's current, the same at every step
             values = self._inputs(self._parts[k][1], sl, 0, 1, None)
             current = part(1, values[0], values[1:], sl.stop - sl.start)
@@ -368,14 +445,49 @@ class LayerwiseSimulation:
         steps = blocks[0][1]  # no room for one block: its chunks joined
         return torch.cat(steps) if len(steps) > 1 else steps[0]
 
-    def _record_buffer(self, T: int, like: torch.Tensor) -> torch.Tensor:
+    def _record_buffer(self, T: int, like: torch.Tensor, dtype: torch.dtype = torch.int8) -> torch.Tensor:
         shape = (T, len(self.x)) + tuple(like.shape[1:])
         if like.dim() == 4 and self.channels_last:
             # stored as (T, N, H, W, C) and viewed as (T, N, C, H, W): every step's slice is an NHWC
             # tensor, the layout the convolutions want, so reading it back needs no reorder
             n, c, h, w = shape[1:]
-            return torch.empty((T, n, h, w, c), dtype=torch.int8, device=like.device).permute(0, 1, 4, 2, 3)
-        return torch.empty(shape, dtype=torch.int8, device=like.device)
+            return torch.empty((T, n, h, w, c), dtype=dtype, device=like.device).permute(0, 1, 4, 2, 3)
+        return torch.empty(shape, dtype=dtype, device=like.device)
+
+    def _compute_cuts(self, inputs: list[fx.Node]) -> None:
+        """Compute (once) every cut among ``inputs``: all images, all steps, kept in float32."""
+        for b in inputs:
+            if b.name not in self._cut_parts or b.name in self._records:
+                continue
+            part, reads, largest = self._cut_parts[b.name]
+            self._compute_cuts(reads)
+            missing = [r.name for r in reads if r.op != "placeholder" and r.name not in self._records]
+            if missing:
+                raise RuntimeError(f"layer-wise simulation: {b.name} reads {missing}, not recorded yet")
+            T, n = self.timesteps, len(self.x)
+            record = None
+            with torch.inference_mode():
+                for sl, chunks in self._blocks_for(largest, n):
+                    for t0, t1 in chunks:
+                        values = self._inputs(reads, sl, t0, t1, None)
+                        out = part(t1 - t0, values[0], values[1:], sl.stop - sl.start)
+                        if record is None:
+                            record = self._record_buffer(T, out[0], out.dtype)
+                        record[t0:t1, sl].copy_(out)
+            self._records[b.name] = (record, None)
+
+    @property
+    def bytes_per_image(self) -> int:
+        """About the most bytes of recorded trains and cuts per image alive at once: two of the
+        largest trains (a residual and the current branch) and two of the largest cuts."""
+        T = self.timesteps
+        trains = max([v for k, v in self._sizes_per_image.items() if k in self._neuron_names] + [1])
+        cuts = max([v for k, v in self._sizes_per_image.items() if k in self._cut_parts] + [0])
+        return 2 * T * trains + 2 * 4 * T * cuts
+
+    def keep_first(self, images: int) -> None:
+        """Simulate the first ``images`` inputs only (before any run)."""
+        self.x = self.x[:int(images)]
 
     def commit(self, k: int) -> torch.Tensor:
         """Record neuron ``k``'s spike train (with its final parameters) for the neurons above it,
