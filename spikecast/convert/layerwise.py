@@ -479,11 +479,12 @@ class LayerwiseSimulation:
     @property
     def bytes_per_image(self) -> int:
         """About the most bytes of recorded trains and cuts per image alive at once: two of the
-        largest trains (a residual and the current branch) and two of the largest cuts."""
+        largest trains (a residual and the current branch) and the two largest cuts (a stream and
+        the next one, computed from it)."""
         T = self.timesteps
         trains = max([v for k, v in self._sizes_per_image.items() if k in self._neuron_names] + [1])
-        cuts = max([v for k, v in self._sizes_per_image.items() if k in self._cut_parts] + [0])
-        return 2 * T * trains + 2 * 4 * T * cuts
+        cuts = sorted(v for k, v in self._sizes_per_image.items() if k in self._cut_parts)[-2:]
+        return 2 * T * trains + 4 * T * sum(cuts)
 
     def keep_first(self, images: int) -> None:
         """Simulate the first ``images`` inputs only (before any run)."""
