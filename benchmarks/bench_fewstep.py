@@ -3,8 +3,9 @@
 ``choose`` (section ``fewstep-validation``): on the first ``--images`` images of the 5,000-image
 validation split (never the test set), CIFAR ResNet-20 and ResNet-32 converted for T=4 with 512
 unlabeled train images: the default recipe without reconstruction, then the settings of the
-label-free path (reconstruction steps, the correction after it, steps of the SNN's distillation),
-each read at T = 4 / 8 / 16. The rule is fixed here: the setting with the highest validation top-1 at T=4,
+label-free path (reconstruction steps, the correction after it, steps of the SNN's distillation,
+and whether the reconstruction starts from one threshold per layer or one per channel), each read
+at T = 4 / 8 / 16. The rule is fixed here: the setting with the highest validation top-1 at T=4,
 averaged over both networks (one recipe for all depths), among the settings whose networks do not fall by
 more than half a point when run for 8 or 16 steps (anytime), fewer steps on a tie. The section says
 whether the library's defaults are the chosen ones.
@@ -42,8 +43,11 @@ import results_file
 from bench_data import cifar10
 
 MODELS = ("cifar10-resnet20", "cifar10-resnet32")
-#: the settings compared: reconstruction steps, correction / form after it, distillation steps
-SETTINGS = ("600:light:charge:0", "600:light:charge:40", "600:light:charge:80", "300:light:charge:80")
+#: the settings compared: reconstruction steps, correction / form after it, distillation steps, and
+#: the thresholds the reconstruction starts from (one per layer, or one per channel)
+SETTINGS = ("600:light:charge:0", "600:light:charge:40", "600:light:charge:80", "300:light:charge:80",
+            "600:light:charge:0:channel", "600:light:charge:80:channel")
+THRESHOLDS = ("layer", "channel")
 #: the targets of issue 16 (full test set): T=4 and T=8 top-1
 ANYTIME_SLACK = 0.005
 TARGETS = {"cifar10-resnet20": {4: 0.78, 8: 0.80}, "cifar10-resnet32": {4: 0.795, 8: 0.815}}
@@ -116,23 +120,28 @@ def choose(args, run) -> None:
         rows.append(f"| {name} | no reconstruction | {plain.correction_used} / {plain.correction_form_used} | - | "
                     + " | ".join(pct(acc[t]) for t in columns) + f" | {c['seconds']:.0f} s |")
         normalised = prepare(ann, x_cal[:2])
-        calibrated, stats = calibrate(normalised, images, default.calibration_config(), progress=False)
-        trained, corrected = {}, {}
-        for steps, corr, form, distill_steps in settings:
-            key = f"{name}/steps={steps}/{corr}/{form}/distill={distill_steps}"
+        calibrations, trained, corrected = {}, {}, {}
+        for steps, corr, form, distill_steps, thresholds in settings:
+            key = f"{name}/steps={steps}/{corr}/{form}/distill={distill_steps}" + (
+                f"/{thresholds}" if thresholds != "layer" else "")
             if cells.get(key) is None:
+                recipe = default.replace(per_channel=thresholds == "channel")
+                if thresholds not in calibrations:
+                    calibrations[thresholds] = calibrate(normalised, images, recipe.calibration_config(),
+                                                         progress=False)
+                calibrated, stats = calibrations[thresholds]
                 t0 = time.perf_counter()
                 config = ReconstructionConfig(steps=steps, distill_steps=distill_steps)
-                if steps not in trained:
-                    trained[steps] = reconstruct(normalised, calibrated, images, T, config, progress=False)
-                graph, record = trained[steps]
-                if (steps, corr, form) not in corrected:
+                if (steps, thresholds) not in trained:
+                    trained[(steps, thresholds)] = reconstruct(normalised, calibrated, images, T, config, progress=False)
+                graph, record = trained[(steps, thresholds)]
+                if (steps, corr, form, thresholds) not in corrected:
                     t1 = time.perf_counter()
-                    recipe = default.replace(correction=corr, correction_form=form, reconstruct_steps=steps)
-                    corrected[(steps, corr, form)] = (
+                    recipe = recipe.replace(correction=corr, correction_form=form, reconstruct_steps=steps)
+                    corrected[(steps, corr, form, thresholds)] = (
                         build_snn(graph, images, recipe, source=name, calibrated=True, stats=stats, progress=False),
                         time.perf_counter() - t1)
-                snn, correction_s = corrected[(steps, corr, form)]
+                snn, correction_s = corrected[(steps, corr, form, thresholds)]
                 distill_s = 0.0
                 if distill_steps:
                     snn, distilled = distill(snn, normalised, images, config, progress=False)
@@ -142,8 +151,9 @@ def choose(args, run) -> None:
             c = cells.get(key)
             acc = {int(k): v for k, v in c["acc"].items()}
             seconds = c["reconstruction_s"] + c["correction_s"] + c["distill_s"]
-            scores.setdefault((steps, corr, form, distill_steps), []).append(acc)
-            rows.append(f"| {name} | reconstruction {steps} steps | {corr} / {form} | {distill_steps} | "
+            scores.setdefault((steps, corr, form, distill_steps, thresholds), []).append(acc)
+            rows.append(f"| {name} | reconstruction {steps} steps, thresholds per {thresholds} | {corr} / {form} | "
+                        f"{distill_steps} | "
                         + " | ".join(pct(acc[t]) for t in columns) + f" | {seconds:.0f} s |")
             print(rows[-1], flush=True)
     # anytime: a setting whose network falls by more than ANYTIME_SLACK when run longer is not eligible
@@ -151,9 +161,11 @@ def choose(args, run) -> None:
     eligible = {k: v for k, v in complete.items()
                 if all(min(a[t] for t in columns if t > T) >= a[T] - ANYTIME_SLACK for a in v)}
     mean = {k: sum(a[T] for a in v) / len(models) for k, v in complete.items()}
-    # highest mean at T; on a tie the cheaper setting (fewer reconstruction, then distillation steps)
-    best = max(eligible, key=lambda k: (round(mean[k], 6), -k[0], -k[3])) if eligible else None
-    library = (default.reconstruct_steps, default.correction_used, default.correction_form_used, default.distill_steps)
+    # highest mean at T; on a tie the cheaper setting (fewer reconstruction, then distillation steps,
+    # then thresholds per layer)
+    best = max(eligible, key=lambda k: (round(mean[k], 6), -k[0], -k[3], k[4] == "layer")) if eligible else None
+    library = (default.reconstruct_steps, default.correction_used, default.correction_form_used, default.distill_steps,
+               "channel" if default.per_channel else "layer")
     if best is None:
         verdict = "**no setting is anytime on every network: nothing is chosen**"
     elif library == best:
@@ -182,15 +194,20 @@ def choose(args, run) -> None:
     print(body)
 
 
-def parse_setting(text: str) -> tuple[int, str, str, int]:
-    """``STEPS:CORRECTION:FORM:DISTILL`` -> (reconstruction steps, correction, form, distillation steps)."""
-    steps, corr, form, distill_steps = text.split(":")
-    return int(steps), corr, form, int(distill_steps)
+def parse_setting(text: str) -> tuple[int, str, str, int, str]:
+    """``STEPS:CORRECTION:FORM:DISTILL[:THRESHOLDS]`` -> (reconstruction steps, correction, form,
+    distillation steps, thresholds ``layer`` (the default) or ``channel``)."""
+    parts = text.split(":")
+    if len(parts) not in (4, 5) or (len(parts) == 5 and parts[4] not in THRESHOLDS):
+        raise SystemExit(f"bad setting {text!r}: STEPS:CORRECTION:FORM:DISTILL[:layer|channel]")
+    steps, corr, form, distill_steps = parts[:4]
+    return int(steps), corr, form, int(distill_steps), parts[4] if len(parts) == 5 else "layer"
 
 
 def describe(setting) -> str:
-    steps, corr, form, distill_steps = setting
-    return f"reconstruction {steps} steps, correction {corr} / {form}, {distill_steps} distillation steps"
+    steps, corr, form, distill_steps, thresholds = setting
+    return (f"reconstruction {steps} steps from thresholds per {thresholds}, correction {corr} / {form}, "
+            f"{distill_steps} distillation steps")
 
 
 def test(args, run) -> None:
@@ -257,7 +274,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=1000, help="choose: validation images (default 1000)")
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--settings", default=",".join(SETTINGS),
-                        help="choose: STEPS:CORRECTION:FORM:DISTILL settings compared (default: the fixed grid)")
+                        help="choose: STEPS:CORRECTION:FORM:DISTILL[:layer|channel] settings compared "
+                             "(default: the fixed grid)")
     parser.add_argument("--work", default="/tmp/spikecast-bench-fewstep", help="resumable work folder")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-write", action="store_true")
