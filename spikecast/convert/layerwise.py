@@ -184,7 +184,9 @@ class LayerwiseSimulation:
         for name, ks in readers.items():
             if name in self._neuron_names or name in self._cut_parts:
                 self._last_use[name] = max(ks)
-        self._records: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        # per recorded node: a neuron's spike train (int8 spikes per step, amplitude) or a cut's
+        # values (float32, None)
+        self._records: dict[str, tuple[torch.Tensor, Optional[torch.Tensor]]] = {}
         self._cache_for: Optional[int] = None  # the neuron whose currents are cached
         self._cache: Optional[torch.Tensor] = None  # (T, images, ...) float32
         self._cached = 0  # images of the cache filled
@@ -318,11 +320,11 @@ class LayerwiseSimulation:
                     values.append(x.contiguous(memory_format=torch.channels_last)
                                   if x.dim() == 4 and self.channels_last else x)
             else:
-                signs, amplitude = self._records[b.name]
+                recorded, amplitude = self._records[b.name]
                 if amplitude is None:  # a cut: its values
-                    values.append(signs[t0:t1, sl])
+                    values.append(recorded[t0:t1, sl])
                 else:
-                    values.append(run_fused(_decode, signs[t0:t1, sl], amplitude))
+                    values.append(run_fused(_decode, recorded[t0:t1, sl], amplitude))
         return values
 
     def _shortcut(self, k: int, sl: slice) -> Optional[tuple]:
