@@ -49,6 +49,7 @@ import torch.fx as fx
 
 from spikecast.calibrate.statistics import channel_sum
 from spikecast.graph.normalize import views_to_reshapes
+from spikecast.graph.ops import WEIGHTED, packet
 from spikecast.nn.encoding import PoissonEncoder
 from spikecast.nn.neuron import IFNeuron, run_fused
 from spikecast.nn.simulation import SimulationConfig
@@ -62,8 +63,6 @@ BLOCK_ELEMENTS = 1 << 25
 STEP_CHUNK = 8
 #: Bytes of input currents kept per neuron for its later runs (float32, ``T`` steps per image).
 CACHE_BYTES = 1 << 30
-#: The ops whose recomputation a cut saves (a weighted layer in its part).
-_WEIGHTED = ("conv", "linear", "addmm", "mm", "bmm", "matmul", "einsum", "baddbmm")
 
 
 def _decode(signs: torch.Tensor, amplitude: torch.Tensor) -> torch.Tensor:
@@ -122,8 +121,9 @@ class LayerwiseSimulation:
         cuts = self._find_cuts(nodes, built, neuron_set)
         if cuts:
             built = {node: self._part(node, neuron_set, sizes, boundary=cuts) for node in nodes}
-        self._sizes_per_image = {n.name: sizes.get(n.name, 1) for n in list(nodes) + sorted(cuts, key=str)}
-        self._neuron_names = {n.name for n in nodes}
+        # values per image of the largest spike train and of the two largest cuts (the memory estimate)
+        self._largest_train = max([sizes.get(n.name, 1) for n in nodes] + [1])
+        self._largest_cuts = sorted(sizes.get(c.name, 1) for c in cuts)[-2:]
         # shortcuts: neuron k whose part passes through neuron j's input current (not j's spikes)
         # reads j's kept currents; it runs right after j, which its other inputs must allow
         current_of = {n.args[0]: n for n in nodes if isinstance(n.args[0], fx.Node) and n.args[0] not in neuron_set}
@@ -162,12 +162,7 @@ class LayerwiseSimulation:
         # per cut: its part (time-batched), the nodes it reads, the largest value per image
         self._cut_parts: dict[str, tuple[TimeBatchedStep, list[fx.Node], int]] = {}
         for c in sorted(cuts, key=lambda n: graph_order[n]):
-            part, inputs, members = self._subgraph(c, neuron_set, cuts - {c}, output=c)
-            views_to_reshapes(part.graph)
-            part.recompile()
-            largest = max([sizes.get(n.name, 1) for n in members] + [1])
-            self._cut_parts[c.name] = (TimeBatchedStep(part, varying=[f"in_{b.name}" for b in inputs
-                                                                      if b.op != "placeholder"]), inputs, largest)
+            self._cut_parts[c.name] = self._part(c, neuron_set, sizes, cuts - {c}, output=c)[:3]
         # the neuron index at which each cut is computed: the first that reads it, directly or
         # through a later cut (cuts in reverse graph order: their readers come after them)
         readers: dict[str, list[int]] = {}
@@ -181,8 +176,9 @@ class LayerwiseSimulation:
                 readers.setdefault(b.name, []).append(computed_at[name])
         # last neuron index whose part (or a cut computed for it) reads each recorded train or cut
         self._last_use: dict[str, int] = {}
+        neuron_names = {n.name for n in nodes}
         for name, ks in readers.items():
-            if name in self._neuron_names or name in self._cut_parts:
+            if name in neuron_names or name in self._cut_parts:
                 self._last_use[name] = max(ks)
         # per recorded node: a neuron's spike train (int8 spikes per step, amplitude) or a cut's
         # values (float32, None)
@@ -214,10 +210,12 @@ class LayerwiseSimulation:
                 m.reset()
         return interpreter.numel
 
-    def _part(self, node: fx.Node, neurons: set, sizes: dict[str, int], boundary: frozenset = frozenset()) -> tuple:
-        """``node``'s input part: ``(time-batched part, its inputs, largest value per image, static,
-        the nodes it computes, its stateful modules)``; ``boundary``: nodes read as inputs."""
-        part, inputs, members = self._subgraph(node, neurons, boundary)
+    def _part(self, node: fx.Node, neurons: set, sizes: dict[str, int], boundary: frozenset = frozenset(),
+              output: Optional[fx.Node] = None) -> tuple:
+        """``node``'s input part (or the part computing ``output`` itself): ``(time-batched part, its
+        inputs, largest value per image, static, the nodes it computes, its stateful modules)``;
+        ``boundary``: nodes read as inputs."""
+        part, inputs, members = self._subgraph(node, neurons, boundary, output)
         views_to_reshapes(part.graph)
         part.recompile()
         varying = [f"in_{b.name}" for b in inputs if b.op != "placeholder" or self.encoding == "poisson"]
@@ -245,8 +243,7 @@ class LayerwiseSimulation:
                 stateful.add(n)
             if any(a in neurons or a in driven for a in n.all_input_nodes):
                 driven.add(n)
-            name = getattr(n.target, "__name__", str(n.target))
-            if (n.op == "call_function" and any(w in name for w in _WEIGHTED)) or any(a in weighted for a in ups):
+            if (n.op == "call_function" and packet(n) in WEIGHTED) or any(a in weighted for a in ups):
                 weighted.add(n)
         inputs_of_neurons = {n.args[0] for n in nodes if isinstance(n.args[0], fx.Node)}
         candidates = {m for m, count in shared.items()
@@ -483,10 +480,7 @@ class LayerwiseSimulation:
         """About the most bytes of recorded trains and cuts per image alive at once: two of the
         largest trains (a residual and the current branch) and the two largest cuts (a stream and
         the next one, computed from it)."""
-        T = self.timesteps
-        trains = max([v for k, v in self._sizes_per_image.items() if k in self._neuron_names] + [1])
-        cuts = sorted(v for k, v in self._sizes_per_image.items() if k in self._cut_parts)[-2:]
-        return 2 * T * trains + 4 * T * sum(cuts)
+        return 2 * self.timesteps * self._largest_train + 4 * self.timesteps * sum(self._largest_cuts)
 
     def keep_first(self, images: int) -> None:
         """Simulate the first ``images`` inputs only (before any run)."""
