@@ -165,7 +165,7 @@ def choose(args, run) -> None:
     # then thresholds per layer)
     best = max(eligible, key=lambda k: (round(mean[k], 6), -k[0], -k[3], k[4] == "layer")) if eligible else None
     library = (default.reconstruct_steps, default.correction_used, default.correction_form_used, default.distill_steps,
-               "channel" if default.per_channel else "layer")
+               "channel" if default.per_channel_used else "layer")
     if best is None:
         verdict = "**no setting is anytime on every network: nothing is chosen**"
     elif library == best:

@@ -234,7 +234,8 @@ def describe_recipe(recipe: Recipe) -> str:
     levels = f", {recipe.levels} spikes per step" if recipe.levels > 1 else ""
     rebuilt = (f"; reconstruction ({recipe.reconstruct_steps} steps, {recipe.distill_steps} of the SNN)"
                if recipe.reconstructs else "")
-    return (f"thresholds: {how}{' per channel' if recipe.per_channel else ''}; correction: {recipe.correction_used} for "
+    per_channel = " per channel" if recipe.per_channel_used else ""
+    return (f"thresholds: {how}{per_channel}; correction: {recipe.correction_used} for "
             f"T={recipe.timesteps}; {'signed' if recipe.signed else 'binary'} neurons{levels}"
             f"{'' if recipe.compensate else '; no compensation'}{rebuilt}")
 

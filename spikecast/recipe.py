@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from spikecast.calibrate.sample import DEFAULT_MAX_IMAGES
 from spikecast.calibrate.thresholds import DEFAULT_PERCENTILE, METHODS, CalibrationConfig
@@ -59,6 +59,11 @@ RECONSTRUCT_MODES = ("auto", "on", "off")
 #: (``ceil(log2(k*k))`` extra neuron layers per k x k pool).
 MAXPOOL_METHODS = tuple(MAXPOOL_REWRITES)
 AUTO_RECONSTRUCT_LEVELS = 8
+#: ``per_channel="auto"`` gives one threshold per channel when a reconstruction starts from them
+#: and a neuron resolves at most this many values in its budget (``timesteps * levels``): the
+#: validation split's few-step comparison (benchmarks/RESULTS.md, ``fewstep-validation``) chose
+#: per-channel starts for T=4 single-spike conversions; longer budgets were not compared there.
+AUTO_PER_CHANNEL_LEVELS = 4
 
 #: Old keyword names still accepted (with a DeprecationWarning): they named the wrong stage.
 DEPRECATED_NAMES = {"method": "thresholds", "calibration": "correction"}
@@ -70,7 +75,9 @@ class Recipe:
 
     Thresholds: ``thresholds`` is how each site's threshold is chosen from the calibration
     activations (``"max"``, ``"percentile"`` with ``percentile``, or ``"mse"``: least expected
-    error for ``timesteps`` steps), ``per_channel`` one per channel.
+    error for ``timesteps`` steps), ``per_channel`` one per channel (``"auto"``, the default: per
+    channel when a reconstruction starts from them and ``timesteps * levels <= 4``, else per layer;
+    :attr:`per_channel_used` gives the resolved value).
     Neurons: ``signed`` (may take back a spike), ``levels`` (spikes per step), ``v_init``
     (initial potential / threshold), random spike masking (``mask_*``), ``compensate`` (run
     non-linear ops with expectation compensation; ``False`` refuses them).
@@ -102,7 +109,7 @@ class Recipe:
     timesteps: int = DEFAULT_BUDGET
     thresholds: str = "mse"
     percentile: float = DEFAULT_PERCENTILE
-    per_channel: bool = False
+    per_channel: Union[bool, str] = "auto"
     correction: str = "auto"
     correction_form: str = "auto"
     signed: bool = True
@@ -143,6 +150,8 @@ class Recipe:
             raise ValueError(f"recipe: timesteps must be a positive integer, got {self.timesteps!r}")
         if self.thresholds not in METHODS:
             raise ValueError(f"recipe: unknown thresholds method {self.thresholds!r}; choose one of {METHODS}")
+        if self.per_channel not in (True, False, "auto"):
+            raise ValueError(f"recipe: per_channel must be True, False or 'auto', got {self.per_channel!r}")
         if self.correction not in ("auto",) + LEVELS:
             raise ValueError(f"recipe: unknown correction {self.correction!r}; choose one of {('auto',) + LEVELS}")
         if self.correction_form not in ("auto",) + FORMS:
@@ -168,6 +177,16 @@ class Recipe:
         if self.reconstruct == "auto":
             return self.profile == "default" and self.timesteps * int(self.levels) <= AUTO_RECONSTRUCT_LEVELS
         return self.reconstruct == "on"
+
+    @property
+    def per_channel_used(self) -> bool:
+        """``per_channel`` resolved: ``"auto"`` is one threshold per channel when the reconstruction
+        starts from them and a neuron resolves at most :data:`AUTO_PER_CHANNEL_LEVELS` values in its
+        budget (the twin's per-channel clips then absorb what per-layer rounding loses at T=4), else
+        one per layer."""
+        if self.per_channel != "auto":
+            return bool(self.per_channel)
+        return self.reconstructs and self.timesteps * int(self.levels) <= AUTO_PER_CHANNEL_LEVELS
 
     @property
     def correction_used(self) -> str:
@@ -203,7 +222,7 @@ class Recipe:
 
     def calibration_config(self) -> CalibrationConfig:
         # a neuron with `levels` spike sizes resolves levels*T values in T steps: choose its range for that
-        return CalibrationConfig(method=self.thresholds, percentile=self.percentile, per_channel=self.per_channel,
+        return CalibrationConfig(method=self.thresholds, percentile=self.percentile, per_channel=self.per_channel_used,
                                  timesteps=self.timesteps * int(self.levels), v_init=self.v_init)
 
     def neuron_config(self) -> NeuronConfig:
@@ -239,6 +258,7 @@ class Recipe:
         data = dict(data)
         data.setdefault("reconstruct", "off")
         data.setdefault("distill_steps", 0)  # nor did one recorded before the SNN's distillation existed
+        data.setdefault("per_channel", False)  # and one recorded before "auto" thresholds per channel: per layer
         return cls().replace(**data)
 
 
@@ -310,6 +330,7 @@ def recipe_of(source) -> Recipe:
         fields_["mask_sites"] = tuple(neuron["mask_sites"])
     fields_["reconstruct"] = "off"  # networks saved before the recipe existed were never reconstructed
     fields_["distill_steps"] = 0
+    fields_.setdefault("per_channel", False)  # nor had thresholds per channel unless they recorded it
     if simulation is not None:
         fields_["encoding"] = simulation.encoding
         fields_.setdefault("timesteps", simulation.timesteps)

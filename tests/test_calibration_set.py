@@ -217,4 +217,5 @@ def test_recipe_overrides_deprecated_names_and_metadata_schema(tmp_path):
     assert calibration_set_of(old) == {"images": 1347, "images_read": 1347, "batches_read": None}
     qcfs = {"calibration": {"method": "qcfs(L=4)", "level": "light", "timesteps": 4, "per_channel": False},
             "neuron": {"v_init": 0.5, "signed": True, "mask_ratio": 0.0}}
-    assert recipe_of(qcfs) == Recipe(timesteps=4, correction="light", reconstruct="off", distill_steps=0)
+    assert recipe_of(qcfs) == Recipe(timesteps=4, correction="light", reconstruct="off", distill_steps=0,
+                                     per_channel=False)

@@ -458,6 +458,16 @@ def test_flag_names_follow_the_library():
     assert "--mask-ratio" not in flags["finetune"] and "--device" not in flags["export"]
 
 
+def test_per_channel_flag_forces_either_way_and_its_absence_leaves_auto():
+    parser = build_parser()
+    base = ["convert", "m", "--data", "d", "--timesteps", "4"]
+    for extra, value, used in (([], "auto", True), (["--per-channel"], True, True), (["--no-per-channel"], False, False)):
+        args = parser.parse_args(base + extra)
+        eval_timesteps(args)
+        recipe = recipe_from(args)
+        assert recipe.per_channel == value and recipe.per_channel_used == used, extra
+
+
 def test_deprecated_aliases_map_to_the_new_names(capsys):
     parser = build_parser()
     args = parser.parse_args(["convert", "m", "--data", "d", "--budget", "8", "--method", "max", "--calibration", "none",

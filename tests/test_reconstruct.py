@@ -15,7 +15,7 @@ from spikecast.graph.sites import site_nodes
 from spikecast.pipeline import prepare
 from spikecast.quant.qcfs import QCFSSite, to_qcfs
 from spikecast.quant.reconstruct import ReconstructionConfig, distill, reconstruct
-from spikecast.recipe import AUTO_RECONSTRUCT_LEVELS, Recipe, recipe_of
+from spikecast.recipe import AUTO_PER_CHANNEL_LEVELS, AUTO_RECONSTRUCT_LEVELS, Recipe, recipe_of
 from spikecast.zoo.digits import digits_tensors
 
 
@@ -116,6 +116,21 @@ def test_recipe_reconstructs_few_steps_by_default_and_records_it():
         Recipe(reconstruct_steps=0)
 
 
+def test_thresholds_per_channel_by_default_where_the_reconstruction_starts_from_them_at_four_values():
+    assert Recipe().per_channel == "auto" and not Recipe().per_channel_used
+    assert Recipe(timesteps=AUTO_PER_CHANNEL_LEVELS).per_channel_used and Recipe(timesteps=2).per_channel_used
+    assert Recipe(timesteps=2, levels=2).per_channel_used and not Recipe(timesteps=4, levels=2).per_channel_used
+    assert not Recipe(timesteps=8).per_channel_used  # reconstructs, but per-channel starts were compared at T=4 only
+    assert not Recipe(timesteps=4, reconstruct="off").per_channel_used  # without a twin to absorb them
+    assert not Recipe(timesteps=4, per_channel=False).per_channel_used and Recipe(per_channel=True).per_channel_used
+    assert Recipe(timesteps=4).calibration_config().per_channel and not Recipe().calibration_config().per_channel
+    # a recipe recorded before "auto" existed chose per layer
+    assert Recipe.from_dict({"timesteps": 4, "reconstruct": "on"}).per_channel is False
+    assert Recipe.from_dict(Recipe(timesteps=4).to_dict()).per_channel == "auto"
+    with pytest.raises(ValueError, match="per_channel must be"):
+        Recipe(per_channel="yes")
+
+
 def test_convert_at_four_steps_reconstructs_and_the_snn_follows_the_twin(net, tmp_path):
     x, held_out = images(), images(64, seed=1)
     plain = spikecast.convert(net, x, timesteps=4, reconstruct="off", correction="none", progress=False)
@@ -123,6 +138,9 @@ def test_convert_at_four_steps_reconstructs_and_the_snn_follows_the_twin(net, tm
     assert "reconstruction" not in plain.metadata
     assert rebuilt.metadata["reconstruction"]["steps"] == 150
     assert recipe_of(rebuilt) == Recipe(timesteps=4, reconstruct_steps=150, correction="none")
+    # per-channel thresholds where the reconstruction starts from them (the recipe's "auto"), per layer without
+    assert any(n.threshold.numel() > 1 for n in rebuilt.neurons().values())
+    assert all(n.threshold.numel() == 1 for n in plain.neurons().values())
     with torch.no_grad():
         ann = net(held_out)
     err = {name: float((snn(held_out, timesteps=4) - ann).pow(2).mean()) for name, snn in

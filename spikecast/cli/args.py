@@ -169,7 +169,9 @@ def add_recipe_args(p) -> None:
     p.add_argument("--thresholds", choices=THRESHOLDS, help=f"threshold selection (default {r.thresholds})")
     p.add_argument("--method", choices=THRESHOLDS, dest="thresholds", action=Deprecated, new="--thresholds")
     p.add_argument("--percentile", type=float, help=f"--thresholds percentile: which one (default {r.percentile:g})")
-    p.add_argument("--per-channel", action="store_true", default=None, help="one threshold per channel")
+    p.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=None,
+                   help="one threshold per channel; --no-per-channel: one per layer (default: per channel where a "
+                        "reconstruction starts from them at --timesteps x --levels <= 4, else per layer)")
     p.add_argument("--correction", choices=("auto",) + CORRECTIONS,
                    help="layer-wise correction with the ANN as teacher: light = bias + potential, advanced = + "
                         f"threshold refinement (default {r.correction}: light after a reconstruction, else advanced)")
