@@ -48,6 +48,7 @@ STEPS: tuple[Step, ...] = (
     Step(("calibration-ablation",), "python benchmarks/bench_calibration.py ablation", "gpu", 1.0),
     Step(("calibration-headline",), "python benchmarks/bench_calibration.py headline", "gpu", 0.5),
     Step(("modern-cifar",), "python benchmarks/bench_modern_cifar.py", "gpu", 2.0),
+    Step(("modern-cifar-t4",), "python benchmarks/bench_modern_cifar.py --budget 4 --levels 1", "gpu", 1.0),
     Step(("finetune-resnet20", "finetune-resnet32"), "python benchmarks/bench_finetune.py", "gpu", 2.5),
     Step(("anytime-validation",), "python benchmarks/bench_anytime.py", "gpu", 1.5),
     Step(("fewstep-validation",), "python benchmarks/bench_fewstep.py choose", "gpu", 1.0),
