@@ -33,6 +33,21 @@ import results_file
 from bench_data import cifar10
 
 COLUMNS = (4, 8, 16, 32, 64)
+#: the surrogate fine-tune's length bench_finetune.py used before this comparison (and its checkpoint
+#: name, ``surrogate_ckpt``, from then)
+FIRST_SURROGATE_EPOCHS = 0.25
+#: bench_finetune.py's default --surrogate-epochs (it imports this): the length this script's rule chose
+SURROGATE_EPOCHS = 0.25
+ANYTIME_SLACK = 0.005  # a network may not fall more than this below its T=4 top-1 at a longer T
+
+
+def surrogate_name(epochs: float, anytime: int = 2) -> str:
+    """The folder a surrogate fine-tune of ``epochs`` keeps its checkpoints in (``<name>_ckpt``) and
+    bench_finetune.py its network in (``<name>``): one name per setting, so either script resumes the
+    other's and no run resumes a checkpoint of another length."""
+    if anytime != 2:
+        return f"anytime{anytime}"
+    return "surrogate" if epochs == FIRST_SURROGATE_EPOCHS else f"surrogate_e{epochs:g}"
 
 
 def top1(snn, x, y) -> dict[int, float]:
@@ -44,7 +59,7 @@ def top1(snn, x, y) -> dict[int, float]:
     return {T: n / len(x) for T, n in out.items()}
 
 
-def run_model(name: str, args, run, rows: list[str]) -> None:
+def run_model(name: str, args, run, rows: list[str], scores: dict) -> None:
     work = Path(args.work) / name
     x_val, y_val = cifar10("val")
     x_val, y_val = x_val[:args.images], y_val[:args.images]
@@ -64,17 +79,24 @@ def run_model(name: str, args, run, rows: list[str]) -> None:
                                                        checkpoint_dir=work / "qcfs_ckpt", progress=False,
                                                        device=args.device)
     start = nets["QCFS, correction as charge"]
-    for anytime in (1, 2):
+    first = args.surrogate_epochs[0]
+    # anytime=1 against 2 at the first length; every length with anytime=2
+    for anytime, epochs in [(1, first)] + [(2, e) for e in args.surrogate_epochs]:
         cfg = FinetuneConfig(method="surrogate", timesteps=4, anytime=anytime, correction="none",
-                             train=TrainConfig(epochs=args.surrogate_epochs, lr=args.surrogate_lr, batch_size=128,
+                             train=TrainConfig(epochs=epochs, lr=args.surrogate_lr, batch_size=128,
                                                max_batches=args.max_batches))
-        nets[f"+ surrogate BPTT, anytime={anytime}"] = finetune(
-            start, (x_train, y_train), cfg, calib=(x_cal,), checkpoint_dir=work / ("surrogate_ckpt" if anytime == 2 else f"anytime{anytime}_ckpt"),
-            progress=False, device=args.device)
+        label = f"+ surrogate BPTT, anytime={anytime}" + (f", {epochs:g} epoch(s)" if len(args.surrogate_epochs) > 1
+                                                          else "")
+        nets[label] = finetune(start, (x_train, y_train), cfg, calib=(x_cal,), progress=False, device=args.device,
+                               checkpoint_dir=work / f"{surrogate_name(epochs, anytime)}_ckpt")
+        if anytime == 2:
+            nets[label].metadata["bench_epochs"] = epochs
     for label, snn in nets.items():
         acc = top1(snn.to(args.device), x_val.to(args.device), y_val.to(args.device))
         rows.append(f"| {name} | {label} | " + " | ".join(f"{100 * acc[T]:.2f}%" for T in COLUMNS) + " |")
         print(rows[-1], flush=True)
+        if "bench_epochs" in snn.metadata:
+            scores.setdefault(snn.metadata["bench_epochs"], []).append(acc)
 
 
 def main() -> None:
@@ -82,7 +104,8 @@ def main() -> None:
     parser.add_argument("--models", default="cifar10-resnet20,cifar10-resnet32")
     parser.add_argument("--images", type=int, default=5000, help="validation images (default: all 5,000)")
     parser.add_argument("--qcfs-epochs", type=float, default=1.5)
-    parser.add_argument("--surrogate-epochs", type=float, default=0.25)
+    parser.add_argument("--surrogate-epochs", default="0.25,0.5",
+                        help="surrogate fine-tune lengths compared (anytime=2); anytime=1 runs at the first")
     parser.add_argument("--lr", type=float, default=0.001)
     parser.add_argument("--surrogate-lr", type=float, default=0.0005)
     parser.add_argument("--max-batches", type=int, default=None, help="smoke runs only")
@@ -91,19 +114,39 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
+    args.surrogate_epochs = [float(e) for e in args.surrogate_epochs.split(",")]
     run = results_file.start(threads=args.threads)
     torch.manual_seed(0)
     rows: list[str] = []
-    for name in args.models.split(","):
-        run_model(name, args, run, rows)
+    scores: dict[float, list[dict]] = {}
+    models = args.models.split(",")
+    for name in models:
+        run_model(name, args, run, rows, scores)
+    # the length bench_finetune.py uses: the rule is fixed here - highest top-1 at T=4 averaged over the
+    # networks, among the lengths whose networks hold from T=4 on (ANYTIME_SLACK), the shorter on a tie
+    eligible = {e: v for e, v in scores.items()
+                if len(v) == len(models) and all(min(a[t] for t in COLUMNS) >= a[4] - ANYTIME_SLACK for a in v)}
+    mean = {e: sum(a[4] for a in v) / len(v) for e, v in eligible.items()}
+    chosen = max(eligible, key=lambda e: (round(mean[e], 6), -e)) if eligible else None
+    finetune_default = SURROGATE_EPOCHS
+    verdict = ("" if len(scores) < 2 else
+               "No length holds from T=4 on every network: nothing is chosen." if chosen is None else
+               f"Chosen (highest mean top-1 at T=4 with anytime=2 among the lengths that hold from T=4 on, the "
+               f"shorter on a tie; rule fixed in the script): **{chosen:g} epoch(s)** (mean "
+               + ", ".join(f"{e:g}: {100 * m:.2f}%" for e, m in sorted(mean.items())) + "). "
+               + ("`bench_finetune.py`'s `--surrogate-epochs` default is the chosen length."
+                  if finetune_default == chosen else
+                  f"**`bench_finetune.py`'s `--surrogate-epochs` default ({finetune_default:g}) differs.**"))
     body = "\n".join([
         f"SNN top-1 on the first {args.images} images of the validation split (never the test set) at each T. QCFS "
         f"L=4 for {args.qcfs_epochs:g} epoch(s) (lr {args.lr:g}), light correction for T=4 given as a per-step current "
-        f"or as initial charge; surrogate BPTT for {args.surrogate_epochs:g} epoch(s) (lr {args.surrogate_lr:g}) "
-        "from the charge-corrected network, with the loss at T=4 only or at T=4 and T=8. The public checkpoints "
-        "saw these images in training, so the rows compare with each other, not with test numbers.",
+        f"or as initial charge; surrogate BPTT for "
+        f"{' or '.join(f'{e:g}' for e in args.surrogate_epochs)} epoch(s) (lr {args.surrogate_lr:g}) "
+        "from the charge-corrected network, with the loss at T=4 only (at the first length) or at T=4 and T=8. "
+        "The public checkpoints saw these images in training, so the rows compare with each other, not with test "
+        "numbers.",
         "", "| network | fine-tuning | " + " | ".join(f"T={T}" for T in COLUMNS) + " |",
-        "|---|---|" + "---:|" * len(COLUMNS), *rows])
+        "|---|---|" + "---:|" * len(COLUMNS), *rows, "", verdict])
     if not args.no_write:
         run.write("anytime-validation", "Anytime fine-tuned SNNs: correction form and loss budgets (validation split)",
                   body)

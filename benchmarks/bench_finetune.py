@@ -48,6 +48,7 @@ from spikecast.train import FinetuneConfig, TrainConfig, finetune
 from spikecast.zoo import create_model
 
 import results_file
+from bench_anytime import SURROGATE_EPOCHS, surrogate_name
 from bench_data import cifar10
 
 COLUMNS = [1, 2, 4, 8, 16, 32, 64]
@@ -150,9 +151,10 @@ def run_model(name: str, args, work: Path, run) -> None:
         sur_cfg = FinetuneConfig(method="surrogate", timesteps=args.levels, correction="none",
                                  train=TrainConfig(epochs=args.surrogate_epochs, lr=args.surrogate_lr,
                                                    batch_size=args.batch_size))
-        snn_s, _ = load_or(work / "surrogate", lambda: finetune(snn_q, (x_train, y_train), sur_cfg, calib=(x_cal,),
-                                                                checkpoint_dir=work / "surrogate_ckpt",
-                                                                device=device))
+        surrogate = surrogate_name(args.surrogate_epochs)  # bench_anytime.py's network of this length
+        snn_s, _ = load_or(work / surrogate, lambda: finetune(snn_q, (x_train, y_train), sur_cfg, calib=(x_cal,),
+                                                              checkpoint_dir=work / f"{surrogate}_ckpt",
+                                                              device=device))
         snn_s = snn_s.to(device)
         sur_train = snn_s.metadata["finetune"]["train_seconds"]
         candidates["QCFS + surrogate"] = (
@@ -247,7 +249,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=10000, help="test images (default: all 10,000)")
     parser.add_argument("--levels", type=int, default=4)
     parser.add_argument("--qcfs-epochs", type=float, default=1.5)
-    parser.add_argument("--surrogate-epochs", type=float, default=0.25)
+    parser.add_argument("--surrogate-epochs", type=float, default=SURROGATE_EPOCHS,
+                        help="chosen on the validation split by bench_anytime.py")
     parser.add_argument("--lr", type=float, default=0.001)
     parser.add_argument("--surrogate-lr", type=float, default=0.0005)
     parser.add_argument("--batch-size", type=int, default=128)
