@@ -46,7 +46,7 @@ MODELS = ("cifar10-resnet20", "cifar10-resnet32")
 #: the settings compared: reconstruction steps, correction / form after it, distillation steps, and
 #: the thresholds the reconstruction starts from (one per layer, or one per channel)
 SETTINGS = ("600:light:charge:0", "600:light:charge:40", "600:light:charge:80", "300:light:charge:80",
-            "600:light:charge:0:channel", "600:light:charge:80:channel")
+            "600:light:charge:0:channel", "600:light:charge:80:channel", "300:light:charge:80:channel")
 THRESHOLDS = ("layer", "channel")
 #: the targets of issue 16 (full test set): T=4 and T=8 top-1
 ANYTIME_SLACK = 0.005
