@@ -69,11 +69,13 @@ def ann_top1(ann, x, y, batch=500) -> float:
 
 
 class Cells:
-    """Measured cells in ``work/<name>.json``, each with the commit it was measured at."""
+    """Measured cells in ``work/<name>.json``, each with the commit it was measured at and the sitting
+    (the run's start) that measured it."""
 
-    def __init__(self, work: Path, name: str, commit: str):
+    def __init__(self, work: Path, name: str, commit: str, sitting: str):
         self.path = work / f"{name}.json"
         self.commit = commit
+        self.sitting = sitting
         work.mkdir(parents=True, exist_ok=True)
         self.cells = json.loads(self.path.read_text()) if self.path.exists() else {}
 
@@ -82,10 +84,17 @@ class Cells:
         return cell["value"] if cell and cell["commit"] == self.commit else None
 
     def put(self, key: str, value) -> None:
-        self.cells[key] = {"commit": self.commit, "value": value}
+        self.cells[key] = {"commit": self.commit, "sitting": self.sitting, "value": value}
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.cells, indent=1))
         tmp.replace(self.path)
+
+    def sittings(self) -> str:
+        """A sentence: in how many sittings this commit's cells were measured (times depend on the machine's
+        state in each; a conversion's time is measured inside one sitting)."""
+        started = sorted({c.get("sitting", "unrecorded") for c in self.cells.values() if c["commit"] == self.commit})
+        return (f"Cells measured at this commit in {len(started)} sitting{'s' if len(started) != 1 else ''} "
+                f"(started {', '.join(started)}; the Run line gives the last).")
 
 
 def pct(v: float) -> str:
@@ -93,7 +102,7 @@ def pct(v: float) -> str:
 
 
 def choose(args, run) -> None:
-    cells = Cells(Path(args.work), "choose", run.commit)
+    cells = Cells(Path(args.work), "choose", run.commit, run.started)
     x_cal, _ = cifar10("train", 512)
     x_val, y_val = cifar10("val")
     x_val, y_val = x_val[:args.images], y_val[:args.images]
@@ -182,7 +191,7 @@ def choose(args, run) -> None:
         f"{ReconstructionConfig().anytime}T steps). Rule (fixed in the script): highest top-1 at T={T} averaged over "
         f"both networks among the settings whose networks do not fall by more than {100 * ANYTIME_SLACK:g} points at "
         "T=8 or T=16 (anytime), the cheaper setting on a tie. Time: reconstruction + correction + distillation on "
-        "this machine (the whole conversion for the row without reconstruction).",
+        "this machine (the whole conversion for the row without reconstruction). " + cells.sittings(),
         "", "| network | conversion | correction / form | distillation steps | T=4 | T=8 | T=16 | time |",
         "|---|---|---|---:|---:|---:|---:|---|", *rows, "",
         (f"Chosen: {describe(best)} (mean top-1 at T={T}: {pct(mean[best])}); " if best else "") + verdict
@@ -211,7 +220,7 @@ def describe(setting) -> str:
 
 
 def test(args, run) -> None:
-    cells = Cells(Path(args.work), "test", run.commit)
+    cells = Cells(Path(args.work), "test", run.commit, run.started)
     x_cal, _ = cifar10("train", 512)
     x_test, y_test = cifar10("test")
     rows, verdicts = [], []
@@ -258,7 +267,7 @@ def test(args, run) -> None:
         "(log2(2L+1)), so a 2-level neuron at T=4 (9.3 bits) compares with a single-spike one at T=8 (12.7 bits). "
         "Distilled: whether the SNN's distillation was kept (`distilled`) or the converted network was closer to "
         "the ANN on the calibration images (`converted`). Time: the whole conversion (calibration, reconstruction, "
-        f"correction, distillation) on this machine.",
+        f"correction, distillation) on this machine. " + cells.sittings(),
         "", "| network | T calibrated for | levels | T=4 | T=8 | T=16 | at its T vs ANN | bits / step | bits in T "
         "| distilled | conversion |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|", *rows, "",
