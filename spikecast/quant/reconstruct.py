@@ -30,8 +30,8 @@ mean output after ``T`` and ``anytime * T`` steps against the ANN's, starting fr
 SNN. ``benchmarks/bench_fewstep.py choose`` (section ``fewstep-validation``, 2,000 validation
 images) chose 80 steps over 0 and 40: ResNet-20 68.7 -> 70.4% at T=4, ResNet-32 66.2 -> 67.4%
 (and 74.0 -> 75.4% at T=8); in a run outside it, lr 3e-4 lost accuracy at longer T.
-Starting the twin from one clip per channel shrinks that start-up error: a channel whose
-activations are small gets a small threshold and fires early. On the same 2,000 validation images
+Starting the twin from one clip per channel shrinks that start-up error (plausibly because a
+channel whose activations are small gets a small threshold and fires sooner; not measured). On the same 2,000 validation images
 (``fewstep-validation`` at 9f9b803, before distillation) the SNN at T=4 reached 72.2% (ResNet-20)
 and 69.5% (ResNet-32) against 67.7% and 65.7% from one clip per layer, for about 4 points less at
 T=8 and T=16 on ResNet-20; with distillation it was chosen there, so ``Recipe.per_channel="auto"``
