@@ -80,6 +80,7 @@ def run_model(name: str, args, run, rows: list[str], scores: dict) -> None:
                                                        device=args.device)
     start = nets["QCFS, correction as charge"]
     first = args.surrogate_epochs[0]
+    lengths = {}  # label -> epochs of the anytime=2 networks (the ones the rule compares)
     # anytime=1 against 2 at the first length; every length with anytime=2
     for anytime, epochs in [(1, first)] + [(2, e) for e in args.surrogate_epochs]:
         cfg = FinetuneConfig(method="surrogate", timesteps=4, anytime=anytime, correction="none",
@@ -90,13 +91,13 @@ def run_model(name: str, args, run, rows: list[str], scores: dict) -> None:
         nets[label] = finetune(start, (x_train, y_train), cfg, calib=(x_cal,), progress=False, device=args.device,
                                checkpoint_dir=work / f"{surrogate_name(epochs, anytime)}_ckpt")
         if anytime == 2:
-            nets[label].metadata["bench_epochs"] = epochs
+            lengths[label] = epochs
     for label, snn in nets.items():
         acc = top1(snn.to(args.device), x_val.to(args.device), y_val.to(args.device))
         rows.append(f"| {name} | {label} | " + " | ".join(f"{100 * acc[T]:.2f}%" for T in COLUMNS) + " |")
         print(rows[-1], flush=True)
-        if "bench_epochs" in snn.metadata:
-            scores.setdefault(snn.metadata["bench_epochs"], []).append(acc)
+        if label in lengths:
+            scores.setdefault(lengths[label], []).append(acc)
 
 
 def main() -> None:
@@ -128,15 +129,14 @@ def main() -> None:
                 if len(v) == len(models) and all(min(a[t] for t in COLUMNS) >= a[4] - ANYTIME_SLACK for a in v)}
     mean = {e: sum(a[4] for a in v) / len(v) for e, v in eligible.items()}
     chosen = max(eligible, key=lambda e: (round(mean[e], 6), -e)) if eligible else None
-    finetune_default = SURROGATE_EPOCHS
     verdict = ("" if len(scores) < 2 else
                "No length holds from T=4 on every network: nothing is chosen." if chosen is None else
                f"Chosen (highest mean top-1 at T=4 with anytime=2 among the lengths that hold from T=4 on, the "
                f"shorter on a tie; rule fixed in the script): **{chosen:g} epoch(s)** (mean "
                + ", ".join(f"{e:g}: {100 * m:.2f}%" for e, m in sorted(mean.items())) + "). "
                + ("`bench_finetune.py`'s `--surrogate-epochs` default is the chosen length."
-                  if finetune_default == chosen else
-                  f"**`bench_finetune.py`'s `--surrogate-epochs` default ({finetune_default:g}) differs.**"))
+                  if SURROGATE_EPOCHS == chosen else
+                  f"**`bench_finetune.py`'s `--surrogate-epochs` default ({SURROGATE_EPOCHS:g}) differs.**"))
     body = "\n".join([
         f"SNN top-1 on the first {args.images} images of the validation split (never the test set) at each T. QCFS "
         f"L=4 for {args.qcfs_epochs:g} epoch(s) (lr {args.lr:g}), light correction for T=4 given as a per-step current "

@@ -142,7 +142,8 @@ def choose(args, run) -> None:
                 t0 = time.perf_counter()
                 config = ReconstructionConfig(steps=steps, distill_steps=distill_steps)
                 if (steps, thresholds) not in trained:
-                    trained[(steps, thresholds)] = reconstruct(normalised, calibrated, images, T, config, progress=False)
+                    trained[(steps, thresholds)] = reconstruct(normalised, calibrated, images, T, config,
+                                                               progress=False)
                 graph, record = trained[(steps, thresholds)]
                 if (steps, corr, form, thresholds) not in corrected:
                     t1 = time.perf_counter()

@@ -86,7 +86,7 @@ def main() -> None:
     slug, title = SECTIONS[args.budget]
     if not set(targets) <= set(timesteps):
         raise SystemExit(f"--timesteps must include the targets' T ({sorted(targets)})")
-    blocks, recipe_text, resolved = [], "", ""
+    blocks, recipe_text, resolved = [], "", {}
     for name in args.models.split(","):
         ann = create_model(name, pretrained=True).to(device)
         info = training_info(name)
@@ -94,9 +94,10 @@ def main() -> None:
         for levels in levels_list:
             recipe = Recipe(timesteps=args.budget, levels=levels, calib_images=len(x_cal))
             recipe_text = json.dumps({k: v for k, v in dataclasses.asdict(recipe).items() if k != "levels"})
-            resolved = (f"reconstruction {'on' if recipe.reconstructs else 'off'}, thresholds per "
-                        f"{'channel' if recipe.per_channel_used else 'layer'}, correction {recipe.correction_used} as "
-                        f"{recipe.correction_form_used}")
+            # what "auto" became: it depends on timesteps x levels (per-channel starts at <= 4 values only)
+            resolved[levels] = (f"reconstruction {'on' if recipe.reconstructs else 'off'}, thresholds per "
+                                f"{'channel' if recipe.per_channel_used else 'layer'}, correction "
+                                f"{recipe.correction_used} as {recipe.correction_form_used}")
             start = time.perf_counter()
             snn = spikecast.convert(ann, x_cal, recipe, progress=False, device=device)
             convert_s = time.perf_counter() - start
@@ -138,8 +139,10 @@ def main() -> None:
         "(timm `ConvNeXt`), trained from scratch by `benchmarks/train_cifar_zoo.py` on the 45,000-image train "
         "split (progress checked on the validation split; a fixed number of epochs, the last one kept). "
         f"Each network is calibrated for T={args.budget} on {len(x_cal)} class-balanced train images with the "
-        f"default recipe (pinned: `{recipe_text}`; resolved: {resolved}), bipolar neurons on analog inputs, "
-        "GELU / LayerNorm / attention compensated; `levels` spikes per step per neuron (bits per step in the neurons column). "
+        f"default recipe (pinned: `{recipe_text}`; resolved: "
+        + "; ".join(f"{levels} level(s): {text}" for levels, text in resolved.items())
+        + "), bipolar neurons on analog inputs, GELU / LayerNorm / attention compensated; `levels` spikes per step "
+        "per neuron (bits per step in the neurons column). "
         "Δ vs the ANN in points, in parentheses.", "",
         "What is chosen on what: the neuron setting kept for each model is chosen on the validation split "
         f"({len(y_val)} images) by a rule fixed in the script - the fewest levels meeting the targets, else the most "
