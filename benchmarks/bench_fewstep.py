@@ -44,9 +44,11 @@ from bench_data import cifar10
 
 MODELS = ("cifar10-resnet20", "cifar10-resnet32")
 #: the settings compared: reconstruction steps, correction / form after it, distillation steps, and
-#: the thresholds the reconstruction starts from (one per layer, or one per channel)
+#: the thresholds the reconstruction starts from (one per layer, or one per channel), and the fraction of each
+#: batch mixed (function matching, `ReconstructionConfig.mixup`)
 SETTINGS = ("600:light:charge:0", "600:light:charge:40", "600:light:charge:80", "300:light:charge:80",
-            "600:light:charge:0:channel", "600:light:charge:80:channel", "300:light:charge:80:channel")
+            "600:light:charge:0:channel", "600:light:charge:80:channel", "300:light:charge:80:channel",
+            "600:light:charge:80:channel:0.5")
 THRESHOLDS = ("layer", "channel")
 #: the targets of issue 16 (full test set): T=4 and T=8 top-1
 ANYTIME_SLACK = 0.005
@@ -130,9 +132,9 @@ def choose(args, run) -> None:
                     + " | ".join(pct(acc[t]) for t in columns) + f" | {c['seconds']:.0f} s |")
         normalised = prepare(ann, x_cal[:2])
         calibrations, trained, corrected = {}, {}, {}
-        for steps, corr, form, distill_steps, thresholds in settings:
+        for steps, corr, form, distill_steps, thresholds, mixup in settings:
             key = f"{name}/steps={steps}/{corr}/{form}/distill={distill_steps}" + (
-                f"/{thresholds}" if thresholds != "layer" else "")
+                f"/{thresholds}" if thresholds != "layer" else "") + (f"/mixup={mixup:g}" if mixup else "")
             if cells.get(key) is None:
                 recipe = default.replace(per_channel=thresholds == "channel")
                 if thresholds not in calibrations:
@@ -140,18 +142,18 @@ def choose(args, run) -> None:
                                                          progress=False)
                 calibrated, stats = calibrations[thresholds]
                 t0 = time.perf_counter()
-                config = ReconstructionConfig(steps=steps, distill_steps=distill_steps)
-                if (steps, thresholds) not in trained:
-                    trained[(steps, thresholds)] = reconstruct(normalised, calibrated, images, T, config,
-                                                               progress=False)
-                graph, record = trained[(steps, thresholds)]
-                if (steps, corr, form, thresholds) not in corrected:
+                config = ReconstructionConfig(steps=steps, distill_steps=distill_steps, mixup=mixup)
+                if (steps, thresholds, mixup) not in trained:
+                    trained[(steps, thresholds, mixup)] = reconstruct(normalised, calibrated, images, T, config,
+                                                                      progress=False)
+                graph, record = trained[(steps, thresholds, mixup)]
+                if (steps, corr, form, thresholds, mixup) not in corrected:
                     t1 = time.perf_counter()
                     recipe = recipe.replace(correction=corr, correction_form=form, reconstruct_steps=steps)
-                    corrected[(steps, corr, form, thresholds)] = (
+                    corrected[(steps, corr, form, thresholds, mixup)] = (
                         build_snn(graph, images, recipe, source=name, calibrated=True, stats=stats, progress=False),
                         time.perf_counter() - t1)
-                snn, correction_s = corrected[(steps, corr, form, thresholds)]
+                snn, correction_s = corrected[(steps, corr, form, thresholds, mixup)]
                 distill_s = 0.0
                 if distill_steps:
                     snn, distilled = distill(snn, normalised, images, config, progress=False)
@@ -161,8 +163,9 @@ def choose(args, run) -> None:
             c = cells.get(key)
             acc = {int(k): v for k, v in c["acc"].items()}
             seconds = c["reconstruction_s"] + c["correction_s"] + c["distill_s"]
-            scores.setdefault((steps, corr, form, distill_steps, thresholds), []).append(acc)
-            rows.append(f"| {name} | reconstruction {steps} steps, thresholds per {thresholds} | {corr} / {form} | "
+            scores.setdefault((steps, corr, form, distill_steps, thresholds, mixup), []).append(acc)
+            rows.append(f"| {name} | reconstruction {steps} steps, thresholds per {thresholds}"
+                        + (f", {mixup:g} of each batch mixed" if mixup else "") + f" | {corr} / {form} | "
                         f"{distill_steps} | "
                         + " | ".join(pct(acc[t]) for t in columns) + f" | {seconds:.0f} s |")
             print(rows[-1], flush=True)
@@ -172,10 +175,10 @@ def choose(args, run) -> None:
                 if all(min(a[t] for t in columns if t > T) >= a[T] - ANYTIME_SLACK for a in v)}
     mean = {k: sum(a[T] for a in v) / len(models) for k, v in complete.items()}
     # highest mean at T; on a tie the cheaper setting (fewer reconstruction, then distillation steps,
-    # then thresholds per layer)
-    best = max(eligible, key=lambda k: (round(mean[k], 6), -k[0], -k[3], k[4] == "layer")) if eligible else None
+    # then thresholds per layer, then no mixing)
+    best = max(eligible, key=lambda k: (round(mean[k], 6), -k[0], -k[3], k[4] == "layer", -k[5])) if eligible else None
     library = (default.reconstruct_steps, default.correction_used, default.correction_form_used, default.distill_steps,
-               "channel" if default.per_channel_used else "layer")
+               "channel" if default.per_channel_used else "layer", default.reconstruction_config().mixup)
     if best is None:
         verdict = "**no setting is anytime on every network: nothing is chosen**"
     elif library == best:
@@ -204,20 +207,22 @@ def choose(args, run) -> None:
     print(body)
 
 
-def parse_setting(text: str) -> tuple[int, str, str, int, str]:
-    """``STEPS:CORRECTION:FORM:DISTILL[:THRESHOLDS]`` -> (reconstruction steps, correction, form,
-    distillation steps, thresholds ``layer`` (the default) or ``channel``)."""
+def parse_setting(text: str) -> tuple[int, str, str, int, str, float]:
+    """``STEPS:CORRECTION:FORM:DISTILL[:THRESHOLDS[:MIXUP]]`` -> (reconstruction steps, correction, form,
+    distillation steps, thresholds ``layer`` (the default) or ``channel``, the fraction of each batch
+    mixed (``ReconstructionConfig.mixup``, default 0))."""
     parts = text.split(":")
-    if len(parts) not in (4, 5) or (len(parts) == 5 and parts[4] not in THRESHOLDS):
-        raise SystemExit(f"bad setting {text!r}: STEPS:CORRECTION:FORM:DISTILL[:layer|channel]")
+    if len(parts) not in (4, 5, 6) or (len(parts) >= 5 and parts[4] not in THRESHOLDS):
+        raise SystemExit(f"bad setting {text!r}: STEPS:CORRECTION:FORM:DISTILL[:layer|channel[:MIXUP]]")
     steps, corr, form, distill_steps = parts[:4]
-    return int(steps), corr, form, int(distill_steps), parts[4] if len(parts) == 5 else "layer"
+    return (int(steps), corr, form, int(distill_steps), parts[4] if len(parts) >= 5 else "layer",
+            float(parts[5]) if len(parts) == 6 else 0.0)
 
 
 def describe(setting) -> str:
-    steps, corr, form, distill_steps, thresholds = setting
+    steps, corr, form, distill_steps, thresholds, mixup = setting
     return (f"reconstruction {steps} steps from thresholds per {thresholds}, correction {corr} / {form}, "
-            f"{distill_steps} distillation steps")
+            f"{distill_steps} distillation steps" + (f", {mixup:g} of each batch mixed" if mixup else ""))
 
 
 def test(args, run) -> None:
@@ -266,8 +271,9 @@ def test(args, run) -> None:
         "converted for its row's T and also read at longer T (it should hold or improve). Levels: spikes a neuron "
         "may send per step (1: single-spike); bits per step: a signed neuron with L levels sends one of -L..+L "
         "(log2(2L+1)), so a 2-level neuron at T=4 (9.3 bits) compares with a single-spike one at T=8 (12.7 bits). "
-        "Distilled: whether the SNN's distillation was kept (`distilled`) or the converted network was closer to "
-        "the ANN on the calibration images (`converted`). Time: the whole conversion (calibration, reconstruction, "
+        "Distilled: whether the SNN's distillation was kept (`distilled`) or the converted network agreed as often "
+        "or more often with the ANN's top-1 class on the calibration images (`converted`; on a tie, the lower KL "
+        "divergence). Time: the whole conversion (calibration, reconstruction, "
         f"correction, distillation) on this machine. " + cells.sittings(),
         "", "| network | T calibrated for | levels | T=4 | T=8 | T=16 | at its T vs ANN | bits / step | bits in T "
         "| distilled | conversion |",

@@ -14,7 +14,7 @@ from spikecast.calibrate.thresholds import calibrate
 from spikecast.graph.sites import site_nodes
 from spikecast.pipeline import prepare
 from spikecast.quant.qcfs import QCFSSite, to_qcfs
-from spikecast.quant.reconstruct import ReconstructionConfig, distill, reconstruct
+from spikecast.quant.reconstruct import ReconstructionConfig, _draw_batch, distill, reconstruct
 from spikecast.recipe import AUTO_PER_CHANNEL_LEVELS, AUTO_RECONSTRUCT_LEVELS, Recipe, recipe_of
 from spikecast.zoo.digits import digits_tensors
 
@@ -168,6 +168,7 @@ def test_distillation_trains_a_copy_of_the_snn_towards_the_ann_and_records_it(ne
         assert torch.equal(v, before[k]), k
     assert record["steps"] == 80 and record["timesteps"] == 4 and record["loss_last"] < record["loss_first"]
     assert record["kept"] == "distilled" and record["kl_after"] < 0.9 * record["kl_before"], record
+    assert record["agreement_after"] >= record["agreement_before"], record  # the rule that kept it
     assert not any(p.requires_grad for p in distilled.graph_module.parameters())
     changed = [k for k, v in distilled.graph_module.state_dict().items() if not torch.equal(v, before[k])]
     assert changed and all(k.endswith(("weight", "bias")) for k in changed), changed  # thresholds, charges stay
@@ -177,6 +178,16 @@ def test_distillation_trains_a_copy_of_the_snn_towards_the_ann_and_records_it(ne
             return float(F.kl_div(F.log_softmax(network(x, timesteps=4), -1), F.log_softmax(net(x), -1),
                                   log_target=True, reduction="batchmean"))
     assert snn_kl(distilled) < snn_kl(snn)
+    # a distillation that wrecks the network (absurd learning rates) is not kept: the caller gets the input
+    # back, whether top-1 agreement falls or (every image still agreeing) only the KL divergence rises
+    wrecked, record = distill(snn, normalised, as_calibration_set(x),
+                              ReconstructionConfig(distill_steps=3, distill_lr=1e4), progress=False)
+    assert record["kept"] == "converted" and wrecked is snn, record
+    assert record["agreement_after"] < record["agreement_before"], record
+    wrecked, record = distill(snn, normalised, as_calibration_set(x),
+                              ReconstructionConfig(distill_steps=5, distill_lr=10.0), progress=False)
+    assert record["kept"] == "converted" and wrecked is snn, record
+    assert record["agreement_after"] == record["agreement_before"] and record["kl_after"] > record["kl_before"]
 
 
 def test_convert_distills_by_default_at_few_steps_and_old_recipes_did_not():
@@ -189,3 +200,25 @@ def test_convert_distills_by_default_at_few_steps_and_old_recipes_did_not():
     snn = spikecast.convert(ann, x[:128], timesteps=2, reconstruct_steps=20, distill_steps=5, progress=False)
     assert snn.metadata["reconstruction"]["distill"]["steps"] == 5
     assert recipe_of(snn).distill_steps == 5
+
+
+def test_mixup_replaces_the_last_fraction_of_a_batch_by_mixes_of_two_of_its_images():
+    x = torch.rand(40, 3, 8, 8)
+    plain = _draw_batch(x, 16, False, torch.Generator().manual_seed(3))
+    mixed = _draw_batch(x, 16, False, torch.Generator().manual_seed(3), mixup=0.25)
+    assert torch.equal(mixed[:12], plain[:12])  # the first 12 as drawn
+    assert not torch.equal(mixed[12:], plain[12:])
+    for image in mixed[12:]:  # each a convex mix of two images of the batch
+        fits = []
+        for i in range(16):
+            for j in range(16):
+                d = plain[i] - plain[j]
+                lam = float(((image - plain[j]) * d).sum() / d.pow(2).sum().clamp_min(1e-12)) if i != j else 1.0
+                fits.append((0.0 <= lam <= 1.0) and torch.allclose(lam * plain[i] + (1 - lam) * plain[j], image,
+                                                                   atol=1e-5))
+        assert any(fits)
+    # mixing comes after the crop and flip: the images kept as drawn are the augmented ones
+    assert torch.equal(_draw_batch(x, 16, True, torch.Generator().manual_seed(3), mixup=0.25)[:12],
+                       _draw_batch(x, 16, True, torch.Generator().manual_seed(3))[:12])
+    with pytest.raises(ValueError, match="mixup"):
+        ReconstructionConfig(mixup=1.5)

@@ -69,18 +69,21 @@ class ReconstructionConfig:
 
     ``steps`` optimiser steps of ``batch_size`` images drawn (with a seeded generator) from the
     calibration set, learning rate ``lr`` (Adam, cosine decay to 0), ``augment``: random crop and
-    flip of image batches (4-D inputs; other inputs are used as they are), ``anytime``: step ``k``
+    flip of image batches (4-D inputs; other inputs are used as they are), ``mixup``: the fraction of
+    each image batch replaced by mixes of two of its images (:func:`_mix_pairs`), ``anytime``: step ``k``
     trains the twin with ``L * (1 + k % anytime)`` levels (1: ``L`` only).
 
     ``distill_steps`` (0: none) steps of :func:`distill` on the converted SNN, learning rate
     ``distill_lr``, ``distill_batch_size`` images per step, the loss taken after ``T, 2T, ...,
-    anytime * T`` steps.
+    anytime * T`` steps. The distillation draws its batches as the reconstruction does (``augment``,
+    ``mixup``).
     """
 
     steps: int = 600
     lr: float = 3e-4
     batch_size: int = 64
     augment: bool = True
+    mixup: float = 0.0
     anytime: int = 2
     seed: int = 0
     distill_steps: int = 80
@@ -92,6 +95,8 @@ class ReconstructionConfig:
             raise ValueError(f"reconstruction steps must be a positive integer, got {self.steps!r}")
         if not self.lr > 0 or not math.isfinite(self.lr):
             raise ValueError(f"reconstruction lr must be a positive number, got {self.lr!r}")
+        if isinstance(self.mixup, bool) or not isinstance(self.mixup, (int, float)) or not 0.0 <= self.mixup <= 1.0:
+            raise ValueError(f"reconstruction mixup must be a fraction in [0, 1], got {self.mixup!r}")
         if isinstance(self.anytime, bool) or int(self.anytime) != self.anytime or self.anytime < 1:
             raise ValueError(f"reconstruction anytime must be a positive integer, got {self.anytime!r}")
         if int(self.batch_size) != self.batch_size or self.batch_size < 1:
@@ -105,12 +110,32 @@ class ReconstructionConfig:
             raise ValueError(f"distill batch_size must be a positive integer, got {self.distill_batch_size!r}")
 
 
-def _draw_batch(x_all: torch.Tensor, batch_size: int, augment: bool, generator: torch.Generator) -> torch.Tensor:
+def _draw_batch(x_all: torch.Tensor, batch_size: int, augment: bool, generator: torch.Generator,
+                mixup: float = 0.0) -> torch.Tensor:
     """``batch_size`` calibration inputs drawn with ``generator``; image batches randomly cropped and
-    flipped when ``augment`` (teacher and student then see the same augmented images)."""
+    flipped when ``augment`` (teacher and student then see the same augmented images), and the last
+    ``mixup`` fraction of them replaced by a mix of two (:func:`_mix_pairs`)."""
     idx = torch.randint(0, len(x_all), (min(int(batch_size), len(x_all)),), generator=generator)
     xb = x_all[idx]
-    return augment_batch(xb, generator) if augment and xb.dim() == 4 else xb
+    if xb.dim() != 4:
+        return xb
+    if augment:
+        xb = augment_batch(xb, generator)
+    return _mix_pairs(xb, mixup, generator) if mixup > 0 else xb
+
+
+def _mix_pairs(xb: torch.Tensor, fraction: float, generator: torch.Generator) -> torch.Tensor:
+    """The batch with its last ``round(fraction * n)`` images replaced by ``lam * x_i + (1 - lam) * x_j``
+    (``j`` a random partner in the batch, ``lam`` uniform in [0, 1) per image). The teacher labels
+    the mixed image itself, so no target is wrong: 512 calibration images become a continuum of
+    inputs, and the student matches the ANN's function between the images, not only on them
+    ("function matching", Beyer et al., CVPR 2022)."""
+    n = len(xb)
+    partner = torch.randperm(n, generator=generator)
+    lam = torch.rand(n, generator=generator).view(n, *([1] * (xb.dim() - 1)))
+    mixed = lam * xb + (1 - lam) * xb[partner]
+    clean = (torch.arange(n) < n - round(float(fraction) * n)).view_as(lam)
+    return torch.where(clean, xb, mixed)
 
 
 def _cosine_lr(optimizer: torch.optim.Optimizer, lr: float, step: int, steps: int) -> None:
@@ -144,7 +169,7 @@ def reconstruct(teacher: fx.GraphModule, calibrated: fx.GraphModule, images: Cal
         for step in range(config.steps):
             for site in sites:
                 site.levels = int(levels) * (1 + step % int(config.anytime))
-            xb = _draw_batch(x_all, config.batch_size, config.augment, generator).to(device)
+            xb = _draw_batch(x_all, config.batch_size, config.augment, generator, config.mixup).to(device)
             if image_batches:
                 xb = xb.contiguous(memory_format=torch.channels_last)  # ~2x faster convolutions on CPU
             with torch.no_grad():
@@ -181,12 +206,20 @@ def distill(snn: SpikingNetwork, teacher: fx.GraphModule, images: CalibrationSet
     run longer). Thresholds, initial charges and per-step currents stay as the conversion set them.
     ``snn`` is not changed.
 
-    The distilled network is kept only if it is closer to the ANN than ``snn`` on the calibration
-    images themselves, unaugmented (the KL divergence after ``T, ..., anytime * T`` steps, averaged;
-    no labels): a few steps of a noisy optimiser can also make a network worse, and the caller gets
-    ``snn`` back then (validation split, ResNet-20 for T=4: 40 steps lowered top-1 at T=4 from 68.7% to
-    66.5%). ``record``: the settings, the loss over the first and last tenth, ``kl_before`` /
-    ``kl_after`` and ``kept`` (``"distilled"`` or ``"converted"``), seconds.
+    The distilled network is kept only if it agrees with the ANN more often than ``snn`` on the
+    calibration images themselves, unaugmented (the share of images whose top-1 class is the ANN's,
+    after ``T, ..., anytime * T`` steps, averaged; no labels), or as often with a lower KL divergence
+    there: a few steps of a noisy optimiser can
+    also make a network worse (validation split, an earlier recipe, ResNet-20 for T=4: 40 steps
+    lowered top-1 from 68.7% to 66.5%), and the caller gets ``snn`` back then. Agreement, not the KL
+    divergence the distillation minimises: on the validation split (2,000 images, default recipe,
+    exploration runs outside the benchmarks) distillation raised ResNet-20's top-1 for T=4 from 70.7%
+    to 72.7% and for T=8 from 76.4% to 78.1% while the KL divergence on the calibration images rose
+    (0.161 -> 0.164, 0.079 -> 0.096), so the better network was discarded; agreement rose where it was
+    measured (T=8: 92.4 -> 94.0%; T=4, another run: 88.5 -> 90.8%). ``record``: the
+    settings, the loss over the first and last tenth, ``kl_before`` / ``kl_after`` and
+    ``agreement_before`` / ``agreement_after`` on the calibration images, ``kept`` (``"distilled"``
+    or ``"converted"``), seconds.
     """
     started = time.perf_counter()
     T = int(snn.config.timesteps)
@@ -205,7 +238,7 @@ def distill(snn: SpikingNetwork, teacher: fx.GraphModule, images: CalibrationSet
     teacher.eval()
     with progress_bar(f"calibration: distillation of the {T}-step SNN", steps, progress) as bar:
         for step in range(steps):
-            xb = _draw_batch(x_all, config.distill_batch_size, config.augment, generator).to(device)
+            xb = _draw_batch(x_all, config.distill_batch_size, config.augment, generator, config.mixup).to(device)
             with torch.no_grad():
                 target = F.log_softmax(teacher(xb).flatten(1).float(), -1)
             _cosine_lr(optimizer, config.distill_lr, step, steps)
@@ -228,31 +261,39 @@ def distill(snn: SpikingNetwork, teacher: fx.GraphModule, images: CalibrationSet
             bar.advance()
     student.reset()
     freeze(graph)
-    kl_before = _calibration_kl(snn, teacher, x_all, T, horizon, device)
-    kl_after = _calibration_kl(student, teacher, x_all, T, horizon, device)
+    kl_before, agreement_before = _calibration_fit(snn, teacher, x_all, T, horizon, device)
+    kl_after, agreement_after = _calibration_fit(student, teacher, x_all, T, horizon, device)
+    # agreement first; on a tie (e.g. every image already agrees) the KL divergence decides, so logits
+    # wrecked without changing a top-1 class are not kept
+    keep = (agreement_after, -kl_after) > (agreement_before, -kl_before)
     tenth = max(1, len(losses) // 10)
     record = {"steps": steps, "lr": config.distill_lr, "batch_size": int(config.distill_batch_size),
               "anytime": int(config.anytime), "timesteps": T, "images": n,
               "loss_first": round(sum(losses[:tenth]) / tenth, 5) if losses else None,
               "loss_last": round(sum(losses[-tenth:]) / tenth, 5) if losses else None,
               "kl_before": round(kl_before, 5), "kl_after": round(kl_after, 5),
-              "kept": "distilled" if kl_after < kl_before else "converted",
+              "agreement_before": round(agreement_before, 5), "agreement_after": round(agreement_after, 5),
+              "kept": "distilled" if keep else "converted",
               "seconds": round(time.perf_counter() - started, 3)}
-    return (student if kl_after < kl_before else snn), record
+    return (student if keep else snn), record
 
 
-def _calibration_kl(network: SpikingNetwork, teacher: fx.GraphModule, x: torch.Tensor, T: int, horizon: int,
-                    device: torch.device, batch_size: int = 256) -> float:
-    """Mean KL divergence (ANN -> SNN softmax) on ``x`` after ``T, 2T, ..., horizon`` steps."""
+def _calibration_fit(network: SpikingNetwork, teacher: fx.GraphModule, x: torch.Tensor, T: int, horizon: int,
+                     device: torch.device, batch_size: int = 256) -> tuple[float, float]:
+    """``(KL divergence, agreement)`` of ``network`` with ``teacher`` on ``x``, each averaged over the
+    budgets ``T, 2T, ..., horizon``: the mean KL divergence (ANN -> SNN softmax) per input, and the
+    share of inputs whose top-1 class is the ANN's."""
     budgets = list(range(T, horizon + 1, T))
-    total = 0.0
+    total, agree = 0.0, 0
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
             xb = x[i:i + batch_size].to(device)
-            target = F.log_softmax(teacher(xb).flatten(1).float(), -1)
+            logits = teacher(xb).flatten(1).float()
+            target = F.log_softmax(logits, -1)
             means = network.simulate(xb, budgets)
             for t in budgets:
-                out = F.log_softmax(means[t].flatten(1).float(), -1)
-                total += float(F.kl_div(out, target, log_target=True, reduction="sum"))
+                mean = means[t].flatten(1).float()
+                total += float(F.kl_div(F.log_softmax(mean, -1), target, log_target=True, reduction="sum"))
+                agree += int(mean.argmax(-1).eq(logits.argmax(-1)).sum())
     network.reset()
-    return total / (len(x) * len(budgets))
+    return total / (len(x) * len(budgets)), agree / (len(x) * len(budgets))
