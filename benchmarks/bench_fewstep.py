@@ -176,7 +176,8 @@ def choose(args, run) -> None:
     mean = {k: sum(a[T] for a in v) / len(models) for k, v in complete.items()}
     # highest mean at T; on a tie the cheaper setting (fewer reconstruction, then distillation steps,
     # then thresholds per layer, then no mixing)
-    best = max(eligible, key=lambda k: (round(mean[k], 6), -k[0], -k[3], k[4] == "layer", -k[5])) if eligible else None
+    best = (max(eligible, key=lambda k: (round(mean[k], 6), -k[0], -k[3], k[4] == "layer", -k[5]))
+            if eligible else None)
     library = (default.reconstruct_steps, default.correction_used, default.correction_form_used, default.distill_steps,
                "channel" if default.per_channel_used else "layer", default.reconstruction_config().mixup)
     if best is None:
@@ -215,8 +216,13 @@ def parse_setting(text: str) -> tuple[int, str, str, int, str, float]:
     if len(parts) not in (4, 5, 6) or (len(parts) >= 5 and parts[4] not in THRESHOLDS):
         raise SystemExit(f"bad setting {text!r}: STEPS:CORRECTION:FORM:DISTILL[:layer|channel[:MIXUP]]")
     steps, corr, form, distill_steps = parts[:4]
-    return (int(steps), corr, form, int(distill_steps), parts[4] if len(parts) >= 5 else "layer",
-            float(parts[5]) if len(parts) == 6 else 0.0)
+    try:
+        mixup = float(parts[5]) if len(parts) == 6 else 0.0
+    except ValueError:
+        mixup = -1.0
+    if not 0.0 <= mixup <= 1.0:
+        raise SystemExit(f"bad setting {text!r}: MIXUP must be a fraction in [0, 1]")
+    return int(steps), corr, form, int(distill_steps), parts[4] if len(parts) >= 5 else "layer", mixup
 
 
 def describe(setting) -> str:
