@@ -70,8 +70,9 @@ class ReconstructionConfig:
     ``steps`` optimiser steps of ``batch_size`` images drawn (with a seeded generator) from the
     calibration set, learning rate ``lr`` (Adam, cosine decay to 0), ``augment``: random crop and
     flip of image batches (4-D inputs; other inputs are used as they are), ``mixup``: the fraction of
-    each image batch replaced by mixes of two of its images (:func:`_mix_pairs`), ``anytime``: step ``k``
-    trains the twin with ``L * (1 + k % anytime)`` levels (1: ``L`` only).
+    each image batch replaced by mixes of two of its images (:func:`_mix_pairs`; off: 0.5 lost on the
+    validation split, ``fewstep-validation`` at cb0cb06, one seed per setting), ``anytime``: step
+    ``k`` trains the twin with ``L * (1 + k % anytime)`` levels (1: ``L`` only).
 
     ``distill_steps`` (0: none) steps of :func:`distill` on the converted SNN, learning rate
     ``distill_lr``, ``distill_batch_size`` images per step, the loss taken after ``T, 2T, ...,
@@ -209,17 +210,16 @@ def distill(snn: SpikingNetwork, teacher: fx.GraphModule, images: CalibrationSet
     The distilled network is kept only if it agrees with the ANN more often than ``snn`` on the
     calibration images themselves, unaugmented (the share of images whose top-1 class is the ANN's,
     after ``T, ..., anytime * T`` steps, averaged; no labels), or as often with a lower KL divergence
-    there: a few steps of a noisy optimiser can
-    also make a network worse (validation split, an earlier recipe, ResNet-20 for T=4: 40 steps
-    lowered top-1 from 68.7% to 66.5%), and the caller gets ``snn`` back then. Agreement, not the KL
-    divergence the distillation minimises: on the validation split (2,000 images, default recipe,
-    exploration runs outside the benchmarks) distillation raised ResNet-20's top-1 for T=4 from 70.7%
-    to 72.7% and for T=8 from 76.4% to 78.1% while the KL divergence on the calibration images rose
-    (0.161 -> 0.164, 0.079 -> 0.096), so the better network was discarded; agreement rose where it was
-    measured (T=8: 92.4 -> 94.0%; T=4, another run: 88.5 -> 90.8%). ``record``: the
-    settings, the loss over the first and last tenth, ``kl_before`` / ``kl_after`` and
-    ``agreement_before`` / ``agreement_after`` on the calibration images, ``kept`` (``"distilled"``
-    or ``"converted"``), seconds.
+    there: a few steps of a noisy optimiser can also make a network worse (validation split, an
+    earlier recipe, ResNet-20 for T=4: 40 steps lowered top-1 from 68.7% to 66.5%), and the caller
+    gets ``snn`` back then. Agreement, not the KL divergence the distillation minimises: on the
+    validation split (2,000 images, default recipe, exploration runs outside the benchmarks)
+    distillation raised ResNet-20's top-1 for T=4 from 70.7% to 72.7% and for T=8 from 76.4% to
+    78.1% while the KL divergence on the calibration images rose (0.161 -> 0.164, 0.079 -> 0.096), so
+    the better network was discarded; agreement rose where it was measured (T=8: 92.4 -> 94.0%; T=4,
+    another run: 88.5 -> 90.8%). ``record``: the settings, the loss over the first and last tenth,
+    ``kl_before`` / ``kl_after`` and ``agreement_before`` / ``agreement_after`` on the calibration
+    images, ``kept`` (``"distilled"`` or ``"converted"``), seconds.
     """
     started = time.perf_counter()
     T = int(snn.config.timesteps)
