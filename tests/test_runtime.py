@@ -189,6 +189,32 @@ def test_poisson_encoding_approaches_the_analog_result(model, snn):
     assert torch.equal(net.simulate(X[:6], 8), outs[8])
 
 
+def test_first_run_computes_in_the_same_chunks_as_later_runs(model):
+    """The first run with a new image shape measures the stateful inputs on one step; that step
+    must be forgotten, or the first run's chunks (1 + 8 + 1 at T=10) differ from every later run's
+    (8 + 2) and the same input gives different float rounding depending on what ran before."""
+    net = convert(model, thresholds="max", timesteps=10, correction="none")
+    batched = net._batched
+    chunks: list[int] = []
+
+    class Recording:
+        supports = batched.supports
+
+        def __call__(self, steps, *args):
+            chunks.append(steps)
+            return batched(steps, *args)
+
+    net.__dict__["_batched"] = Recording()
+    try:
+        first = net.simulate(X[:3], 10)
+        first_chunks, chunks[:] = list(chunks), []
+        second = net.simulate(X[:3], 10)
+    finally:
+        net.__dict__["_batched"] = batched
+    assert first_chunks == chunks and sum(chunks) == 10, (first_chunks, chunks)
+    assert torch.equal(first, second)
+
+
 # ---------------------------------------------------------------------------- device / forward
 def test_to_cpu_and_forward_at_default_T(model, snn):
     moved = snn.to("cpu")

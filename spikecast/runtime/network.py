@@ -139,11 +139,7 @@ class SpikingNetwork(nn.Module):
         """
         if int(timesteps) < 1:
             raise ValueError(f"timesteps must be >= 1, got {timesteps!r}")
-        self.reset()
-        if not torch.is_grad_enabled():
-            # the number of steps is known: state types exact for that many (a byte per spike count)
-            for m in self.stateful_modules():
-                m.reserve_steps(int(timesteps))
+        self._restart(int(timesteps))
         if x.dim() == 4 and self.config.channels_last:
             # oneDNN convolutions run without layout reorders on NHWC; everything downstream
             # (neuron state included) inherits the layout.
@@ -159,6 +155,14 @@ class SpikingNetwork(nn.Module):
             encoder.start(x)
         for _ in range(int(timesteps)):
             yield self._run_step(encoder.step() if encoder is not None else x, *static)
+
+    def _restart(self, timesteps: int) -> None:
+        """Forget every state before a run of ``timesteps`` steps."""
+        self.reset()
+        if not torch.is_grad_enabled():
+            # the number of steps is known: state types exact for that many (a byte per spike count)
+            for m in self.stateful_modules():
+                m.reserve_steps(timesteps)
 
     def _run_step(self, *args) -> torch.Tensor:
         """One step through the step graph: compiled as a whole (``config.compiled``: every
@@ -186,7 +190,9 @@ class SpikingNetwork(nn.Module):
         """:meth:`steps` time-batched (see :mod:`spikecast.nn.timebatch`): chunks of a
         power-of-two number of steps (few distinct sizes: few compiled kernels) holding at most
         ``TIME_BATCH_ELEMENTS`` values per stateful layer input. The largest such input per image is
-        measured on the first step of the first run with a new image shape (run alone)."""
+        measured by one step run alone on the first run with a new image shape; that step is then
+        forgotten, so the first run and every later one compute in the same chunks (bit-identical
+        outputs for the same input, whatever ran before)."""
         done = 0
         per_image = self._largest_input.get(tuple(x.shape[1:]))
         if per_image is None:
@@ -194,12 +200,11 @@ class SpikingNetwork(nn.Module):
             hooks = [m.register_forward_pre_hook(lambda _m, args: shapes.append(args[0].shape))
                      for m in self.stateful_modules()]
             try:
-                out = self._run_step(x, *static)
+                self._run_step(x, *static)
             finally:
                 for hook in hooks:
                     hook.remove()
-            yield out
-            done = 1
+            self._restart(timesteps)
             # 0: a stateful module does not see the batch on the first axis - step by step
             per_image = 0 if any(s[0] != len(x) for s in shapes) else \
                 max((s.numel() for s in shapes), default=x[0].numel()) // max(len(x), 1)
