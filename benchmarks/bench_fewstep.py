@@ -4,18 +4,20 @@
 validation split (never the test set), CIFAR ResNet-20 and ResNet-32 converted for T=4 with 512
 unlabeled train images: the default recipe without reconstruction, then the settings of the
 label-free path (reconstruction steps, the correction after it, steps of the SNN's distillation,
-and whether the reconstruction starts from one threshold per layer or one per channel), each read
-at T = 4 / 8 / 16. The rule is fixed here: the setting with the highest validation top-1 at T=4,
-averaged over both networks (one recipe for all depths), among the settings whose networks do not fall by
-more than half a point when run for 8 or 16 steps (anytime), fewer steps on a tie. The section says
-whether the library's defaults are the chosen ones.
+whether the reconstruction starts from one threshold per layer or one per channel, mixing, QDrop),
+each converted once per reconstruction seed (``--seeds``: the same conversion varies by a few points
+from seed to seed at T=4, so one seed per setting cannot separate settings a point or two apart) and
+read at T = 4 / 8 / 16. The rule is fixed here: the setting with the highest validation top-1 at T=4,
+averaged over the seeds and both networks (one recipe for all depths), among the settings whose
+networks do not fall by more than half a point (seed means) when run for 8 or 16 steps (anytime),
+fewer steps on a tie. The section says whether the library's defaults are the chosen ones.
 
 ``test`` (section ``fewstep``): the library's default call ``spikecast.convert(model, calib=512
 unlabeled train images, timesteps=T)`` for T = 4 and 8 (and ``levels=2`` at T=4), on the full test
 set (read once per number), each network also read at longer T (anytime), with the conversion time
 and bits per step.
 
-    python benchmarks/bench_fewstep.py choose --images 2000 --work /tmp/spikecast-bench-fewstep
+    python benchmarks/bench_fewstep.py choose --images 2000 --seeds 0,1,2 --work /tmp/spikecast-bench-fewstep
     python benchmarks/bench_fewstep.py test --work /tmp/spikecast-bench-fewstep
 
 Every cell is kept in ``--work`` with the commit it was measured at; a run cut short resumes.
@@ -43,12 +45,13 @@ import results_file
 from bench_data import cifar10
 
 MODELS = ("cifar10-resnet20", "cifar10-resnet32")
-#: the settings compared: reconstruction steps, correction / form after it, distillation steps, and
-#: the thresholds the reconstruction starts from (one per layer, or one per channel), and the fraction of each
-#: batch mixed (function matching, `ReconstructionConfig.mixup`)
+#: the settings compared: reconstruction steps, correction / form after it, distillation steps, the
+#: thresholds the reconstruction starts from (one per layer, or one per channel), the fraction of each
+#: batch mixed (function matching, `ReconstructionConfig.mixup`) and the share of values QDrop passes
+#: unrounded (`ReconstructionConfig.drop`)
 SETTINGS = ("600:light:charge:0", "600:light:charge:40", "600:light:charge:80", "300:light:charge:80",
             "600:light:charge:0:channel", "600:light:charge:80:channel", "300:light:charge:80:channel",
-            "600:light:charge:80:channel:0.5")
+            "600:light:charge:80:channel:0.5", "600:light:charge:80:channel:0:0.5")
 THRESHOLDS = ("layer", "channel")
 #: the targets of issue 16 (full test set): T=4 and T=8 top-1
 ANYTIME_SLACK = 0.005
@@ -114,12 +117,13 @@ def choose(args, run) -> None:
     rows, scores = [], {}
     models = args.models.split(",")
     settings = [parse_setting(text) for text in args.settings.split(",")]
+    seeds = parse_seeds(args.seeds)
     for name in models:
         ann = create_model(name, pretrained=True).eval()
         key = f"{name}/ann"
         if cells.get(key) is None:
             cells.put(key, ann_top1(ann, x_val, y_val))
-        rows.append(f"| {name} | ANN | - | - | {pct(cells.get(key))} | | | - |")
+        rows.append(f"| {name} | ANN | - | - | {pct(cells.get(key))} | | | | - |")
         key = f"{name}/no-reconstruction"
         plain = default.replace(reconstruct="off")
         if cells.get(key) is None:
@@ -128,46 +132,57 @@ def choose(args, run) -> None:
             cells.put(key, {"acc": top1(snn, x_val, y_val, columns), "seconds": time.perf_counter() - t0})
         c = cells.get(key)
         acc = {int(k): v for k, v in c["acc"].items()}  # (JSON keys are strings)
-        rows.append(f"| {name} | no reconstruction | {plain.correction_used} / {plain.correction_form_used} | - | "
-                    + " | ".join(pct(acc[t]) for t in columns) + f" | {c['seconds']:.0f} s |")
+        rows.append(f"| {name} | no reconstruction (no seed) | {plain.correction_used} / {plain.correction_form_used} | "
+                    "- | " + " | ".join(pct(acc[t]) for t in columns) + f" | | {c['seconds']:.0f} s |")
         normalised = prepare(ann, x_cal[:2])
+        # reconstructions and conversions shared by settings that differ only after them
         calibrations, trained, corrected = {}, {}, {}
-        for steps, corr, form, distill_steps, thresholds, mixup in settings:
-            key = f"{name}/steps={steps}/{corr}/{form}/distill={distill_steps}" + (
-                f"/{thresholds}" if thresholds != "layer" else "") + (f"/mixup={mixup:g}" if mixup else "")
-            if cells.get(key) is None:
-                recipe = default.replace(per_channel=thresholds == "channel")
-                if thresholds not in calibrations:
-                    calibrations[thresholds] = calibrate(normalised, images, recipe.calibration_config(),
-                                                         progress=False)
-                calibrated, stats = calibrations[thresholds]
-                t0 = time.perf_counter()
-                config = ReconstructionConfig(steps=steps, distill_steps=distill_steps, mixup=mixup)
-                if (steps, thresholds, mixup) not in trained:
-                    trained[(steps, thresholds, mixup)] = reconstruct(normalised, calibrated, images, T, config,
-                                                                      progress=False)
-                graph, record = trained[(steps, thresholds, mixup)]
-                if (steps, corr, form, thresholds, mixup) not in corrected:
-                    t1 = time.perf_counter()
-                    recipe = recipe.replace(correction=corr, correction_form=form, reconstruct_steps=steps)
-                    corrected[(steps, corr, form, thresholds, mixup)] = (
-                        build_snn(graph, images, recipe, source=name, calibrated=True, stats=stats, progress=False),
-                        time.perf_counter() - t1)
-                snn, correction_s = corrected[(steps, corr, form, thresholds, mixup)]
-                distill_s = 0.0
-                if distill_steps:
-                    snn, distilled = distill(snn, normalised, images, config, progress=False)
-                    distill_s = distilled["seconds"]
-                cells.put(key, {"acc": top1(snn, x_val, y_val, columns), "reconstruction_s": record["seconds"],
-                                "correction_s": correction_s, "distill_s": distill_s})
-            c = cells.get(key)
-            acc = {int(k): v for k, v in c["acc"].items()}
-            seconds = c["reconstruction_s"] + c["correction_s"] + c["distill_s"]
-            scores.setdefault((steps, corr, form, distill_steps, thresholds, mixup), []).append(acc)
+        for setting in settings:
+            steps, corr, form, distill_steps, thresholds, mixup, drop = setting
+            base = f"{name}/steps={steps}/{corr}/{form}/distill={distill_steps}" + (
+                f"/{thresholds}" if thresholds != "layer" else "") + (f"/mixup={mixup:g}" if mixup else "") + (
+                f"/drop={drop:g}" if drop else "")
+            per_seed = []
+            for seed in seeds:
+                key = base + (f"/seed={seed}" if seed else "")
+                if cells.get(key) is None:
+                    recipe = default.replace(per_channel=thresholds == "channel")
+                    if thresholds not in calibrations:
+                        calibrations[thresholds] = calibrate(normalised, images, recipe.calibration_config(),
+                                                             progress=False)
+                    calibrated, stats = calibrations[thresholds]
+                    config = ReconstructionConfig(steps=steps, distill_steps=distill_steps, mixup=mixup, drop=drop,
+                                                  seed=seed)
+                    twin = (steps, thresholds, mixup, drop, seed)
+                    if twin not in trained:
+                        trained[twin] = reconstruct(normalised, calibrated, images, T, config, progress=False)
+                    graph, record = trained[twin]
+                    if (twin, corr, form) not in corrected:
+                        t1 = time.perf_counter()
+                        recipe = recipe.replace(correction=corr, correction_form=form, reconstruct_steps=steps)
+                        corrected[(twin, corr, form)] = (
+                            build_snn(graph, images, recipe, source=name, calibrated=True, stats=stats,
+                                      progress=False), time.perf_counter() - t1)
+                    snn, correction_s = corrected[(twin, corr, form)]
+                    distill_s = 0.0
+                    if distill_steps:
+                        snn, distilled = distill(snn, normalised, images, config, progress=False)
+                        distill_s = distilled["seconds"]
+                    cells.put(key, {"acc": top1(snn, x_val, y_val, columns), "reconstruction_s": record["seconds"],
+                                    "correction_s": correction_s, "distill_s": distill_s})
+                c = cells.get(key)
+                per_seed.append(({int(k): v for k, v in c["acc"].items()},
+                                 c["reconstruction_s"] + c["correction_s"] + c["distill_s"]))
+            acc = {t: sum(a[t] for a, _ in per_seed) / len(per_seed) for t in columns}
+            spread = [a[T] for a, _ in per_seed]
+            seconds = sum(s for _, s in per_seed) / len(per_seed)
+            scores.setdefault(setting, []).append(acc)
             rows.append(f"| {name} | reconstruction {steps} steps, thresholds per {thresholds}"
-                        + (f", {mixup:g} of each batch mixed" if mixup else "") + f" | {corr} / {form} | "
-                        f"{distill_steps} | "
-                        + " | ".join(pct(acc[t]) for t in columns) + f" | {seconds:.0f} s |")
+                        + (f", {mixup:g} of each batch mixed" if mixup else "")
+                        + (f", QDrop {drop:g}" if drop else "") + f" | {corr} / {form} | {distill_steps} | "
+                        + " | ".join(pct(acc[t]) for t in columns)
+                        + f" | {' / '.join(f'{100 * v:.2f}' for v in spread)} (sd {100 * stdev(spread):.2f}) "
+                        f"| {seconds:.0f} s |")
             print(rows[-1], flush=True)
     # anytime: a setting whose network falls by more than ANYTIME_SLACK when run longer is not eligible
     complete = {k: v for k, v in scores.items() if len(v) == len(models)}
@@ -175,11 +190,12 @@ def choose(args, run) -> None:
                 if all(min(a[t] for t in columns if t > T) >= a[T] - ANYTIME_SLACK for a in v)}
     mean = {k: sum(a[T] for a in v) / len(models) for k, v in complete.items()}
     # highest mean at T; on a tie the cheaper setting (fewer reconstruction, then distillation steps,
-    # then thresholds per layer, then no mixing)
-    best = (max(eligible, key=lambda k: (round(mean[k], 6), -k[0], -k[3], k[4] == "layer", -k[5]))
+    # then thresholds per layer, then no mixing, then no QDrop)
+    best = (max(eligible, key=lambda k: (round(mean[k], 6), -k[0], -k[3], k[4] == "layer", -k[5], -k[6]))
             if eligible else None)
+    config = default.reconstruction_config()
     library = (default.reconstruct_steps, default.correction_used, default.correction_form_used, default.distill_steps,
-               "channel" if default.per_channel_used else "layer", default.reconstruction_config().mixup)
+               "channel" if default.per_channel_used else "layer", config.mixup, config.drop)
     if best is None:
         verdict = "**no setting is anytime on every network: nothing is chosen**"
     elif library == best:
@@ -193,12 +209,17 @@ def choose(args, run) -> None:
         f"random crop + flip, levels cycling through T..{ReconstructionConfig().anytime}T), then the correction, then "
         "the distillation: steps of backpropagation through time in the SNN against the ANN (batch "
         f"{ReconstructionConfig().distill_batch_size}, lr {ReconstructionConfig().distill_lr:g}, loss after T and "
-        f"{ReconstructionConfig().anytime}T steps). Rule (fixed in the script): highest top-1 at T={T} averaged over "
-        f"both networks among the settings whose networks do not fall by more than {100 * ANYTIME_SLACK:g} points at "
-        "T=8 or T=16 (anytime), the cheaper setting on a tie. Time: reconstruction + correction + distillation on "
-        "this machine (the whole conversion for the row without reconstruction). " + cells.sittings(),
-        "", "| network | conversion | correction / form | distillation steps | T=4 | T=8 | T=16 | time |",
-        "|---|---|---|---:|---:|---:|---:|---|", *rows, "",
+        f"{ReconstructionConfig().anytime}T steps). Each setting is converted once per reconstruction seed "
+        f"({', '.join(map(str, seeds))}: the seed draws the batches, their crops and flips, and QDrop's choices); "
+        f"T=4 / 8 / 16 are the means over the seeds, followed by each seed's T={T} top-1 and their standard "
+        f"deviation. Rule (fixed in the script): highest top-1 at T={T} averaged over the seeds and both networks "
+        f"among the settings whose networks do not fall by more than {100 * ANYTIME_SLACK:g} points at T=8 or T=16 "
+        "(seed means; anytime), the cheaper setting on a tie. Time: reconstruction + correction + distillation on "
+        "this machine, mean over the seeds (the whole conversion for the row without reconstruction). "
+        + cells.sittings(),
+        "", f"| network | conversion | correction / form | distillation steps | T=4 | T=8 | T=16 | T={T} per seed "
+        "| time |",
+        "|---|---|---|---:|---:|---:|---:|---|---|", *rows, "",
         (f"Chosen: {describe(best)} (mean top-1 at T={T}: {pct(mean[best])}); " if best else "") + verdict
         + f". Not eligible (falls by more than {100 * ANYTIME_SLACK:g} points at a longer T on a network): "
         + (", ".join(f"{describe(k)} (mean {pct(mean[k])} at T=4)" for k in complete if k not in eligible) or "none")
@@ -208,27 +229,49 @@ def choose(args, run) -> None:
     print(body)
 
 
-def parse_setting(text: str) -> tuple[int, str, str, int, str, float]:
-    """``STEPS:CORRECTION:FORM:DISTILL[:THRESHOLDS[:MIXUP]]`` -> (reconstruction steps, correction, form,
-    distillation steps, thresholds ``layer`` (the default) or ``channel``, the fraction of each batch
-    mixed (``ReconstructionConfig.mixup``, default 0))."""
-    parts = text.split(":")
-    if len(parts) not in (4, 5, 6) or (len(parts) >= 5 and parts[4] not in THRESHOLDS):
-        raise SystemExit(f"bad setting {text!r}: STEPS:CORRECTION:FORM:DISTILL[:layer|channel[:MIXUP]]")
-    steps, corr, form, distill_steps = parts[:4]
+def stdev(values: list[float]) -> float:
+    """Sample standard deviation (0 for a single value)."""
+    if len(values) < 2:
+        return 0.0
+    m = sum(values) / len(values)
+    return math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+
+
+def parse_seeds(text: str) -> list[int]:
     try:
-        mixup = float(parts[5]) if len(parts) == 6 else 0.0
+        seeds = [int(part) for part in text.split(",")]
     except ValueError:
-        mixup = -1.0
-    if not 0.0 <= mixup <= 1.0:
-        raise SystemExit(f"bad setting {text!r}: MIXUP must be a fraction in [0, 1]")
-    return int(steps), corr, form, int(distill_steps), parts[4] if len(parts) >= 5 else "layer", mixup
+        raise SystemExit(f"bad --seeds {text!r}: comma-separated non-negative integers") from None
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise SystemExit(f"bad --seeds {text!r}: comma-separated distinct non-negative integers")
+    return seeds
+
+
+def parse_setting(text: str) -> tuple[int, str, str, int, str, float, float]:
+    """``STEPS:CORRECTION:FORM:DISTILL[:THRESHOLDS[:MIXUP[:DROP]]]`` -> (reconstruction steps, correction,
+    form, distillation steps, thresholds ``layer`` (the default) or ``channel``, the fraction of each batch
+    mixed (``ReconstructionConfig.mixup``, default 0), QDrop's share (``ReconstructionConfig.drop``, default 0))."""
+    parts = text.split(":")
+    if len(parts) not in (4, 5, 6, 7) or (len(parts) >= 5 and parts[4] not in THRESHOLDS):
+        raise SystemExit(f"bad setting {text!r}: STEPS:CORRECTION:FORM:DISTILL[:layer|channel[:MIXUP[:DROP]]]")
+    steps, corr, form, distill_steps = parts[:4]
+    fractions = []
+    for label, part in (("MIXUP", parts[5] if len(parts) >= 6 else "0"), ("DROP", parts[6] if len(parts) == 7 else "0")):
+        try:
+            value = float(part)
+        except ValueError:
+            value = -1.0
+        if not 0.0 <= value <= 1.0:
+            raise SystemExit(f"bad setting {text!r}: {label} must be a fraction in [0, 1]")
+        fractions.append(value)
+    return int(steps), corr, form, int(distill_steps), parts[4] if len(parts) >= 5 else "layer", *fractions
 
 
 def describe(setting) -> str:
-    steps, corr, form, distill_steps, thresholds, mixup = setting
+    steps, corr, form, distill_steps, thresholds, mixup, drop = setting
     return (f"reconstruction {steps} steps from thresholds per {thresholds}, correction {corr} / {form}, "
-            f"{distill_steps} distillation steps" + (f", {mixup:g} of each batch mixed" if mixup else ""))
+            f"{distill_steps} distillation steps" + (f", {mixup:g} of each batch mixed" if mixup else "")
+            + (f", QDrop {drop:g}" if drop else ""))
 
 
 def test(args, run) -> None:
@@ -296,8 +339,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=1000, help="choose: validation images (default 1000)")
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--settings", default=",".join(SETTINGS),
-                        help="choose: STEPS:CORRECTION:FORM:DISTILL[:layer|channel] settings compared "
+                        help="choose: STEPS:CORRECTION:FORM:DISTILL[:layer|channel[:MIXUP[:DROP]]] settings compared "
                              "(default: the fixed grid)")
+    parser.add_argument("--seeds", default="0,1,2", help="choose: reconstruction seeds per setting (default 0,1,2)")
     parser.add_argument("--work", default="/tmp/spikecast-bench-fewstep", help="resumable work folder")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-write", action="store_true")

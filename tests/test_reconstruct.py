@@ -222,3 +222,32 @@ def test_mixup_replaces_the_last_fraction_of_a_batch_by_mixes_of_two_of_its_imag
                        _draw_batch(x, 16, True, torch.Generator().manual_seed(3))[:12])
     with pytest.raises(ValueError, match="mixup"):
         ReconstructionConfig(mixup=1.5)
+
+
+def test_qdrop_passes_the_given_share_of_values_unrounded_and_only_while_reconstructing(net):
+    site = QCFSSite("s", "relu", None, 4, 1.0)
+    x = torch.rand(20000, generator=torch.Generator().manual_seed(1)) * 1.2 - 0.1
+    rounded = site(x)
+    assert not rounded.eq(torch.relu(x)).all()
+    site.drop, site.drop_generator = 0.3, torch.Generator().manual_seed(0)
+    out = site(x)
+    # every value either rounded or as the ANN has it (relu: the site replaces a ReLU)
+    assert (out.eq(rounded) | out.eq(torch.relu(x))).all()
+    moved = out.ne(rounded)
+    between = rounded.ne(torch.relu(x))  # where passing through shows at all
+    assert 0.28 < float(moved.sum() / between.sum()) < 0.32
+    # the reconstruction uses it and leaves every site of its result rounding again
+    x_cal = images()
+    normalised = prepare(net, x_cal[:2])
+    calibrated, _ = calibrate(normalised, as_calibration_set(x_cal), Recipe(timesteps=4).calibration_config(),
+                              progress=False)
+    cfg = ReconstructionConfig(steps=20, batch_size=16, drop=0.5)
+    a, _ = reconstruct(normalised, calibrated, as_calibration_set(x_cal), 4, cfg, progress=False)
+    b, _ = reconstruct(normalised, calibrated, as_calibration_set(x_cal), 4,
+                       ReconstructionConfig(steps=20, batch_size=16), progress=False)
+    assert all(s.drop == 0.0 and s.drop_generator is None for _, s in site_nodes(a))
+    assert any(not torch.equal(va, vb) for va, vb in zip(a.state_dict().values(), b.state_dict().values()))
+    again, _ = reconstruct(normalised, calibrated, as_calibration_set(x_cal), 4, cfg, progress=False)
+    assert all(torch.equal(va, vc) for va, vc in zip(a.state_dict().values(), again.state_dict().values()))
+    with pytest.raises(ValueError, match="drop"):
+        ReconstructionConfig(drop=1.0)

@@ -54,6 +54,8 @@ class QCFSSite(ActivationSite):
         self.levels = int(levels)
         self.shift = float(shift)
         self.clip = nn.Parameter(clip)
+        self.drop = 0.0  # QDrop: share of values passed unquantised (reconstruction only)
+        self.drop_generator: Optional[torch.Generator] = None
 
     def effective_clip(self) -> torch.Tensor:
         """``lambda``, kept positive and, for a clipped source activation (ReLU6), at most its clip."""
@@ -64,7 +66,14 @@ class QCFSSite(ActivationSite):
         lam = self.effective_clip()
         levels = self.levels
         y = torch.clamp(x / lam, -1.0 if self.bipolar else 0.0, 1.0)
-        return floor_ste(y * levels + self.shift) / levels * lam
+        out = floor_ste(y * levels + self.shift) / levels * lam
+        if self.drop > 0:
+            # QDrop (Wei et al., ICLR 2022): a random share of the values skips the rounding, so the
+            # weights are fitted to a neighbourhood of the quantised network (flatter, generalises
+            # from few calibration images)
+            keep = torch.rand(out.shape, generator=self.drop_generator).to(out.device) < self.drop
+            out = torch.where(keep, x if self.bipolar else torch.relu(x), out)
+        return out
 
     def extra_repr(self) -> str:
         clip = f"{float(self.clip):.4g}" if self.clip.numel() == 1 else f"per-channel{tuple(self.clip.shape)}"

@@ -71,8 +71,11 @@ class ReconstructionConfig:
     calibration set, learning rate ``lr`` (Adam, cosine decay to 0), ``augment``: random crop and
     flip of image batches (4-D inputs; other inputs are used as they are), ``mixup``: the fraction of
     each image batch replaced by mixes of two of its images (:func:`_mix_pairs`; off: 0.5 lost on the
-    validation split, ``fewstep-validation`` at cb0cb06, one seed per setting), ``anytime``: step
+    validation split, ``fewstep-validation`` at cb0cb06, one seed per setting), ``drop``: the share of the
+    twin's activations passed unrounded at each step (QDrop, Wei et al. ICLR 2022; 0: none), ``anytime``: step
     ``k`` trains the twin with ``L * (1 + k % anytime)`` levels (1: ``L`` only).
+
+    ``seed`` draws the batches, their crops and flips, and QDrop's choices.
 
     ``distill_steps`` (0: none) steps of :func:`distill` on the converted SNN, learning rate
     ``distill_lr``, ``distill_batch_size`` images per step, the loss taken after ``T, 2T, ...,
@@ -90,6 +93,7 @@ class ReconstructionConfig:
     distill_steps: int = 80
     distill_lr: float = 1e-4
     distill_batch_size: int = 32
+    drop: float = 0.0
 
     def __post_init__(self):
         if isinstance(self.steps, bool) or int(self.steps) != self.steps or self.steps < 1:
@@ -98,6 +102,8 @@ class ReconstructionConfig:
             raise ValueError(f"reconstruction lr must be a positive number, got {self.lr!r}")
         if isinstance(self.mixup, bool) or not isinstance(self.mixup, (int, float)) or not 0.0 <= self.mixup <= 1.0:
             raise ValueError(f"reconstruction mixup must be a fraction in [0, 1], got {self.mixup!r}")
+        if isinstance(self.drop, bool) or not isinstance(self.drop, (int, float)) or not 0.0 <= self.drop < 1.0:
+            raise ValueError(f"reconstruction drop must be a fraction in [0, 1), got {self.drop!r}")
         if isinstance(self.anytime, bool) or int(self.anytime) != self.anytime or self.anytime < 1:
             raise ValueError(f"reconstruction anytime must be a positive integer, got {self.anytime!r}")
         if int(self.batch_size) != self.batch_size or self.batch_size < 1:
@@ -166,6 +172,9 @@ def reconstruct(teacher: fx.GraphModule, calibrated: fx.GraphModule, images: Cal
     image_batches = x_all.dim() == 4
     losses: list[float] = []
     teacher.eval()
+    drop_generator = torch.Generator().manual_seed(int(config.seed) + 1)
+    for site in sites:
+        site.drop, site.drop_generator = float(config.drop), drop_generator
     with progress_bar(f"calibration: reconstruction of the {levels}-level twin", config.steps, progress) as bar:
         for step in range(config.steps):
             for site in sites:
@@ -185,6 +194,7 @@ def reconstruct(teacher: fx.GraphModule, calibrated: fx.GraphModule, images: Cal
             bar.advance()
     for site in sites:
         site.levels = int(levels)
+        site.drop, site.drop_generator = 0.0, None
     freeze(student)
     tenth = max(1, len(losses) // 10)
     record = {**asdict(config), "levels": int(levels), "images": n,
