@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import time
 from pathlib import Path
 
@@ -175,13 +176,14 @@ def choose(args, run) -> None:
                                  c["reconstruction_s"] + c["correction_s"] + c["distill_s"]))
             acc = {t: sum(a[t] for a, _ in per_seed) / len(per_seed) for t in columns}
             spread = [a[T] for a, _ in per_seed]
+            sd = statistics.stdev(spread) if len(spread) > 1 else 0.0
             seconds = sum(s for _, s in per_seed) / len(per_seed)
             scores.setdefault(setting, []).append(acc)
             rows.append(f"| {name} | reconstruction {steps} steps, thresholds per {thresholds}"
                         + (f", {mixup:g} of each batch mixed" if mixup else "")
                         + (f", QDrop {drop:g}" if drop else "") + f" | {corr} / {form} | {distill_steps} | "
                         + " | ".join(pct(acc[t]) for t in columns)
-                        + f" | {' / '.join(f'{100 * v:.2f}' for v in spread)} (sd {100 * stdev(spread):.2f}) "
+                        + f" | {' / '.join(f'{100 * v:.2f}' for v in spread)} (sd {100 * sd:.2f}) "
                         f"| {seconds:.0f} s |")
             print(rows[-1], flush=True)
     # anytime: a setting whose network falls by more than ANYTIME_SLACK when run longer is not eligible
@@ -227,14 +229,6 @@ def choose(args, run) -> None:
     if not args.no_write:
         run.write("fewstep-validation", "Few steps without labels: choices on the validation split", body)
     print(body)
-
-
-def stdev(values: list[float]) -> float:
-    """Sample standard deviation (0 for a single value)."""
-    if len(values) < 2:
-        return 0.0
-    m = sum(values) / len(values)
-    return math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
 
 
 def parse_seeds(text: str) -> list[int]:
