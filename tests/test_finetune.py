@@ -17,6 +17,7 @@ from spikecast.nn.neuron import (IFNeuron, _binary_step, _multilevel_step, _mult
                                  _signed_step, _surrogate_step)
 from spikecast.convert.spiking import NeuronConfig, to_spiking
 from spikecast.graph.sites import site_nodes
+from spikecast.quant.qcfs import DropMasks
 from spikecast.quant import QCFSSite, integer_form, qcfs_thresholds, quantize_tensor, quantize_weights, to_qcfs
 from spikecast.runtime.network import SimulationConfig, SpikingNetwork
 from spikecast.train import FinetuneConfig, TrainConfig, finetune
@@ -110,6 +111,52 @@ def test_qcfs_straight_through_gradients():
     inside = (x.detach() > 0) & (x.detach() < lam)
     expected = torch.where(inside, q / levels - x.detach() / lam, (x.detach() >= lam).float())
     assert torch.allclose(site.clip.grad, expected.sum(), atol=1e-6)
+
+
+def _composed_qcfs(x, lam, levels, lo, shift=0.5):
+    """The QCFS site written as plain autograd ops (straight-through floor): the reference for the
+    hand-written node."""
+    v = torch.clamp(x / lam, lo, 1.0) * levels + shift
+    return (v + (torch.floor(v) - v).detach()) / levels * lam
+
+
+@pytest.mark.parametrize("bipolar", [False, True])
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("drop", [0.0, 0.4])
+def test_qcfs_node_has_the_values_and_gradients_of_the_composed_ops(bipolar, per_channel, drop):
+    g = torch.Generator().manual_seed(3)
+    x0 = (torch.randn(8, 6, 5, 5, generator=g) * 1.5).contiguous(memory_format=torch.channels_last)
+    x0[0, 0, 0, :3] = torch.tensor([0.0, 1.25, -1.25])  # on the clamp's edges (clip 1.25 below)
+    clip = torch.linspace(0.8, 1.6, 6).view(6, 1, 1) if per_channel else torch.tensor(1.25)
+    if per_channel:
+        clip[0] = 1.25
+    site = QCFSSite("s", "aten.relu", None, 4, clip, bipolar=bipolar)
+    lo = -1.0 if bipolar else 0.0
+    if drop:
+        site.drop_masks = DropMasks(drop, torch.Generator().manual_seed(0))
+    x = x0.clone().requires_grad_(True)
+    weight = torch.randn(x0.shape, generator=g)
+    out = site(x)
+    (out * weight).sum().backward()
+    if drop:  # the same masks again: a fresh pool drawn from the same seed
+        rounded, passed = DropMasks(drop, torch.Generator().manual_seed(0))(x0)
+        assert 0.3 < float(passed.mean()) < 0.5 and torch.equal(rounded + passed, torch.ones_like(x0))
+    else:
+        rounded, passed = torch.ones_like(x0), torch.zeros_like(x0)
+    xr = x0.clone().requires_grad_(True)
+    lam = clip.clone().requires_grad_(True)
+    unrounded = xr if bipolar else torch.relu(xr)
+    ref = _composed_qcfs(xr, lam, 4, lo) * rounded + unrounded * passed
+    (ref * weight).sum().backward()
+    assert torch.allclose(out, ref, atol=1e-6)
+    # each value is either its level or (QDrop) the unrounded activation, exactly
+    levels_out = _composed_qcfs(x0, clip, 4, lo)
+    assert (out.eq(levels_out) | out.eq(unrounded.detach())).all()
+    assert torch.allclose(x.grad, xr.grad, atol=1e-6)
+    assert torch.allclose(site.clip.grad, lam.grad, atol=1e-4, rtol=1e-5)
+    with torch.no_grad():  # the inference path: plain ops, same values
+        site.drop_masks = DropMasks(drop, torch.Generator().manual_seed(0)) if drop else None
+        assert torch.allclose(site(x0), out.detach(), atol=1e-6)
 
 
 def test_qcfs_graph_needs_thresholds_and_keeps_its_input(tiny):

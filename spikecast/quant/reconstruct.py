@@ -59,7 +59,7 @@ import torch.nn.functional as F
 from spikecast.calibrate.sample import CalibrationSet
 from spikecast.data import augment_batch
 from spikecast.progress import progress_bar
-from spikecast.quant.qcfs import QCFSSite, freeze, qcfs_thresholds, to_qcfs, trainable_copy
+from spikecast.quant.qcfs import DropMasks, QCFSSite, freeze, qcfs_thresholds, to_qcfs, trainable_copy
 from spikecast.runtime.network import SpikingNetwork
 
 
@@ -175,9 +175,9 @@ def reconstruct(teacher: fx.GraphModule, calibrated: fx.GraphModule, images: Cal
     image_batches = x_all.dim() == 4
     losses: list[float] = []
     teacher.eval()
-    drop_generator = torch.Generator().manual_seed(int(config.seed) + 1)
+    drop_masks = DropMasks(config.drop, torch.Generator().manual_seed(int(config.seed) + 1)) if config.drop > 0 else None
     for site in sites:
-        site.drop, site.drop_generator = float(config.drop), drop_generator
+        site.drop_masks = drop_masks
     with progress_bar(f"calibration: reconstruction of the {levels}-level twin", config.steps, progress) as bar:
         for step in range(config.steps):
             for site in sites:
@@ -197,7 +197,7 @@ def reconstruct(teacher: fx.GraphModule, calibrated: fx.GraphModule, images: Cal
             bar.advance()
     for site in sites:
         site.levels = int(levels)
-        site.drop, site.drop_generator = 0.0, None
+        site.drop_masks = None
     freeze(student)
     tenth = max(1, len(losses) // 10)
     record = {**asdict(config), "levels": int(levels), "images": n,
