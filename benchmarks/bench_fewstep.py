@@ -30,6 +30,7 @@ import json
 import math
 import statistics
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -309,7 +310,8 @@ def test(args, run) -> None:
     body = "\n".join([
         f"`spikecast.convert(model, calib=x, timesteps=T)`: the library's default call, 512 unlabeled train images, "
         f"full test set ({len(x_test)} images, each number read once). Default recipe at T<=8: "
-        f"`{recipe.replace(timesteps=4).to_dict()}` (timesteps per row); the reconstruction's settings and the "
+        f"`{recipe.replace(timesteps=4).to_dict()}` (timesteps per row), reconstruction settings "
+        f"`{asdict(recipe.reconstruction_config())}`; the reconstruction's settings and the "
         "correction after it were chosen on the validation split (section fewstep-validation). Each network is "
         "converted for its row's T and also read at longer T (it should hold or improve). Levels: spikes a neuron "
         "may send per step (1: single-spike); bits per step: a signed neuron with L levels sends one of -L..+L "
