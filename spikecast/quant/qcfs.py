@@ -32,9 +32,11 @@ from spikecast.graph.sites import ActivationSite, site_nodes
 
 
 class DropMasks:
-    """QDrop's random choices (Wei et al., ICLR 2022) for every site of one reconstruction.
+    """QDrop's random choices (Wei et al., ICLR 2022) for every site of one reconstruction: a share of
+    the values skips the rounding, so the weights are fitted to a neighbourhood of the quantised
+    network (flatter; generalises from few calibration images).
 
-    ``masks(x)`` gives ``(rounded, passed)``: float tensors shaped and laid out like ``x``, 1 where a
+    Called on an activation ``x``, gives ``(rounded, passed)``: float tensors shaped and laid out like ``x``, 1 where a
     value is rounded (``rounded``) or passes unrounded (``passed = 1 - rounded``), ``share`` of them
     passing. They are windows, at a random offset drawn from ``generator``, into one pool of random
     choices drawn once (four times the largest activation seen): fresh ``torch.rand`` per site and
