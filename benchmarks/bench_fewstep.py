@@ -1,15 +1,16 @@
 """Few time steps without labels: the label-free reconstruction, chosen on validation, measured on test.
 
-``choose`` (section ``fewstep-validation``): on the first ``--images`` images of the 5,000-image
-validation split (never the test set), CIFAR ResNet-20 and ResNet-32 converted for T=4 with 512
-unlabeled train images: the default recipe without reconstruction, then the settings of the
-label-free path (reconstruction steps, the correction after it, steps of the SNN's distillation,
-whether the reconstruction starts from one threshold per layer or one per channel, mixing, QDrop),
+``choose`` (section ``fewstep-validation``; ``fewstep-validation-t8`` with ``--timesteps 8``): on the first
+``--images`` images of the 5,000-image validation split (never the test set), CIFAR ResNet-20 and ResNet-32
+converted for T=4 (``--timesteps``) with 512 unlabeled train images: the default recipe without
+reconstruction, then the settings of the label-free path (reconstruction steps, the correction after it,
+steps of the SNN's distillation, whether the reconstruction starts from one threshold per layer or one per
+channel, mixing, QDrop, the budget the reconstruction trains for - ``Recipe.reconstruct_timesteps``),
 each converted once per reconstruction seed (``--seeds``: the same conversion varies by a few points
 from seed to seed at T=4, so one seed per setting cannot separate settings a point or two apart) and
-read at T = 4 / 8 / 16. The rule is fixed here: the setting with the highest validation top-1 at T=4,
+read at T, 2T and 4T. The rule is fixed here: the setting with the highest validation top-1 at T,
 averaged over the seeds and both networks (one recipe for all depths), among the settings whose
-networks do not fall by more than half a point (seed means) when run for 8 or 16 steps (anytime),
+networks do not fall by more than half a point (seed means) when run for 2T or 4T steps (anytime),
 fewer steps on a tie. The section says whether the library's defaults are the chosen ones.
 
 ``test`` (section ``fewstep``): the library's default call ``spikecast.convert(model, calib=512
@@ -18,6 +19,7 @@ set (read once per number), each network also read at longer T (anytime), with t
 and bits per step.
 
     python benchmarks/bench_fewstep.py choose --images 2000 --seeds 0,1,2 --work /tmp/spikecast-bench-fewstep
+    python benchmarks/bench_fewstep.py choose --timesteps 8 --images 2000 --settings 600:light:charge:80:channel:0:0.5:8,600:light:charge:80:channel:0:0.5:4
     python benchmarks/bench_fewstep.py test --work /tmp/spikecast-bench-fewstep
 
 Every cell is kept in ``--work`` with the commit it was measured at; a run cut short resumes.
@@ -50,7 +52,8 @@ MODELS = ("cifar10-resnet20", "cifar10-resnet32")
 #: the settings compared: reconstruction steps, correction / form after it, distillation steps, the
 #: thresholds the reconstruction starts from (one per layer, or one per channel), the fraction of each
 #: batch mixed (function matching, `ReconstructionConfig.mixup`) and the share of values QDrop passes
-#: unrounded (`ReconstructionConfig.drop`)
+#: unrounded (`ReconstructionConfig.drop`); an eighth field, when given, is the budget the reconstruction
+#: trains for (`Recipe.reconstruct_timesteps`; default: the T converted for)
 SETTINGS = ("600:light:charge:0", "600:light:charge:40", "600:light:charge:80", "300:light:charge:80",
             "600:light:charge:0:channel", "600:light:charge:80:channel", "300:light:charge:80:channel",
             "600:light:charge:80:channel:0.5", "600:light:charge:80:channel:0:0.5")
@@ -114,7 +117,8 @@ def choose(args, run) -> None:
     x_val, y_val = cifar10("val")
     x_val, y_val = x_val[:args.images], y_val[:args.images]
     images = as_calibration_set(x_cal)
-    T, columns = 4, (4, 8, 16)
+    T = args.timesteps
+    columns = (T, 2 * T, 4 * T)
     default = Recipe(timesteps=T)
     rows, scores = [], {}
     models = args.models.split(",")
@@ -126,7 +130,8 @@ def choose(args, run) -> None:
         if cells.get(key) is None:
             cells.put(key, ann_top1(ann, x_val, y_val))
         rows.append(f"| {name} | ANN | - | - | {pct(cells.get(key))} | | | | - |")
-        key = f"{name}/no-reconstruction"
+        T_key = f"/T={T}" if T != 4 else ""  # (cells at T=4 keep their old keys)
+        key = f"{name}/no-reconstruction{T_key}"
         plain = default.replace(reconstruct="off")
         if cells.get(key) is None:
             t0 = time.perf_counter()
@@ -140,24 +145,26 @@ def choose(args, run) -> None:
         # reconstructions and conversions shared by settings that differ only after them
         calibrations, trained, corrected = {}, {}, {}
         for setting in settings:
-            steps, corr, form, distill_steps, thresholds, mixup, drop = setting
-            base = f"{name}/steps={steps}/{corr}/{form}/distill={distill_steps}" + (
+            steps, corr, form, distill_steps, thresholds, mixup, drop, budget = setting
+            budget = budget or T
+            base = f"{name}{T_key}/steps={steps}/{corr}/{form}/distill={distill_steps}" + (
                 f"/{thresholds}" if thresholds != "layer" else "") + (f"/mixup={mixup:g}" if mixup else "") + (
-                f"/drop={drop:g}" if drop else "")
+                f"/drop={drop:g}" if drop else "") + (f"/budget={budget}" if budget != T else "")
             per_seed = []
             for seed in seeds:
                 key = base + (f"/seed={seed}" if seed else "")
                 if cells.get(key) is None:
-                    recipe = default.replace(per_channel=thresholds == "channel")
-                    if thresholds not in calibrations:
-                        calibrations[thresholds] = calibrate(normalised, images, recipe.calibration_config(),
-                                                             progress=False)
-                    calibrated, stats = calibrations[thresholds]
+                    recipe = default.replace(per_channel=thresholds == "channel", reconstruct="on",
+                                             reconstruct_timesteps=budget)
+                    if (thresholds, budget) not in calibrations:
+                        calibrations[(thresholds, budget)] = calibrate(normalised, images, recipe.calibration_config(),
+                                                                       progress=False)
+                    calibrated, stats = calibrations[(thresholds, budget)]
                     config = ReconstructionConfig(steps=steps, distill_steps=distill_steps, mixup=mixup, drop=drop,
                                                   seed=seed)
-                    twin = (steps, thresholds, mixup, drop, seed)
+                    twin = (steps, thresholds, mixup, drop, budget, seed)
                     if twin not in trained:
-                        trained[twin] = reconstruct(normalised, calibrated, images, T, config, progress=False)
+                        trained[twin] = reconstruct(normalised, calibrated, images, budget, config, progress=False)
                     graph, record = trained[twin]
                     if (twin, corr, form) not in corrected:
                         t1 = time.perf_counter()
@@ -168,7 +175,7 @@ def choose(args, run) -> None:
                     snn, correction_s = corrected[(twin, corr, form)]
                     distill_s = 0.0
                     if distill_steps:
-                        snn, distilled = distill(snn, normalised, images, config, progress=False)
+                        snn, distilled = distill(snn, normalised, images, config, timesteps=budget, progress=False)
                         distill_s = distilled["seconds"]
                     cells.put(key, {"acc": top1(snn, x_val, y_val, columns), "reconstruction_s": record["seconds"],
                                     "correction_s": correction_s, "distill_s": distill_s})
@@ -182,7 +189,8 @@ def choose(args, run) -> None:
             scores.setdefault(setting, []).append(acc)
             rows.append(f"| {name} | reconstruction {steps} steps, thresholds per {thresholds}"
                         + (f", {mixup:g} of each batch mixed" if mixup else "")
-                        + (f", QDrop {drop:g}" if drop else "") + f" | {corr} / {form} | {distill_steps} | "
+                        + (f", QDrop {drop:g}" if drop else "")
+                        + (f", trained for T={budget}" if budget != T else "") + f" | {corr} / {form} | {distill_steps} | "
                         + " | ".join(pct(acc[t]) for t in columns)
                         + f" | {' / '.join(f'{100 * v:.2f}' for v in spread)} (sd {100 * sd:.2f}) "
                         f"| {seconds:.0f} s |")
@@ -193,12 +201,15 @@ def choose(args, run) -> None:
                 if all(min(a[t] for t in columns if t > T) >= a[T] - ANYTIME_SLACK for a in v)}
     mean = {k: sum(a[T] for a in v) / len(models) for k, v in complete.items()}
     # highest mean at T; on a tie the cheaper setting (fewer reconstruction, then distillation steps,
-    # then thresholds per layer, then no mixing, then no QDrop)
-    best = (max(eligible, key=lambda k: (round(mean[k], 6), -k[0], -k[3], k[4] == "layer", -k[5], -k[6]))
+    # then thresholds per layer, then no mixing, then no QDrop, then the shorter training budget)
+    best = (max(eligible, key=lambda k: (round(mean[k], 6), -k[0], -k[3], k[4] == "layer", -k[5], -k[6],
+                                         -(k[7] or T)))
             if eligible else None)
     config = default.reconstruction_config()
     library = (default.reconstruct_steps, default.correction_used, default.correction_form_used, default.distill_steps,
-               "channel" if default.per_channel_used else "layer", config.mixup, config.drop)
+               "channel" if default.per_channel_used else "layer", config.mixup, config.drop,
+               default.calibration_timesteps)
+    best = best and best[:7] + ((best[7] or T),)  # (an unstated budget is T's)
     if best is None:
         verdict = "**no setting is anytime on every network: nothing is chosen**"
     elif library == best:
@@ -207,28 +218,33 @@ def choose(args, run) -> None:
         verdict = f"**the library's defaults ({describe(library)}) differ from the chosen setting**"
     body = "\n".join([
         f"SNN top-1 on the first {len(x_val)} images of the validation split (never the test set), networks converted "
-        f"for T={T} with 512 unlabeled train images, signed single-spike neurons. Reconstruction: the QCFS twin "
+        f"for T={T} (unless trained for fewer steps: the row says) with 512 unlabeled train images, signed "
+        "single-spike neurons. Reconstruction: the QCFS twin "
         f"trained against the ANN (KL divergence of the outputs, no labels, batch 64, lr {ReconstructionConfig().lr:g}, "
         f"random crop + flip, levels cycling through T..{ReconstructionConfig().anytime}T), then the correction, then "
         "the distillation: steps of backpropagation through time in the SNN against the ANN (batch "
         f"{ReconstructionConfig().distill_batch_size}, lr {ReconstructionConfig().distill_lr:g}, loss after T and "
         f"{ReconstructionConfig().anytime}T steps). Each setting is converted once per reconstruction seed "
         f"({', '.join(map(str, seeds))}: the seed draws the batches, their crops and flips, and QDrop's choices); "
-        f"T=4 / 8 / 16 are the means over the seeds, followed by each seed's T={T} top-1 and their standard "
+        f"T={' / '.join(map(str, columns))} are the means over the seeds, followed by each seed's T={T} top-1 and "
+        "their standard "
         f"deviation. Rule (fixed in the script): highest top-1 at T={T} averaged over the seeds and both networks "
-        f"among the settings whose networks do not fall by more than {100 * ANYTIME_SLACK:g} points at T=8 or T=16 "
+        f"among the settings whose networks do not fall by more than {100 * ANYTIME_SLACK:g} points at "
+        f"T={columns[1]} or T={columns[2]} "
         "(seed means; anytime), the cheaper setting on a tie. Time: reconstruction + correction + distillation on "
         "this machine, mean over the seeds (the whole conversion for the row without reconstruction). "
         + cells.sittings(),
-        "", f"| network | conversion | correction / form | distillation steps | T=4 | T=8 | T=16 | T={T} per seed "
-        "| time |",
+        "", "| network | conversion | correction / form | distillation steps | "
+        + " | ".join(f"T={t}" for t in columns) + f" | T={T} per seed | time |",
         "|---|---|---|---:|---:|---:|---:|---|---|", *rows, "",
         (f"Chosen: {describe(best)} (mean top-1 at T={T}: {pct(mean[best])}); " if best else "") + verdict
         + f". Not eligible (falls by more than {100 * ANYTIME_SLACK:g} points at a longer T on a network): "
-        + (", ".join(f"{describe(k)} (mean {pct(mean[k])} at T=4)" for k in complete if k not in eligible) or "none")
+        + (", ".join(f"{describe(k)} (mean {pct(mean[k])} at T={T})" for k in complete if k not in eligible)
+           or "none")
         + "."])
     if not args.no_write:
-        run.write("fewstep-validation", "Few steps without labels: choices on the validation split", body)
+        slug = "fewstep-validation" + (f"-t{T}" if T != 4 else "")
+        run.write(slug, f"Few steps without labels: choices on the validation split (T={T})", body)
     print(body)
 
 
@@ -242,16 +258,22 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def parse_setting(text: str) -> tuple[int, str, str, int, str, float, float]:
-    """``STEPS:CORRECTION:FORM:DISTILL[:THRESHOLDS[:MIXUP[:DROP]]]`` -> (reconstruction steps, correction,
-    form, distillation steps, thresholds ``layer`` (the default) or ``channel``, the fraction of each batch
-    mixed (``ReconstructionConfig.mixup``, default 0), QDrop's share (``ReconstructionConfig.drop``, default 0))."""
+def parse_setting(text: str) -> tuple[int, str, str, int, str, float, float, int]:
+    """``STEPS:CORRECTION:FORM:DISTILL[:THRESHOLDS[:MIXUP[:DROP[:BUDGET]]]]`` -> (reconstruction steps,
+    correction, form, distillation steps, thresholds ``layer`` (the default) or ``channel``, the fraction of
+    each batch mixed (``ReconstructionConfig.mixup``, default 0), QDrop's share (``ReconstructionConfig.drop``,
+    default 0), the budget the reconstruction trains for (``Recipe.reconstruct_timesteps``; 0, the default:
+    the T converted for))."""
     parts = text.split(":")
-    if len(parts) not in (4, 5, 6, 7) or (len(parts) >= 5 and parts[4] not in THRESHOLDS):
-        raise SystemExit(f"bad setting {text!r}: STEPS:CORRECTION:FORM:DISTILL[:layer|channel[:MIXUP[:DROP]]]")
+    usage = f"bad setting {text!r}: STEPS:CORRECTION:FORM:DISTILL[:layer|channel[:MIXUP[:DROP[:BUDGET]]]]"
+    if len(parts) not in (4, 5, 6, 7, 8) or (len(parts) >= 5 and parts[4] not in THRESHOLDS):
+        raise SystemExit(usage)
+    budget = parts[7] if len(parts) == 8 else "0"
+    if not budget.isdigit():
+        raise SystemExit(usage + " (BUDGET: a positive integer)")
     steps, corr, form, distill_steps = parts[:4]
     fractions = []
-    for label, part in (("MIXUP", parts[5] if len(parts) >= 6 else "0"), ("DROP", parts[6] if len(parts) == 7 else "0")):
+    for label, part in (("MIXUP", parts[5] if len(parts) >= 6 else "0"), ("DROP", parts[6] if len(parts) >= 7 else "0")):
         try:
             value = float(part)
         except ValueError:
@@ -259,14 +281,15 @@ def parse_setting(text: str) -> tuple[int, str, str, int, str, float, float]:
         if not 0.0 <= value <= 1.0:
             raise SystemExit(f"bad setting {text!r}: {label} must be a fraction in [0, 1]")
         fractions.append(value)
-    return int(steps), corr, form, int(distill_steps), parts[4] if len(parts) >= 5 else "layer", *fractions
+    return (int(steps), corr, form, int(distill_steps), parts[4] if len(parts) >= 5 else "layer", *fractions,
+            int(budget))
 
 
 def describe(setting) -> str:
-    steps, corr, form, distill_steps, thresholds, mixup, drop = setting
+    steps, corr, form, distill_steps, thresholds, mixup, drop, budget = setting
     return (f"reconstruction {steps} steps from thresholds per {thresholds}, correction {corr} / {form}, "
             f"{distill_steps} distillation steps" + (f", {mixup:g} of each batch mixed" if mixup else "")
-            + (f", QDrop {drop:g}" if drop else ""))
+            + (f", QDrop {drop:g}" if drop else "") + (f", trained for T={budget}" if budget else ""))
 
 
 def test(args, run) -> None:
@@ -295,7 +318,8 @@ def test(args, run) -> None:
             acc = {int(k): v for k, v in c["acc"].items()}
             bits = math.log2(2 * levels + 1)  # a signed neuron sends -levels..+levels spikes per step
             distilled = (c.get("distill") or {}).get("kept", "-")
-            rows.append(f"| {name} (ANN {pct(ann_acc)}) | {T} | {levels} | " + " | ".join(
+            trained_for = Recipe.from_dict(c["recipe"]).calibration_timesteps
+            rows.append(f"| {name} (ANN {pct(ann_acc)}) | {T} | {trained_for} | {levels} | " + " | ".join(
                 pct(acc[t]) if t in acc else "" for t in (4, 8, 16))
                         + f" | {acc[T] - ann_acc:+.2%} | {bits:.2f} | {bits * T:.1f} | {distilled} | "
                           f"{c['seconds'] / 60:.1f} min |")
@@ -312,17 +336,20 @@ def test(args, run) -> None:
         f"full test set ({len(x_test)} images, each number read once). Default recipe at T<=8: "
         f"`{recipe.replace(timesteps=4).to_dict()}` (timesteps per row), reconstruction settings "
         f"`{asdict(recipe.reconstruction_config())}`; the reconstruction's settings and the "
-        "correction after it were chosen on the validation split (section fewstep-validation). Each network is "
-        "converted for its row's T and also read at longer T (it should hold or improve). Levels: spikes a neuron "
+        "correction after it were chosen on the validation split (sections fewstep-validation and, for the budget "
+        "trained for at T=8, fewstep-validation-t8). Each network is "
+        "converted for its row's T (T: `timesteps`; trained for T: the budget its reconstruction, correction and "
+        "distillation trained for, `Recipe.calibration_timesteps`) and also read at longer T (it should hold or "
+        "improve). Levels: spikes a neuron "
         "may send per step (1: single-spike); bits per step: a signed neuron with L levels sends one of -L..+L "
         "(log2(2L+1)), so a 2-level neuron at T=4 (9.3 bits) compares with a single-spike one at T=8 (12.7 bits). "
         "Distilled: whether the SNN's distillation was kept (`distilled`) or the converted network agreed as often "
         "or more often with the ANN's top-1 class on the calibration images (`converted`; on a tie, the lower KL "
         "divergence). Time: the whole conversion (calibration, reconstruction, "
         f"correction, distillation) on this machine. " + cells.sittings(),
-        "", "| network | T calibrated for | levels | T=4 | T=8 | T=16 | at its T vs ANN | bits / step | bits in T "
+        "", "| network | T | trained for T | levels | T=4 | T=8 | T=16 | at its T vs ANN | bits / step | bits in T "
         "| distilled | conversion |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|", *rows, "",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|", *rows, "",
         "Targets (issue 16): " + "; ".join(verdicts) + "."])
     if not args.no_write:
         run.write("fewstep", "Few steps without labels: CIFAR ResNets at T=4 and T=8 (test set)", body)
@@ -333,6 +360,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=("choose", "test"))
     parser.add_argument("--images", type=int, default=1000, help="choose: validation images (default 1000)")
+    parser.add_argument("--timesteps", type=int, default=4, choices=(4, 8),
+                        help="choose: the budget T converted for (default 4; 8 writes fewstep-validation-t8)")
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--settings", default=",".join(SETTINGS),
                         help="choose: STEPS:CORRECTION:FORM:DISTILL[:layer|channel[:MIXUP[:DROP]]] settings compared "

@@ -230,13 +230,15 @@ def write_validation(out: Union[str, Path], result: ValidationResult, info: dict
 
 def describe_recipe(recipe: Recipe) -> str:
     how = {"percentile": f"percentile {recipe.percentile:g}", "max": "max",
-           "mse": f"minimum error for T={recipe.timesteps}"}[recipe.thresholds]
+           "mse": f"minimum error for T={recipe.calibration_timesteps}"}[recipe.thresholds]
     levels = f", {recipe.levels} spikes per step" if recipe.levels > 1 else ""
-    rebuilt = (f"; reconstruction ({recipe.reconstruct_steps} steps, {recipe.distill_steps} of the SNN)"
+    trained_for = (f" for T={recipe.calibration_timesteps}, run at T={recipe.timesteps}"
+                   if recipe.calibration_timesteps != recipe.timesteps else "")
+    rebuilt = (f"; reconstruction ({recipe.reconstruct_steps} steps, {recipe.distill_steps} of the SNN{trained_for})"
                if recipe.reconstructs else "")
     per_channel = " per channel" if recipe.per_channel_used else ""
     return (f"thresholds: {how}{per_channel}; correction: {recipe.correction_used} for "
-            f"T={recipe.timesteps}; {'signed' if recipe.signed else 'binary'} neurons{levels}"
+            f"T={recipe.calibration_timesteps}; {'signed' if recipe.signed else 'binary'} neurons{levels}"
             f"{'' if recipe.compensate else '; no compensation'}{rebuilt}")
 
 

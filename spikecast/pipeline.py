@@ -84,7 +84,8 @@ def build_snn(graph: fx.GraphModule, images: CalibrationSet, recipe: Recipe, *, 
         thresholds, stats = calibrate(graph, images, recipe.calibration_config(), progress=progress, device=device)
     reconstruction = None
     if recipe.reconstructs and not calibrated:  # a calibrated graph (fine-tuned clips) is already trained
-        thresholds, reconstruction = reconstruct(graph, thresholds, images, recipe.timesteps * int(recipe.levels),
+        thresholds, reconstruction = reconstruct(graph, thresholds, images,
+                                                 recipe.calibration_timesteps * int(recipe.levels),
                                                  recipe.reconstruction_config(), shift=recipe.v_init,
                                                  device=device, progress=progress)
     input_scale = images.input_scale() if recipe.encoding == "poisson" else 1.0
@@ -108,7 +109,8 @@ def build_snn(graph: fx.GraphModule, images: CalibrationSet, recipe: Recipe, *, 
         snn = correct(snn, thresholds, images, recipe.correction_config(), progress=progress, device=device)
     if reconstruction is not None and recipe.distill_steps > 0 and snn.neurons():
         # the twin is right under constant input; the SNN's own steps close what its transient loses
-        snn, distilled = distill(snn, graph, images, recipe.reconstruction_config(), device=device, progress=progress)
+        snn, distilled = distill(snn, graph, images, recipe.reconstruction_config(),
+                                 timesteps=recipe.calibration_timesteps, device=device, progress=progress)
         snn.metadata["reconstruction"] = {**reconstruction, "distill": distilled}
     if recipe.profile == "nir":
         # in NIR units (thresholds 1, weights rescaled): exports weight for weight, round trips exactly

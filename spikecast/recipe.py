@@ -64,6 +64,12 @@ AUTO_RECONSTRUCT_LEVELS = 8
 #: validation split's few-step comparison (benchmarks/RESULTS.md, ``fewstep-validation``) chose
 #: per-channel starts for T=4 single-spike conversions; longer budgets were not compared there.
 AUTO_PER_CHANNEL_LEVELS = 4
+#: ``reconstruct_timesteps="auto"``: a reconstruction for a budget of more steps than this trains the
+#: network for this many (twin, correction, distillation) and runs it for the whole budget - a network
+#: trained for few steps keeps improving when run longer, and one trained for T=4 was better at T=8
+#: than one trained for T=8 (test set, section ``fewstep`` at 3146dd2: ResNet-20 80.14% vs 78.51%;
+#: chosen on the validation split, section ``fewstep-validation-t8``).
+AUTO_RECONSTRUCT_TIMESTEPS = 4
 
 #: Old keyword names still accepted (with a DeprecationWarning): they named the wrong stage.
 DEPRECATED_NAMES = {"method": "thresholds", "calibration": "correction"}
@@ -99,9 +105,14 @@ class Recipe:
     no labels - before conversion (:mod:`spikecast.quant.reconstruct`); ``"auto"`` (default) does
     so when ``timesteps * levels <= 8``; after the correction, ``distill_steps`` steps of
     backpropagation through time train the SNN itself against the ANN (0: none).
+    ``reconstruct_timesteps`` is the budget the reconstruction and everything after it (thresholds,
+    the twin's levels, the correction, the distillation) train for; the network still runs
+    ``timesteps`` by default (``"auto"``: ``timesteps``, at most :data:`AUTO_RECONSTRUCT_TIMESTEPS`;
+    :attr:`calibration_timesteps` gives the resolved value).
     Max-pools: ``maxpool`` (:data:`MAXPOOL_METHODS`) is how a max-pool inside the spiking part
     converts.
-    Simulation: ``timesteps`` is the budget T calibrated for (and the default T of ``snn(x)``),
+    Simulation: ``timesteps`` is the budget T (the default T of ``snn(x)``; calibrated for unless a
+    reconstruction trains for fewer, see ``reconstruct_timesteps``),
     ``encoding`` the input code. Data: ``calib_images`` bounds the calibration set (the images
     kept, chosen by content, from however many the calibration data holds).
     """
@@ -127,6 +138,7 @@ class Recipe:
     reconstruct_steps: int = ReconstructionConfig.steps
     distill_steps: int = ReconstructionConfig.distill_steps
     maxpool: str = "moved"
+    reconstruct_timesteps: Union[int, str] = "auto"
 
     def __post_init__(self):
         if self.maxpool not in MAXPOOL_METHODS:
@@ -166,6 +178,15 @@ class Recipe:
             raise ValueError(f"recipe: calib_images must be a positive integer, got {self.calib_images!r}")
         if self.mask_sites is not None and not isinstance(self.mask_sites, tuple):
             object.__setattr__(self, "mask_sites", tuple(self.mask_sites))
+        if self.reconstruct_timesteps != "auto":
+            r = self.reconstruct_timesteps
+            if isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= self.timesteps:
+                raise ValueError(f"recipe: reconstruct_timesteps must be 'auto' or an integer in 1..timesteps "
+                                 f"({self.timesteps}), got {r!r}")
+            if not self.reconstructs:
+                raise ValueError("recipe: reconstruct_timesteps is the budget a reconstruction trains for, and this "
+                                 "recipe does not reconstruct; set reconstruct='on' or leave reconstruct_timesteps "
+                                 "'auto'")
         self.neuron_config()  # validates levels, mask ratio
         self.reconstruction_config()  # validates the steps
         self.calibration_config()  # validates percentile
@@ -179,6 +200,18 @@ class Recipe:
         return self.reconstruct == "on"
 
     @property
+    def calibration_timesteps(self) -> int:
+        """The budget the calibration stages aim at: ``reconstruct_timesteps`` resolved when the recipe
+        reconstructs (``"auto"``: ``min(timesteps, AUTO_RECONSTRUCT_TIMESTEPS)``), else ``timesteps``.
+        Thresholds, the twin's levels, the correction and the distillation are fitted to it; the
+        network is simulated for ``timesteps``."""
+        if not self.reconstructs:
+            return int(self.timesteps)
+        if self.reconstruct_timesteps == "auto":
+            return min(int(self.timesteps), AUTO_RECONSTRUCT_TIMESTEPS)
+        return int(self.reconstruct_timesteps)
+
+    @property
     def per_channel_used(self) -> bool:
         """``per_channel`` resolved: ``"auto"`` is one threshold per channel when the reconstruction
         starts from them and a neuron resolves at most :data:`AUTO_PER_CHANNEL_LEVELS` values in its
@@ -186,7 +219,7 @@ class Recipe:
         one per layer."""
         if self.per_channel != "auto":
             return bool(self.per_channel)
-        return self.reconstructs and self.timesteps * int(self.levels) <= AUTO_PER_CHANNEL_LEVELS
+        return self.reconstructs and self.calibration_timesteps * int(self.levels) <= AUTO_PER_CHANNEL_LEVELS
 
     @property
     def correction_used(self) -> str:
@@ -223,7 +256,7 @@ class Recipe:
     def calibration_config(self) -> CalibrationConfig:
         # a neuron with `levels` spike sizes resolves levels*T values in T steps: choose its range for that
         return CalibrationConfig(method=self.thresholds, percentile=self.percentile, per_channel=self.per_channel_used,
-                                 timesteps=self.timesteps * int(self.levels), v_init=self.v_init)
+                                 timesteps=self.calibration_timesteps * int(self.levels), v_init=self.v_init)
 
     def neuron_config(self) -> NeuronConfig:
         return NeuronConfig(v_init=self.v_init, mask_ratio=self.mask_ratio, mask_sites=self.mask_sites,
@@ -231,7 +264,7 @@ class Recipe:
 
     def correction_config(self) -> CorrectionConfig:
         # a NIR file has no initial membrane potential: the nir profile corrects with currents only
-        return CorrectionConfig(level=self.correction_used, timesteps=self.timesteps, potential=self.profile != "nir",
+        return CorrectionConfig(level=self.correction_used, timesteps=self.calibration_timesteps, potential=self.profile != "nir",
                                 form=self.correction_form_used)
 
     def simulation_config(self, input_scale: float = 1.0) -> SimulationConfig:
@@ -259,7 +292,11 @@ class Recipe:
         data.setdefault("reconstruct", "off")
         data.setdefault("distill_steps", 0)  # nor did one recorded before the SNN's distillation existed
         data.setdefault("per_channel", False)  # and one recorded before "auto" thresholds per channel: per layer
-        return cls().replace(**data)
+        recipe = cls().replace(**data)
+        if "reconstruct_timesteps" not in data and recipe.reconstructs:
+            # one recorded before reconstruct_timesteps trained for its whole budget
+            recipe = recipe.replace(reconstruct_timesteps=int(recipe.timesteps))
+        return recipe
 
 
 def build_recipe(recipe: Optional[Recipe] = None, **settings: Any) -> Recipe:

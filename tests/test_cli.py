@@ -229,14 +229,14 @@ def test_convert_recipe_flags_early_exit_and_report(tmp_path, capsys):
             "--activity-images", "16", "--out", str(out)]
     assert main(args + ["--tolerance", "1"]) == 0
     printed = capsys.readouterr().out
-    assert "percentile 99.9 per channel" in printed and "light for T=8" in printed and "binary neurons" in printed
+    assert "percentile 99.9 per channel" in printed and "light for T=4" in printed and "for T=4, run at T=8" in printed and "binary neurons" in printed
     assert "Early exit (softmax confidence >= 0.99" in printed
     doc = json.loads((out / "validation.json").read_text())
     assert doc["recipe"] == Recipe(timesteps=8, thresholds="percentile", percentile=99.9, per_channel=True,
                                    correction="light", signed=False, calib_images=100).to_dict()
     assert doc["early_exit"][0]["confidence"] == 0.99 and 1 <= doc["early_exit"][0]["mean_steps"] <= 8
     snn = json.loads((out / "snn" / "spikecast.json").read_text())
-    assert snn["metadata"]["correction"]["level"] == "light" and snn["metadata"]["correction"]["timesteps"] == 8
+    assert snn["metadata"]["correction"]["level"] == "light" and snn["metadata"]["correction"]["timesteps"] == 4
     report = json.loads((out / "report.json").read_text())  # --report: the full report, activity included
     assert report["activity"] is not None and set(report["snn"]["top1"]) == {"4", "8"}
     assert main(["convert", "digits-cnn", "--data", "digits", "--correction", "heavy"]) == 2
@@ -466,6 +466,19 @@ def test_per_channel_flag_forces_either_way_and_its_absence_leaves_auto():
         eval_timesteps(args)
         recipe = recipe_from(args)
         assert recipe.per_channel == value and recipe.per_channel_used == used, extra
+
+
+def test_reconstruct_timesteps_flag_sets_the_budget_trained_for():
+    parser = build_parser()
+    base = ["convert", "m", "--data", "d", "--timesteps", "8"]
+    for extra, value, used in (([], "auto", 4), (["--reconstruct-timesteps", "8"], 8, 8),
+                               (["--reconstruct-timesteps", "auto"], "auto", 4)):
+        args = parser.parse_args(base + extra)
+        eval_timesteps(args)
+        recipe = recipe_from(args)
+        assert recipe.reconstruct_timesteps == value and recipe.calibration_timesteps == used, extra
+    with pytest.raises(SystemExit):
+        parser.parse_args(base + ["--reconstruct-timesteps", "0"])
 
 
 def test_deprecated_aliases_map_to_the_new_names(capsys):

@@ -15,7 +15,8 @@ from spikecast.graph.sites import site_nodes
 from spikecast.pipeline import prepare
 from spikecast.quant.qcfs import DropMasks, QCFSSite, to_qcfs
 from spikecast.quant.reconstruct import ReconstructionConfig, _draw_batch, distill, reconstruct
-from spikecast.recipe import AUTO_PER_CHANNEL_LEVELS, AUTO_RECONSTRUCT_LEVELS, Recipe, recipe_of
+from spikecast.recipe import AUTO_PER_CHANNEL_LEVELS, AUTO_RECONSTRUCT_LEVELS, AUTO_RECONSTRUCT_TIMESTEPS, Recipe, \
+    recipe_of
 from spikecast.zoo.digits import digits_tensors
 
 
@@ -120,7 +121,8 @@ def test_thresholds_per_channel_by_default_where_the_reconstruction_starts_from_
     assert Recipe().per_channel == "auto" and not Recipe().per_channel_used
     assert Recipe(timesteps=AUTO_PER_CHANNEL_LEVELS).per_channel_used and Recipe(timesteps=2).per_channel_used
     assert Recipe(timesteps=2, levels=2).per_channel_used and not Recipe(timesteps=4, levels=2).per_channel_used
-    assert not Recipe(timesteps=8).per_channel_used  # reconstructs, but per-channel starts were compared at T=4 only
+    # per channel follows the budget trained for: T=8 trains for 4 by default, per layer when it trains for 8
+    assert Recipe(timesteps=8).per_channel_used and not Recipe(timesteps=8, reconstruct_timesteps=8).per_channel_used
     assert not Recipe(timesteps=4, reconstruct="off").per_channel_used  # without a twin to absorb them
     assert not Recipe(timesteps=4, per_channel=False).per_channel_used and Recipe(per_channel=True).per_channel_used
     assert Recipe(timesteps=4).calibration_config().per_channel and not Recipe().calibration_config().per_channel
@@ -129,6 +131,50 @@ def test_thresholds_per_channel_by_default_where_the_reconstruction_starts_from_
     assert Recipe.from_dict(Recipe(timesteps=4).to_dict()).per_channel == "auto"
     with pytest.raises(ValueError, match="per_channel must be"):
         Recipe(per_channel="yes")
+
+
+def test_a_reconstruction_trains_for_at_most_four_steps_by_default_and_the_snn_runs_its_whole_budget():
+    assert AUTO_RECONSTRUCT_TIMESTEPS == 4
+    r = Recipe(timesteps=8)
+    assert r.reconstruct_timesteps == "auto" and r.reconstructs and r.calibration_timesteps == 4
+    assert r.calibration_config().timesteps == 4 and r.correction_config().timesteps == 4
+    assert r.simulation_config().timesteps == 8  # the default T of snn(x)
+    assert Recipe(timesteps=4, levels=2).calibration_config().timesteps == 8  # levels x steps trained for
+    assert Recipe(timesteps=2).calibration_timesteps == 2 and Recipe(timesteps=6).calibration_timesteps == 4
+    r = Recipe(timesteps=8, reconstruct_timesteps=8)
+    assert r.calibration_timesteps == 8 and r.correction_config().timesteps == 8
+    assert Recipe(timesteps=16).calibration_timesteps == 16  # no reconstruction: calibrated for its budget
+    assert Recipe(timesteps=16, reconstruct="on").calibration_timesteps == 4
+    assert Recipe(timesteps=16, reconstruct="on", reconstruct_timesteps=16).calibration_timesteps == 16
+    for bad in (0, 9, True, "four", 4.5):
+        with pytest.raises(ValueError, match="reconstruct_timesteps must be 'auto' or an integer in 1..timesteps"):
+            Recipe(timesteps=8, reconstruct_timesteps=bad)
+    with pytest.raises(ValueError, match="this recipe does not reconstruct"):
+        Recipe(timesteps=16, reconstruct_timesteps=4)
+    # round trip; a recipe recorded before the field existed trained for its whole budget
+    assert Recipe.from_dict(Recipe(timesteps=8).to_dict()) == Recipe(timesteps=8)
+    assert Recipe.from_dict({"timesteps": 8, "reconstruct": "on"}).calibration_timesteps == 8
+    assert Recipe.from_dict({"timesteps": 16, "reconstruct": "auto"}).reconstruct_timesteps == "auto"
+
+
+def test_a_network_trained_for_four_steps_and_run_for_eight_is_the_four_step_network(net):
+    x = images()
+    settings = dict(reconstruct_steps=20, distill_steps=4, progress=False)
+    four = spikecast.convert(net, x, timesteps=4, **settings)
+    eight = spikecast.convert(net, x, timesteps=8, **settings)
+    assert eight.config.timesteps == 8 and four.config.timesteps == 4
+    rebuilt = eight.metadata["reconstruction"]
+    assert rebuilt["levels"] == 4 and rebuilt["distill"]["timesteps"] == 4
+    assert eight.metadata["correction"]["timesteps"] == 4
+    assert recipe_of(eight) == Recipe(timesteps=8, **{k: v for k, v in settings.items() if k != "progress"})
+    a, b = four.graph_module.state_dict(), eight.graph_module.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # the same weights, thresholds, charges
+    held_out = images(32, seed=1)
+    assert torch.equal(eight(held_out), four(held_out, timesteps=8))
+    # trained for its whole budget it is another network
+    full = spikecast.convert(net, x, timesteps=8, reconstruct_timesteps=8, **settings)
+    assert full.metadata["reconstruction"]["levels"] == 8 and full.metadata["correction"]["timesteps"] == 8
+    assert not torch.equal(full(held_out), eight(held_out))
 
 
 def test_convert_at_four_steps_reconstructs_and_the_snn_follows_the_twin(net, tmp_path):
@@ -167,6 +213,9 @@ def test_distillation_trains_a_copy_of_the_snn_towards_the_ann_and_records_it(ne
     for k, v in snn.graph_module.state_dict().items():  # the input network is untouched
         assert torch.equal(v, before[k]), k
     assert record["steps"] == 80 and record["timesteps"] == 4 and record["loss_last"] < record["loss_first"]
+    _, shorter = distill(snn, normalised, as_calibration_set(x), ReconstructionConfig(distill_steps=1),
+                         timesteps=2, progress=False)
+    assert shorter["timesteps"] == 2  # a budget other than the network's default T
     assert record["kept"] == "distilled" and record["kl_after"] < 0.9 * record["kl_before"], record
     assert record["agreement_after"] >= record["agreement_before"], record  # the rule that kept it
     assert not any(p.requires_grad for p in distilled.graph_module.parameters())

@@ -17,7 +17,7 @@ from typing import Optional
 from spikecast.jobs import parse_timesteps
 from spikecast.nn.encoding import ENCODINGS
 from spikecast.nn.simulation import DEFAULT_EVAL_TIMESTEPS
-from spikecast.recipe import AUTO_RECONSTRUCT_LEVELS, MAXPOOL_METHODS, PROFILES, RECONSTRUCT_MODES, Recipe, build_recipe
+from spikecast.recipe import AUTO_RECONSTRUCT_LEVELS, AUTO_RECONSTRUCT_TIMESTEPS, MAXPOOL_METHODS, PROFILES, RECONSTRUCT_MODES, Recipe, build_recipe
 
 __all__ = ["parse_timesteps", "parse_shape", "parse_floats", "parse_confidences", "positive_int", "int_flag",
            "Deprecated",
@@ -34,7 +34,7 @@ EVAL_DEFAULT = ",".join(str(t) for t in DEFAULT_EVAL_TIMESTEPS)
 #: Recipe fields with a flag of the same name, read by :func:`recipe_from` (``timesteps`` too).
 RECIPE_FLAGS = ("thresholds", "percentile", "per_channel", "correction", "correction_form", "signed", "levels", "v_init",
                 "mask_ratio", "mask_seed", "compensate", "encoding", "calib_images", "profile", "weight_bits",
-                "reconstruct", "reconstruct_steps", "distill_steps", "maxpool")
+                "reconstruct", "reconstruct_steps", "distill_steps", "maxpool", "reconstruct_timesteps")
 
 
 def note(text: str) -> None:
@@ -58,6 +58,11 @@ def positive_int(text: str) -> int:
 
 def non_negative_int(text: str) -> int:
     return _int_at_least(text, 0, "non-negative")
+
+
+def auto_or_positive_int(text: str):
+    """``"auto"`` or a positive integer."""
+    return "auto" if text == "auto" else _int_at_least(text, 1, "positive")
 
 
 def int_flag(flag: str, text: Optional[str]) -> Optional[int]:
@@ -204,6 +209,10 @@ def add_recipe_args(p) -> None:
                         f"{AUTO_RECONSTRUCT_LEVELS}; default {r.reconstruct})")
     p.add_argument("--reconstruct-steps", type=positive_int, metavar="N",
                    help=f"--reconstruct: optimiser steps (default {r.reconstruct_steps})")
+    p.add_argument("--reconstruct-timesteps", type=auto_or_positive_int, metavar="T",
+                   help="--reconstruct: the budget the reconstruction, correction and distillation train for; the "
+                        "SNN still runs --timesteps (auto: --timesteps, at most "
+                        f"{AUTO_RECONSTRUCT_TIMESTEPS}; default {r.reconstruct_timesteps})")
     p.add_argument("--distill-steps", type=non_negative_int, metavar="N",
                    help="--reconstruct: steps of backpropagation through time that then train the SNN itself "
                         f"against the ANN, no labels (0: none; default {r.distill_steps})")

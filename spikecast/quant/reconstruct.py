@@ -210,13 +210,13 @@ def reconstruct(teacher: fx.GraphModule, calibrated: fx.GraphModule, images: Cal
 
 
 def distill(snn: SpikingNetwork, teacher: fx.GraphModule, images: CalibrationSet,
-            config: ReconstructionConfig = ReconstructionConfig(), *, device: Optional[torch.device] = None,
-            progress: bool = True) -> tuple[SpikingNetwork, dict]:
+            config: ReconstructionConfig = ReconstructionConfig(), *, timesteps: Optional[int] = None,
+            device: Optional[torch.device] = None, progress: bool = True) -> tuple[SpikingNetwork, dict]:
     """Return ``(network, record)``: a copy of ``snn`` whose weights and biases are trained for
     ``config.distill_steps`` steps to reproduce ``teacher`` (the normalised ANN) on ``images``, no labels.
 
     Backpropagation through time in the SNN (surrogate gradients of the spike): each step runs
-    ``anytime * T`` time steps on a batch (``T = snn.config.timesteps``) and takes the KL divergence
+    ``anytime * T`` time steps on a batch (``T = timesteps``, default ``snn.config.timesteps``) and takes the KL divergence
     between the ANN's softmax and that of the SNN's mean output after ``T``, ``2T``, ... steps, cutting
     the backpropagation at each (the network learns to be right at its budget and to stay right when
     run longer). Thresholds, initial charges and per-step currents stay as the conversion set them.
@@ -237,7 +237,9 @@ def distill(snn: SpikingNetwork, teacher: fx.GraphModule, images: CalibrationSet
     images, ``kept`` (``"distilled"`` or ``"converted"``), seconds.
     """
     started = time.perf_counter()
-    T = int(snn.config.timesteps)
+    T = int(snn.config.timesteps if timesteps is None else timesteps)
+    if T < 1:
+        raise ValueError(f"distill: timesteps must be a positive integer, got {timesteps!r}")
     horizon = T * int(config.anytime)
     graph, params = trainable_copy(snn.graph_module)
     device = torch.device(device) if device is not None else next(
