@@ -19,7 +19,7 @@ set (read once per number), each network also read at longer T (anytime), with t
 and bits per step.
 
     python benchmarks/bench_fewstep.py choose --images 2000 --seeds 0,1,2 --work /tmp/spikecast-bench-fewstep
-    python benchmarks/bench_fewstep.py choose --timesteps 8 --images 2000 --settings 600:light:charge:80:channel:0:0.5:8,600:light:charge:80:channel:0:0.5:4
+    python benchmarks/bench_fewstep.py choose --timesteps 8 --images 2000 --settings 600:light:charge:80:layer:0:0.5:8,600:light:charge:80:channel:0:0.5:4
     python benchmarks/bench_fewstep.py test --work /tmp/spikecast-bench-fewstep
 
 Every cell is kept in ``--work`` with the commit it was measured at; a run cut short resumes.

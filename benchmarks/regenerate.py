@@ -53,7 +53,7 @@ STEPS: tuple[Step, ...] = (
     Step(("anytime-validation",), "python benchmarks/bench_anytime.py", "gpu", 1.5),
     Step(("fewstep-validation",), "python benchmarks/bench_fewstep.py choose", "gpu", 1.0),
     Step(("fewstep-validation-t8",), "python benchmarks/bench_fewstep.py choose --timesteps 8 --images 2000 --settings "
-         "600:light:charge:80:channel:0:0.5:8,600:light:charge:80:channel:0:0.5:4", "gpu", 1.0),
+         "600:light:charge:80:layer:0:0.5:8,600:light:charge:80:channel:0:0.5:4", "gpu", 1.0),
     Step(("fewstep",), "python benchmarks/bench_fewstep.py test", "cpu", 0.5),
     Step(("nir-profile",), "python benchmarks/bench_nir.py profile", "cpu", 1.5),
     Step(("nir-readers",), "python benchmarks/bench_nir.py readers", "cpu", 0.5),
