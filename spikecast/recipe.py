@@ -66,9 +66,10 @@ AUTO_RECONSTRUCT_LEVELS = 8
 AUTO_PER_CHANNEL_LEVELS = 4
 #: ``reconstruct_timesteps="auto"``: a reconstruction for a budget of more steps than this trains the
 #: network for this many (twin, correction, distillation) and runs it for the whole budget - a network
-#: trained for few steps keeps improving when run longer, and one trained for T=4 was better at T=8
-#: than one trained for T=8 (test set, section ``fewstep`` at 3146dd2: ResNet-20 80.14% vs 78.51%;
-#: chosen on the validation split, section ``fewstep-validation-t8``).
+#: trained for few steps keeps improving when run longer. Chosen on the validation split (section
+#: ``fewstep-validation-t8`` at d67e47d, 2,000 images, three seeds): at T=8, trained for 4 against
+#: trained for 8, ResNet-20 78.25% vs 76.40%, ResNet-32 75.87% vs 75.20% (but 78.60% vs 81.35% at
+#: T=32: ResNet-32 trained for 4 stays further below its ANN when run long).
 AUTO_RECONSTRUCT_TIMESTEPS = 4
 
 #: Old keyword names still accepted (with a DeprecationWarning): they named the wrong stage.
