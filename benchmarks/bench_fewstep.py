@@ -19,7 +19,8 @@ set (read once per number), each network also read at longer T (anytime), with t
 and bits per step.
 
     python benchmarks/bench_fewstep.py choose --images 2000 --seeds 0,1,2 --work /tmp/spikecast-bench-fewstep
-    python benchmarks/bench_fewstep.py choose --timesteps 8 --images 2000 --settings 600:light:charge:80:layer:0:0.5:8,600:light:charge:80:channel:0:0.5:4
+    python benchmarks/bench_fewstep.py choose --timesteps 8 --images 2000 \
+        --settings 600:light:charge:80:layer:0:0.5:8,600:light:charge:80:channel:0:0.5:4
     python benchmarks/bench_fewstep.py test --work /tmp/spikecast-bench-fewstep
 
 Every cell is kept in ``--work`` with the commit it was measured at; a run cut short resumes.
@@ -122,7 +123,8 @@ def choose(args, run) -> None:
     default = Recipe(timesteps=T)
     rows, scores = [], {}
     models = args.models.split(",")
-    settings = [parse_setting(text) for text in args.settings.split(",")]
+    # an unstated budget (0) is T's: stated once here, so cells, rows and the rule see one setting
+    settings = [setting[:7] + (setting[7] or T,) for setting in map(parse_setting, args.settings.split(","))]
     seeds = parse_seeds(args.seeds)
     for name in models:
         ann = create_model(name, pretrained=True).eval()
@@ -146,7 +148,6 @@ def choose(args, run) -> None:
         calibrations, trained, corrected = {}, {}, {}
         for setting in settings:
             steps, corr, form, distill_steps, thresholds, mixup, drop, budget = setting
-            budget = budget or T
             base = f"{name}{T_key}/steps={steps}/{corr}/{form}/distill={distill_steps}" + (
                 f"/{thresholds}" if thresholds != "layer" else "") + (f"/mixup={mixup:g}" if mixup else "") + (
                 f"/drop={drop:g}" if drop else "") + (f"/budget={budget}" if budget != T else "")
@@ -190,7 +191,8 @@ def choose(args, run) -> None:
             rows.append(f"| {name} | reconstruction {steps} steps, thresholds per {thresholds}"
                         + (f", {mixup:g} of each batch mixed" if mixup else "")
                         + (f", QDrop {drop:g}" if drop else "")
-                        + (f", trained for T={budget}" if budget != T else "") + f" | {corr} / {form} | {distill_steps} | "
+                        + (f", trained for T={budget}" if budget != T else "")
+                        + f" | {corr} / {form} | {distill_steps} | "
                         + " | ".join(pct(acc[t]) for t in columns)
                         + f" | {' / '.join(f'{100 * v:.2f}' for v in spread)} (sd {100 * sd:.2f}) "
                         f"| {seconds:.0f} s |")
@@ -202,14 +204,12 @@ def choose(args, run) -> None:
     mean = {k: sum(a[T] for a in v) / len(models) for k, v in complete.items()}
     # highest mean at T; on a tie the cheaper setting (fewer reconstruction, then distillation steps,
     # then thresholds per layer, then no mixing, then no QDrop, then the shorter training budget)
-    best = (max(eligible, key=lambda k: (round(mean[k], 6), -k[0], -k[3], k[4] == "layer", -k[5], -k[6],
-                                         -(k[7] or T)))
+    best = (max(eligible, key=lambda k: (round(mean[k], 6), -k[0], -k[3], k[4] == "layer", -k[5], -k[6], -k[7]))
             if eligible else None)
     config = default.reconstruction_config()
     library = (default.reconstruct_steps, default.correction_used, default.correction_form_used, default.distill_steps,
                "channel" if default.per_channel_used else "layer", config.mixup, config.drop,
                default.calibration_timesteps)
-    best = best and best[:7] + ((best[7] or T),)  # (an unstated budget is T's)
     if best is None:
         verdict = "**no setting is anytime on every network: nothing is chosen**"
     elif library == best:
@@ -273,7 +273,8 @@ def parse_setting(text: str) -> tuple[int, str, str, int, str, float, float, int
         raise SystemExit(usage + " (BUDGET: a positive integer)")
     steps, corr, form, distill_steps = parts[:4]
     fractions = []
-    for label, part in (("MIXUP", parts[5] if len(parts) >= 6 else "0"), ("DROP", parts[6] if len(parts) >= 7 else "0")):
+    for label, part in (("MIXUP", parts[5] if len(parts) >= 6 else "0"),
+                        ("DROP", parts[6] if len(parts) >= 7 else "0")):
         try:
             value = float(part)
         except ValueError:
@@ -364,7 +365,8 @@ def main() -> None:
                         help="choose: the budget T converted for (default 4; 8 writes fewstep-validation-t8)")
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--settings", default=",".join(SETTINGS),
-                        help="choose: STEPS:CORRECTION:FORM:DISTILL[:layer|channel[:MIXUP[:DROP]]] settings compared "
+                        help="choose: STEPS:CORRECTION:FORM:DISTILL[:layer|channel[:MIXUP[:DROP[:BUDGET]]]] settings "
+                             "compared "
                              "(default: the fixed grid)")
     parser.add_argument("--seeds", default="0,1,2", help="choose: reconstruction seeds per setting (default 0,1,2)")
     parser.add_argument("--work", default="/tmp/spikecast-bench-fewstep", help="resumable work folder")

@@ -265,8 +265,8 @@ class Recipe:
 
     def correction_config(self) -> CorrectionConfig:
         # a NIR file has no initial membrane potential: the nir profile corrects with currents only
-        return CorrectionConfig(level=self.correction_used, timesteps=self.calibration_timesteps, potential=self.profile != "nir",
-                                form=self.correction_form_used)
+        return CorrectionConfig(level=self.correction_used, timesteps=self.calibration_timesteps,
+                                potential=self.profile != "nir", form=self.correction_form_used)
 
     def simulation_config(self, input_scale: float = 1.0) -> SimulationConfig:
         return SimulationConfig(timesteps=self.timesteps, encoding=self.encoding, input_scale=input_scale)

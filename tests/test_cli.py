@@ -229,7 +229,8 @@ def test_convert_recipe_flags_early_exit_and_report(tmp_path, capsys):
             "--activity-images", "16", "--out", str(out)]
     assert main(args + ["--tolerance", "1"]) == 0
     printed = capsys.readouterr().out
-    assert "percentile 99.9 per channel" in printed and "light for T=4" in printed and "for T=4, run at T=8" in printed and "binary neurons" in printed
+    assert "percentile 99.9 per channel" in printed and "binary neurons" in printed
+    assert "light for T=4" in printed and "for T=4, run at T=8" in printed  # T=8 reconstructs, trained for 4
     assert "Early exit (softmax confidence >= 0.99" in printed
     doc = json.loads((out / "validation.json").read_text())
     assert doc["recipe"] == Recipe(timesteps=8, thresholds="percentile", percentile=99.9, per_channel=True,

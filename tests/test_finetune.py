@@ -353,4 +353,5 @@ def test_quantised_snn_stays_close_and_integer_form_gives_the_same_spikes(tiny):
     scale = entry["scale"].view(-1, 1, 1, 1)
     assert torch.equal(entry["weight"].float() * scale, weight)
     neuron = q8.neurons()[name]
-    assert torch.allclose(entry["threshold"].reshape(-1) * entry["scale"], torch.broadcast_to(neuron.threshold.reshape(-1), (len(scale),)))
+    per_channel = torch.broadcast_to(neuron.threshold.reshape(-1), (len(scale),))  # one per layer or per channel
+    assert torch.allclose(entry["threshold"].reshape(-1) * entry["scale"], per_channel)

@@ -17,7 +17,8 @@ from typing import Optional
 from spikecast.jobs import parse_timesteps
 from spikecast.nn.encoding import ENCODINGS
 from spikecast.nn.simulation import DEFAULT_EVAL_TIMESTEPS
-from spikecast.recipe import AUTO_RECONSTRUCT_LEVELS, AUTO_RECONSTRUCT_TIMESTEPS, MAXPOOL_METHODS, PROFILES, RECONSTRUCT_MODES, Recipe, build_recipe
+from spikecast.recipe import (AUTO_RECONSTRUCT_LEVELS, AUTO_RECONSTRUCT_TIMESTEPS, MAXPOOL_METHODS, PROFILES,
+                               RECONSTRUCT_MODES, Recipe, build_recipe)
 
 __all__ = ["parse_timesteps", "parse_shape", "parse_floats", "parse_confidences", "positive_int", "int_flag",
            "Deprecated",

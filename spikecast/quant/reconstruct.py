@@ -220,9 +220,9 @@ def distill(snn: SpikingNetwork, teacher: fx.GraphModule, images: CalibrationSet
     ``config.distill_steps`` steps to reproduce ``teacher`` (the normalised ANN) on ``images``, no labels.
 
     Backpropagation through time in the SNN (surrogate gradients of the spike): each step runs
-    ``anytime * T`` time steps on a batch (``T = timesteps``, default ``snn.config.timesteps``) and takes the KL divergence
-    between the ANN's softmax and that of the SNN's mean output after ``T``, ``2T``, ... steps, cutting
-    the backpropagation at each (the network learns to be right at its budget and to stay right when
+    ``anytime * T`` time steps on a batch (``T = timesteps``, default ``snn.config.timesteps``) and takes
+    the KL divergence between the ANN's softmax and that of the SNN's mean output after ``T``, ``2T``,
+    ... steps, cutting the backpropagation at each (the network learns to be right at its budget and to stay right when
     run longer). Thresholds, initial charges and per-step currents stay as the conversion set them.
     ``snn`` is not changed.
 
