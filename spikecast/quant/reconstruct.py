@@ -41,6 +41,13 @@ and 69.5% (ResNet-32) against 67.7% and 65.7% from one clip per layer, for about
 T=8 and T=16 on ResNet-20; with distillation it was chosen there, so ``Recipe.per_channel="auto"``
 gives per-channel clips where ``timesteps * levels <= 4``.
 
+What did not help at T=4 (validation split, 2,000 images, one seed, exploration runs outside the
+benchmarks; the seed alone moves top-1 by 1-2 points): training the thresholds and initial charges
+in the distillation too, 160 distillation steps instead of 80, a feature loss (each site's mean
+rate against the ANN's activation), lr 2e-4 (ResNet-20 73.6 / 74.8 / 73.1 / 73.0% against 74.0%;
+ResNet-32 71.7 / 71.3% against 71.9%). The limit is the network's, not the data's: the ResNet-32
+twin at L=4 agrees with the ANN on only 88% of the calibration images themselves.
+
 The result of :func:`reconstruct` is a calibrated graph whose thresholds are the trained clips (QCFS sites kept, so it is
 also the teacher of the layer-wise correction that follows, as after QCFS fine-tuning), converted
 like any other. This is network-level reconstruction in the spirit of SNN Calibration's advanced
