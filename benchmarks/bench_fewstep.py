@@ -366,8 +366,7 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--settings", default=",".join(SETTINGS),
                         help="choose: STEPS:CORRECTION:FORM:DISTILL[:layer|channel[:MIXUP[:DROP[:BUDGET]]]] settings "
-                             "compared "
-                             "(default: the fixed grid)")
+                             "compared (default: the fixed grid)")
     parser.add_argument("--seeds", default="0,1,2", help="choose: reconstruction seeds per setting (default 0,1,2)")
     parser.add_argument("--work", default="/tmp/spikecast-bench-fewstep", help="resumable work folder")
     parser.add_argument("--threads", type=int, default=2)

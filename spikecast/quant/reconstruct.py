@@ -45,7 +45,7 @@ What did not help at T=4 (validation split, 2,000 images, one seed, exploration 
 benchmarks; the seed alone moves top-1 by 1-2 points): training the thresholds and initial charges
 in the distillation too, 160 distillation steps instead of 80, a feature loss (each site's mean
 rate against the ANN's activation), lr 2e-4 (ResNet-20 73.6 / 74.8 / 73.1 / 73.0% against 74.0%;
-ResNet-32 71.7 / 71.3% against 71.9%). The limit is the network's, not the data's: the ResNet-32
+ResNet-32 71.7 / 71.3% against 71.9%). The networks underfit rather than overfit: the ResNet-32
 twin at L=4 agrees with the ANN on only 88% of the calibration images themselves.
 
 The result of :func:`reconstruct` is a calibrated graph whose thresholds are the trained clips (QCFS sites kept, so it is
