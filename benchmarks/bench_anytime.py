@@ -6,7 +6,7 @@ settings), converted with the layer-wise correction in its two forms - per-step 
 (``correction_form="current"``, what fine-tuning used before) and initial charge only
 (``"charge"``) - then surrogate BPTT from the charge-corrected network trained at T=4 alone
 (``anytime=1``) and with the loss at T=4 and T=8 (``anytime=2``). Every network is read at
-T = 4 / 8 / 16 / 32 / 64 on the first ``--images`` images of the 5,000-image validation split;
+T = 4 / 8 / 16 / 32 / 64 on ``--images`` class-balanced images of the 5,000-image validation split;
 the test set is never read. These are the numbers the fine-tuning defaults (``correction_form``,
 ``anytime``) were chosen on. Note: the public CIFAR checkpoints were trained on all 50,000 train
 images, validation split included, so validation top-1 runs above test top-1; the comparison
@@ -61,8 +61,8 @@ def top1(snn, x, y) -> dict[int, float]:
 
 def run_model(name: str, args, run, rows: list[str], scores: dict) -> None:
     work = Path(args.work) / name
-    x_val, y_val = cifar10("val")
-    x_val, y_val = x_val[:args.images], y_val[:args.images]
+    # class-balanced: the split's own order is by class, so its first 2000 images are four classes
+    x_val, y_val = cifar10("val", args.images)
     x_cal, _ = cifar10("train", 512)
     x_train, y_train = cifar10("train")
     ann = create_model(name, pretrained=True)
@@ -138,7 +138,7 @@ def main() -> None:
                   if SURROGATE_EPOCHS == chosen else
                   f"**`bench_finetune.py`'s `--surrogate-epochs` default ({SURROGATE_EPOCHS:g}) differs.**"))
     body = "\n".join([
-        f"SNN top-1 on the first {args.images} images of the validation split (never the test set) at each T. QCFS "
+        f"SNN top-1 on {args.images} class-balanced images of the validation split (never the test set) at each T. QCFS "
         f"L=4 for {args.qcfs_epochs:g} epoch(s) (lr {args.lr:g}), light correction for T=4 given as a per-step current "
         f"or as initial charge; surrogate BPTT for "
         f"{' or '.join(f'{e:g}' for e in args.surrogate_epochs)} epoch(s) (lr {args.surrogate_lr:g}) "

@@ -1,7 +1,7 @@
 """Few time steps without labels: the label-free reconstruction, chosen on validation, measured on test.
 
-``choose`` (section ``fewstep-validation``; ``fewstep-validation-t8`` with ``--timesteps 8``): on the first
-``--images`` images of the 5,000-image validation split (never the test set), CIFAR ResNet-20 and ResNet-32
+``choose`` (section ``fewstep-validation``; ``fewstep-validation-t8`` with ``--timesteps 8``): on
+``--images`` class-balanced images of the 5,000-image validation split (never the test set), CIFAR ResNet-20 and ResNet-32
 converted for T=4 (``--timesteps``) with 512 unlabeled train images: the default recipe without
 reconstruction, then the settings of the label-free path (reconstruction steps, the correction after it,
 steps of the SNN's distillation, whether the reconstruction starts from one threshold per layer or one per
@@ -115,8 +115,8 @@ def pct(v: float) -> str:
 def choose(args, run) -> None:
     cells = Cells(Path(args.work), "choose", run.commit, run.started)
     x_cal, _ = cifar10("train", 512)
-    x_val, y_val = cifar10("val")
-    x_val, y_val = x_val[:args.images], y_val[:args.images]
+    # class-balanced: the split's own order is by class, so its first 2000 images are four classes
+    x_val, y_val = cifar10("val", args.images)
     images = as_calibration_set(x_cal)
     T = args.timesteps
     columns = (T, 2 * T, 4 * T)
@@ -217,7 +217,7 @@ def choose(args, run) -> None:
     else:
         verdict = f"**the library's defaults ({describe(library)}) differ from the chosen setting**"
     body = "\n".join([
-        f"SNN top-1 on the first {len(x_val)} images of the validation split (never the test set), networks converted "
+        f"SNN top-1 on {len(x_val)} class-balanced images of the validation split (never the test set), networks converted "
         f"for T={T} (unless trained for fewer steps: the row says) with 512 unlabeled train images, signed "
         "single-spike neurons. Reconstruction: the QCFS twin "
         f"trained against the ANN (KL divergence of the outputs, no labels, batch 64, lr {ReconstructionConfig().lr:g}, "
