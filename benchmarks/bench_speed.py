@@ -74,7 +74,7 @@ def build(model_name: str, work: Path):
         ann = create_model("cifar10-resnet20", pretrained=True).eval()
         x_cal, _ = cifar10("train", 512)
         x, _ = cifar10("test")
-        batch, T = x[:128], 32
+        batch, T = x[:128], 32  # timing only
         make = lambda: spikecast.convert(ann, calib=(x_cal,), timesteps=T, progress=False)  # noqa: E731
         text = "pretrained, `spikecast.convert(model, calib=<512 train images>, timesteps=32)` (default recipe)"
     else:

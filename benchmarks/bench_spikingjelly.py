@@ -431,7 +431,7 @@ def main(argv=None) -> int:
 
     # ---- throughput: spikecast rows 1 and 2 vs SpikingJelly row 3, alternating batch by batch
     timed = [r for r in rows if r.key in ("1", "2", "3")]
-    x_time = x_test[:args.timing_images]
+    x_time = x_test[:args.timing_images]  # timing only
     for row in timed:  # warm-up: one batch each (the first timed batch, min(T_max, 8) steps)
         row.simulate(row.net, x_time[:args.batch_size], [min(T_max, 8)])
     reps = []

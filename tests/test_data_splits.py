@@ -43,3 +43,41 @@ def test_shared_cifar10_splits():
         resolve_data("cifar10:valid")
     with pytest.raises(DataError, match="split"):
         resolve_data("digits", split="val")
+
+
+def _leading_slices_of_cifar_sets(source: str) -> list[int]:
+    """Lines of ``source`` that take ``v[:n]`` of a variable bound from ``cifar10(...)`` /
+    ``cifar10_tensors(...)`` (directly or by tuple unpacking), unless ``n`` is a constant <= 2 (an
+    example input for tracing) or the line says ``# timing only``."""
+    import ast
+
+    tree = ast.parse(source)
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call):
+            func = node.value.func
+            called = func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)
+            if called in ("cifar10", "cifar10_tensors"):
+                for target in node.targets:
+                    elts = target.elts if isinstance(target, ast.Tuple) else [target]
+                    names.update(e.id for e in elts if isinstance(e, ast.Name))
+    lines = source.splitlines()
+    return sorted({node.lineno for node in ast.walk(tree)
+                   if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name)
+                   and node.value.id in names and isinstance(node.slice, ast.Slice) and node.slice.lower is None
+                   and node.slice.upper is not None
+                   and not (isinstance(node.slice.upper, ast.Constant) and node.slice.upper.value <= 2)
+                   and "# timing only" not in lines[node.lineno - 1]})
+
+
+def test_benchmarks_score_on_class_balanced_subsets():
+    # Without a limit the splits come in class order: the validation split's first 2,000 images
+    # are four classes, and choices made on them were once made on airplanes, cars, birds and cats.
+    # A subset must come from the loader's class-balanced ``limit``.
+    from pathlib import Path
+
+    assert _leading_slices_of_cifar_sets("x, y = cifar10('val')\nx, y = x[:2000], y[:2000]\n") == [2]
+    assert _leading_slices_of_cifar_sets("x, y = cifar10('val', 2000)\nx[:8]  # timing only\nx[:2]\n") == []
+    found = {path.name: lines for path in sorted((Path(__file__).parents[1] / "benchmarks").glob("*.py"))
+             if (lines := _leading_slices_of_cifar_sets(path.read_text()))}
+    assert found == {}, f"leading slices of a class-ordered CIFAR split (use cifar10(split, limit)): {found}"
