@@ -241,7 +241,8 @@ def test_anytime_loss_trains_at_every_multiple_of_the_budget(tiny, monkeypatch):
     losses, runs = [], []
     real_loss, real_steps = F.cross_entropy, SpikingNetwork.steps
     monkeypatch.setattr(F, "cross_entropy", lambda logits, target: losses.append(1) or real_loss(logits, target))
-    monkeypatch.setattr(SpikingNetwork, "steps", lambda self, x, t: runs.append(int(t)) or real_steps(self, x, t))
+    monkeypatch.setattr(SpikingNetwork, "steps",
+                        lambda self, x, t, **kw: runs.append(int(t)) or real_steps(self, x, t, **kw))
     for anytime in (1, 3):
         losses.clear(), runs.clear()
         cfg = FinetuneConfig(method="surrogate", timesteps=3, anytime=anytime,

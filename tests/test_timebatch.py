@@ -132,6 +132,54 @@ def test_steps_by_one_where_batching_would_change_what_is_observed(chunk_calls):
     assert encoded._batched is None  # the input changes every step
 
 
+def _windowed_bptt(snn, x, horizon, window, cut):
+    """Losses and parameter gradients of a truncated-BPTT pass (the distillation's loop: a loss on the
+    running mean after every ``cut`` steps, backpropagation cut there)."""
+    params = [p for p in snn.graph_module.parameters() if p.is_floating_point()]
+    for p in params:
+        p.requires_grad_(True)
+        p.grad = None
+    total, losses = None, []
+    for t, out in enumerate(snn.steps(x, horizon, window=window), start=1):
+        total = out if total is None else total + out
+        if t % cut == 0:
+            loss = (total / t).float().logsumexp(-1).mean()
+            loss.backward(retain_graph=t < horizon)
+            snn.detach_state()
+            total = total.detach()
+            losses.append(float(loss.detach()))
+    grads = [p.grad.clone() for p in params]
+    for p in params:
+        p.requires_grad_(False)
+        p.grad = None
+    snn.reset()
+    return losses, grads
+
+
+def test_windows_time_batch_under_autograd_with_the_same_gradients(chunk_calls):
+    """``steps(..., window=W)`` (distillation, surrogate fine-tuning): chunks under autograd that never
+    cross a multiple of W, with the losses and gradients of one step at a time (float rounding:
+    another convolution batch size)."""
+    torch.manual_seed(3)
+    ann = create_model("cifar10-resnet20", pretrained=False).eval()
+    x = torch.randn(12, 3, 32, 32)
+    snn = spikecast.convert(ann, calib=(x,), timesteps=4, progress=False,
+                            recipe=spikecast.Recipe(correction="none", reconstruct="off"))
+    stepped_losses, stepped_grads = _windowed_bptt(snn, x[:4], 8, None, 4)
+    assert not chunk_calls  # autograd without a window: one step at a time
+    losses, grads = _windowed_bptt(snn, x[:4], 8, 4, 4)
+    assert chunk_calls == [4, 4]  # chunks of the window, not one chunk of 8 across the cut
+    assert losses == pytest.approx(stepped_losses, rel=1e-5)
+    for a, b in zip(grads, stepped_grads):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6 * float(b.abs().max()) + 1e-12)
+    assert any(float(g.abs().sum()) > 0 for g in grads)  # the surrogate path carried gradients
+    chunk_calls.clear()
+    list(snn.steps(x[:4], 8, window=3))  # chunks end at steps 3 and 6
+    assert chunk_calls == [2, 1, 2, 1, 2]
+    with pytest.raises(ValueError, match="window"):
+        list(snn.steps(x[:4], 8, window=0))
+
+
 def test_config_round_trip(tmp_path):
     ann = create_model("digits-cnn", pretrained=False).eval()
     x = torch.randn(8, 1, 8, 8)

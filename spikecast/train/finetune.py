@@ -18,6 +18,7 @@ Both run through :func:`spikecast.train.loop.train` (checkpoint every epoch, res
 from __future__ import annotations
 
 import copy
+import math
 import time
 import warnings
 from dataclasses import asdict, dataclass, fields, replace
@@ -310,7 +311,8 @@ def _finetune_surrogate(model, train_data, run: _Run, device: DeviceLike, checkp
         x, y = x.to(device), y.to(device)
         total, loss = None, None
         budget_out = None
-        for t, out in enumerate(snn.steps(x, steps), start=1):
+        # chunks of steps between the cuts (larger convolution batches where memory allows)
+        for t, out in enumerate(snn.steps(x, steps, window=math.gcd(window, T)), start=1):
             total = out if total is None else total + out
             if t % window == 0 or t % T == 0 or t == steps:
                 loss = F.cross_entropy(total / t, y)
