@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -49,8 +52,6 @@ def _leading_slices_of_cifar_sets(source: str) -> list[int]:
     """Lines of ``source`` that take ``v[:n]`` of a variable bound from ``cifar10(...)`` /
     ``cifar10_tensors(...)`` (directly or by tuple unpacking), unless ``n`` is a constant <= 2 (an
     example input for tracing) or the line says ``# timing only``."""
-    import ast
-
     tree = ast.parse(source)
     names = set()
     for node in ast.walk(tree):
@@ -74,8 +75,6 @@ def test_benchmarks_score_on_class_balanced_subsets():
     # Without a limit the splits come in class order: the validation split's first 2,000 images
     # are four classes, and choices made on them were once made on airplanes, cars, birds and cats.
     # A subset must come from the loader's class-balanced ``limit``.
-    from pathlib import Path
-
     assert _leading_slices_of_cifar_sets("x, y = cifar10('val')\nx, y = x[:2000], y[:2000]\n") == [2]
     assert _leading_slices_of_cifar_sets("x, y = cifar10('val', 2000)\nx[:8]  # timing only\nx[:2]\n") == []
     found = {path.name: lines for path in sorted((Path(__file__).parents[1] / "benchmarks").glob("*.py"))
