@@ -13,6 +13,11 @@
     snn = spikecast.from_nir("other.nir")                # a NIR graph written by another tool
 """
 
+from pathlib import Path
+from typing import Union
+
+import torch
+
 from spikecast.pipeline import convert
 from spikecast.recipe import Recipe, recipe_of
 from spikecast.nn.neuron import IFNeuron
@@ -30,14 +35,14 @@ from spikecast import data, zoo  # noqa: E402  (spikecast.zoo.create_model works
 __version__ = "0.1.0"
 
 
-def report(result, out_dir) -> dict:
+def report(result: Union[Report, ValidationResult], out_dir: Union[str, Path]) -> dict[str, Path]:
     """Write ``report.json``, ``report.md``, ``report.html`` and PNG plots of ``result`` (a
     :class:`Report` from :func:`build_report`, or a :class:`ValidationResult`) into ``out_dir``."""
     return write_report(result, out_dir)
 
 
-def load(path, device=None) -> SpikingNetwork:
-    """Load a network saved with ``SpikingNetwork.save``."""
+def load(path: Union[str, Path], device: Union[str, torch.device, None] = None) -> SpikingNetwork:
+    """Load a network saved with ``SpikingNetwork.save`` (its directory) onto ``device`` (default: the CPU)."""
     return SpikingNetwork.load(path, device=device)
 
 

@@ -58,6 +58,10 @@ CIFAR10_CLASSES: tuple[str, ...] = (
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 Split = Literal["train", "val", "test"]
+#: What the API's ``data`` / ``calib`` / ``train_data`` arguments take (:func:`as_loader` reads them):
+#: a tensor of inputs, an ``(inputs, labels)`` tuple of tensors, or an iterable of such batches (a
+#: ``DataLoader``, a list, an :class:`~spikecast.datasets.ImageData`).
+DataLike = Union[Tensor, tuple[Tensor, ...], Iterable[Any]]
 CIFAR10_SPLITS: tuple[str, ...] = ("train", "val", "test")
 #: The validation split: VAL_PER_CLASS images of each class drawn from the training folder by
 #: ``numpy.random.default_rng(VAL_SEED).permutation`` of that class's files (in file order).
@@ -275,7 +279,7 @@ class TensorBatches:
                 yield self.x[start:stop], self.y[start:stop]
 
 
-def as_loader(data: Any, batch_size: int = 256) -> Iterable[Any]:
+def as_loader(data: DataLike, batch_size: int = 256) -> Iterable[Any]:
     """Something to iterate over in batches, in order.
 
     * a ``torch.utils.data.DataLoader`` (or any other non-tensor iterable of

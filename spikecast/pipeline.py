@@ -21,7 +21,7 @@ from spikecast.calibrate.statistics import SiteStatistics
 from spikecast.calibrate.thresholds import calibrate
 from spikecast.convert.correction import CorrectionConfig, correct_graph
 from spikecast.convert.spiking import to_spiking
-from spikecast.data import input_channel_guard
+from spikecast.data import DataLike, input_channel_guard
 from spikecast.devices import DeviceLike, resolve_device
 from spikecast.errors import CalibrationError
 from spikecast.export.nir import nir_form
@@ -123,7 +123,7 @@ def build_snn(graph: fx.GraphModule, images: CalibrationSet, recipe: Recipe, *, 
 
 def convert(
     model: ModelLike,
-    calib=None,
+    calib: Optional[DataLike] = None,
     recipe: Optional[Recipe] = None,
     *,
     checkpoint: Optional[Union[str, Path]] = None,

@@ -33,6 +33,7 @@ from spikecast.graph.normalize import MAXPOOL_REWRITES, MaxpoolRewrite
 from spikecast.nn.encoding import ENCODINGS
 from spikecast.nn.simulation import DEFAULT_BUDGET, SimulationConfig
 from spikecast.quant.reconstruct import ReconstructionConfig
+from spikecast.runtime.network import SpikingNetwork
 
 #: Calibration images kept when the caller does not say (the calibration set is bounded).
 DEFAULT_CALIB_IMAGES = DEFAULT_MAX_IMAGES
@@ -322,7 +323,7 @@ def build_recipe(recipe: Optional[Recipe] = None, **settings: Any) -> Recipe:
     return (recipe or Recipe()).replace(**changes)
 
 
-def _metadata(source) -> tuple[dict, Any]:
+def _metadata(source: Union[SpikingNetwork, dict]) -> tuple[dict, Any]:
     """(metadata dict, simulation config or None) of a SpikingNetwork or a metadata dict."""
     if isinstance(source, dict):
         return source, None
@@ -332,7 +333,7 @@ def _metadata(source) -> tuple[dict, Any]:
     return metadata, getattr(source, "config", None)
 
 
-def recipe_of(source) -> Recipe:
+def recipe_of(source: Union[SpikingNetwork, dict]) -> Recipe:
     """The :class:`Recipe` a network was converted with, from a ``SpikingNetwork`` or its metadata.
 
     Reads ``metadata["recipe"]``; for networks saved before it existed, rebuilds the recipe from the

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spikecast import distributed
-from spikecast.data import as_loader, check_finite, input_channel_guard, split_batch
+from spikecast.data import DataLike, as_loader, check_finite, input_channel_guard, split_batch
 from spikecast.devices import DeviceLike, device_of, resolve_device
 from spikecast.errors import InvalidArgumentError
 from spikecast.progress import progress_bar
@@ -87,7 +87,7 @@ class ValidationResult:
         return "\n".join(lines)
 
 
-def validate(ann: nn.Module, snn: SpikingNetwork, data, timesteps: Sequence[int] = DEFAULT_TIMESTEPS,
+def validate(ann: nn.Module, snn: SpikingNetwork, data: DataLike, timesteps: Sequence[int] = DEFAULT_TIMESTEPS,
              tolerance: float = 0.01, progress: bool = True, max_batches: Optional[int] = None,
              early_exit: Union[float, Sequence[float], None] = None,
              device: DeviceLike = None) -> ValidationResult:

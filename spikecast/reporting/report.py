@@ -37,6 +37,7 @@ import torch
 
 from spikecast.calibrate.statistics import iterate_inputs
 from spikecast.convert.compensation import compensated_nodes
+from spikecast.data import DataLike
 from spikecast.errors import SpikecastError
 from spikecast.graph import ops
 from spikecast.inspection import MAXPOOL_SPIKING, NEURON, inspect
@@ -250,7 +251,7 @@ def _jsonable(obj):
 
 
 # ---------------------------------------------------------------------------------------- build
-def build_report(ann: torch.nn.Module, snn: SpikingNetwork, data, timesteps: Sequence[int] = DEFAULT_TIMESTEPS, *,
+def build_report(ann: torch.nn.Module, snn: SpikingNetwork, data: DataLike, timesteps: Sequence[int] = DEFAULT_TIMESTEPS, *,
                  model: Optional[str] = None, data_name: str = "", title: Optional[str] = None,
                  tolerance: float = 0.01, early_exit: Union[float, Sequence[float], None] = (0.9, 0.99),
                  activity_images: int = 128, quantized_ann: Optional[dict] = None,

@@ -31,7 +31,7 @@ from torch import nn
 
 from spikecast.calibrate.sample import CalibrationSet
 from spikecast.calibrate.thresholds import calibrate
-from spikecast.data import as_loader, split_batch
+from spikecast.data import DataLike, as_loader, split_batch
 from spikecast.devices import DeviceLike, resolve_device
 from spikecast.models import ModelLike, resolve_model
 from spikecast.pipeline import build_snn, convert, prepare, read_calibration_set
@@ -124,11 +124,11 @@ def _model_device(module: nn.Module) -> Optional[torch.device]:
 
 def finetune(
     model: Union[ModelLike, SpikingNetwork],
-    train_data,
+    train_data: DataLike,
     config: Optional[FinetuneConfig] = None,
     *,
-    calib=None,
-    val=None,
+    calib: Optional[DataLike] = None,
+    val: Optional[DataLike] = None,
     checkpoint_dir: Optional[Union[str, Path]] = None,
     checkpoint: Optional[Union[str, Path]] = None,
     pretrained: Optional[bool] = None,
