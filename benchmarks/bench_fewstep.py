@@ -18,9 +18,10 @@ unlabeled train images, timesteps=T)`` for T = 4 and 8 (and ``levels=2`` at T=4)
 set (read once per number), each network also read at longer T (anytime), with the conversion time
 and bits per step.
 
-    python benchmarks/bench_fewstep.py choose --images 2000 --seeds 0,1,2 --work /tmp/spikecast-bench-fewstep
-    python benchmarks/bench_fewstep.py choose --timesteps 8 --images 2000 \
-        --settings 600:light:charge:80:layer:0:0.5:8,600:light:charge:80:channel:0:0.5:4
+    python benchmarks/bench_fewstep.py choose --images 2000 --seeds 0,1,2 \
+        --settings 600:light:charge:80:channel:0:0,600:light:charge:80:channel:0:0.5
+    python benchmarks/bench_fewstep.py choose --timesteps 8 --images 2000 --seeds 0,1,2 --settings \
+        600:light:charge:80:layer:0:0:8,600:light:charge:80:channel:0:0:4,600:light:charge:80:channel:0:0.5:4
     python benchmarks/bench_fewstep.py test --work /tmp/spikecast-bench-fewstep
 
 Every cell is kept in ``--work`` with the commit it was measured at; a run cut short resumes.

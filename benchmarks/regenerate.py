@@ -51,9 +51,11 @@ STEPS: tuple[Step, ...] = (
     Step(("modern-cifar-t4",), "python benchmarks/bench_modern_cifar.py --budget 4 --levels 1", "gpu", 1.0),
     Step(("finetune-resnet20", "finetune-resnet32"), "python benchmarks/bench_finetune.py", "gpu", 2.5),
     Step(("anytime-validation",), "python benchmarks/bench_anytime.py", "gpu", 1.5),
-    Step(("fewstep-validation",), "python benchmarks/bench_fewstep.py choose", "gpu", 1.0),
-    Step(("fewstep-validation-t8",), "python benchmarks/bench_fewstep.py choose --timesteps 8 --images 2000 --settings "
-         "600:light:charge:80:layer:0:0.5:8,600:light:charge:80:channel:0:0.5:4", "gpu", 1.0),
+    Step(("fewstep-validation",), "python benchmarks/bench_fewstep.py choose --images 2000 --seeds 0,1,2 --settings "
+         "600:light:charge:80:channel:0:0,600:light:charge:80:channel:0:0.5", "gpu", 1.1),
+    Step(("fewstep-validation-t8",), "python benchmarks/bench_fewstep.py choose --timesteps 8 --images 2000 --seeds "
+         "0,1,2 --settings 600:light:charge:80:layer:0:0:8,600:light:charge:80:channel:0:0:4,"
+         "600:light:charge:80:channel:0:0.5:4", "gpu", 2.5),
     Step(("fewstep",), "python benchmarks/bench_fewstep.py test", "cpu", 0.5),
     Step(("nir-profile",), "python benchmarks/bench_nir.py profile", "cpu", 1.5),
     Step(("nir-readers",), "python benchmarks/bench_nir.py readers", "cpu", 0.5),
