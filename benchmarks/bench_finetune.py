@@ -14,7 +14,10 @@ One table per model, columns T = 1, 2, 4, 8, 16, 32, 64 (64 for the fine-tuned n
 * SNN after QCFS fine-tuning (``--levels`` L, ``--qcfs-epochs`` epochs on the 45,000 train
   images, then converted with threshold = clip and light correction; one network, all T);
 * SNN after surrogate-gradient fine-tuning (BPTT at T = L for ``--surrogate-epochs`` epochs,
-  starting from the QCFS SNN: the hybrid route);
+  starting from the QCFS SNN - the hybrid route - or, where ``bench_anytime.py``'s rule chose it
+  (``SURROGATE_START``), from the label-free conversion for T = L);
+* with ``--multilevel 2``: the same surrogate fine-tune from the label-free 2-level conversion (more
+  bits per step: reported beside the single-spike rows, never kept by the rule);
 * the fine-tuned SNN with int8 and int4 weights (per-channel symmetric, fake-quant), and its
   integer-arithmetic form (``spikecast.quant.integer_network``: int8 weights, 8-bit input grid,
   integer accumulators);
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import time
 from pathlib import Path
 
@@ -48,7 +52,8 @@ from spikecast.train import FinetuneConfig, TrainConfig, finetune
 from spikecast.zoo import create_model
 
 import results_file
-from bench_anytime import SURROGATE_EPOCHS, surrogate_name
+from bench_anytime import (STARTS, SURROGATE_EPOCHS, SURROGATE_START, converted, converted_name,
+                           surrogate_name)
 from bench_data import cifar10
 
 COLUMNS = [1, 2, 4, 8, 16, 32, 64]
@@ -99,7 +104,10 @@ def run_model(name: str, args, work: Path, run) -> None:
     anytime = FinetuneConfig().anytime
     settings = (f"QCFS L={args.levels} for {args.qcfs_epochs:g} epoch(s) (lr {args.lr:g}, correction "
                 f"`{args.correction}` after conversion, as initial charge: `correction_form="
-                f"'{FinetuneConfig().correction_form}'`), then surrogate BPTT for T={args.levels} with the loss at "
+                f"'{FinetuneConfig().correction_form}'`); "
+                + (f"then surrogate BPTT for T={args.levels} from the QCFS SNN" if args.surrogate_start == "qcfs" else
+                   f"surrogate BPTT for T={args.levels} from the label-free conversion for T={args.levels} (the "
+                   "library's default call: no labels)") + " with the loss at "
                 f"{', '.join(f'T={args.levels * k}' for k in range(1, anytime + 1))} (`anytime={anytime}`) for "
                 f"{args.surrogate_epochs:g} epoch(s) (lr {args.surrogate_lr:g}); SGD momentum 0.9, cosine schedule, "
                 f"crop + flip, batch {args.batch_size}")
@@ -146,12 +154,23 @@ def run_model(name: str, args, work: Path, run) -> None:
     candidates = {"QCFS": (snn_q, f"SNN, QCFS fine-tune (L={args.levels}, {args.qcfs_epochs:g} ep.)",
                            f"fine-tune {qcfs_train / 60:.1f} min")}
 
-    # --- surrogate fine-tune from the QCFS SNN
-    if args.surrogate_epochs > 0:
-        sur_cfg = FinetuneConfig(method="surrogate", timesteps=args.levels, correction="none",
-                                 train=TrainConfig(epochs=args.surrogate_epochs, lr=args.surrogate_lr,
-                                                   batch_size=args.batch_size))
-        surrogate = surrogate_name(args.surrogate_epochs)  # bench_anytime.py's network of this length
+    # --- surrogate fine-tune from the QCFS SNN or from the label-free conversion (bench_anytime.py's names,
+    # so either script resumes the other's networks)
+    sur_cfg = FinetuneConfig(method="surrogate", timesteps=args.levels, correction="none",
+                             train=TrainConfig(epochs=args.surrogate_epochs, lr=args.surrogate_lr,
+                                               batch_size=args.batch_size))
+    surrogate = surrogate_name(args.surrogate_epochs)  # bench_anytime.py's network of this length
+
+    def from_conversion(levels: int):
+        started = time.perf_counter()
+        start = converted(ann, x_cal, levels, work, args.device, timesteps=args.levels).to(device)
+        convert_s = time.perf_counter() - started  # ~0 when an earlier sitting saved it: then its own record
+        folder = f"{converted_name(levels, args.levels)}_{surrogate}"
+        snn, _ = load_or(work / folder, lambda: finetune(start, (x_train, y_train), sur_cfg, calib=(x_cal,),
+                                                         checkpoint_dir=work / f"{folder}_ckpt", device=device))
+        return snn.to(device), start.metadata.get("seconds", convert_s)
+
+    if args.surrogate_epochs > 0 and args.surrogate_start == "qcfs":
         snn_s, _ = load_or(work / surrogate, lambda: finetune(snn_q, (x_train, y_train), sur_cfg, calib=(x_cal,),
                                                               checkpoint_dir=work / f"{surrogate}_ckpt",
                                                               device=device))
@@ -160,6 +179,21 @@ def run_model(name: str, args, work: Path, run) -> None:
         candidates["QCFS + surrogate"] = (
             snn_s, f"SNN, + surrogate BPTT fine-tune (T={args.levels}, {args.surrogate_epochs:g} ep.)",
             f"+ {sur_train / 60:.1f} min (total {(qcfs_train + sur_train) / 60:.1f} min)")
+    elif args.surrogate_epochs > 0:
+        snn_s, convert_s = from_conversion(1)
+        sur_train = snn_s.metadata["finetune"]["train_seconds"]
+        candidates["conversion + surrogate"] = (
+            snn_s, f"SNN, label-free conversion for T={args.levels} + surrogate BPTT fine-tune "
+                   f"({args.surrogate_epochs:g} ep.)",
+            f"conversion {convert_s / 60:.1f} min + {sur_train / 60:.1f} min")
+    multilevel = {}
+    for levels in args.multilevel:
+        snn_m, convert_s = from_conversion(levels)
+        sur_train = snn_m.metadata["finetune"]["train_seconds"]
+        multilevel[levels] = (snn_m, f"SNN, {levels}-level neurons ({math.log2(2 * levels + 1):.2f} bits / step): "
+                                     f"label-free conversion for T={args.levels} + surrogate BPTT fine-tune "
+                                     f"({args.surrogate_epochs:g} ep.)",
+                              f"conversion {convert_s / 60:.1f} min + {sur_train / 60:.1f} min")
 
     # --- which fine-tuned network to keep: validation split, top-1 at T = L
     val_acc = {key: validate(ann, snn, x_val, y_val, [args.levels]).snn_accuracy[args.levels]
@@ -169,7 +203,7 @@ def run_model(name: str, args, work: Path, run) -> None:
     notes.append(f"Kept on the validation split (5,000 images, top-1 at T={args.levels}): **{best_name}** ("
                  + ", ".join(f"{k} {100 * v:.2f}%" for k, v in val_acc.items()) + "); the rows below it use it.")
     results = {}
-    for key, (snn, label, extra) in candidates.items():
+    for key, (snn, label, extra) in {**candidates, **multilevel}.items():
         results[key] = validate(ann, snn, x_test, y_test, COLUMNS)
         rows.append(accuracy_row(label, results[key].snn_accuracy, extra))
         write()
@@ -240,6 +274,14 @@ def run_model(name: str, args, work: Path, run) -> None:
                  f"below the ANN: {100 * gap:.2f} points below, **{'met' if gap <= 0.010 else 'not met'}**; no lower "
                  f"than at T={ANYTIME_FROM} at T=" + "/".join(map(str, longer)) + ": "
                  + (f"**not met** (lower at T={', '.join(map(str, falls))})" if falls else "**met**") + ".")
+    for levels in args.multilevel:
+        accs = results[levels].snn_accuracy
+        gap = ann_acc - accs[ANYTIME_FROM]
+        falls = [t for t in longer if accs[t] < accs[ANYTIME_FROM]]
+        notes.append(f"The same with {levels}-level neurons ({math.log2(2 * levels + 1):.2f} bits per step, against "
+                     f"{math.log2(3):.2f} for single-spike ones): {100 * gap:.2f} points below the ANN at "
+                     f"T={ANYTIME_FROM}, " + (f"lower at T={', '.join(map(str, falls))}" if falls else
+                                              "no lower at any longer T") + ".")
     write(final=True)
 
 
@@ -253,6 +295,12 @@ def main() -> None:
                         help="chosen on the validation split by bench_anytime.py")
     parser.add_argument("--lr", type=float, default=0.001)
     parser.add_argument("--surrogate-lr", type=float, default=0.0005)
+    parser.add_argument("--surrogate-start", choices=sorted(STARTS), default=SURROGATE_START,
+                        help="what the surrogate fine-tune starts from (chosen on the validation split by "
+                             "bench_anytime.py)")
+    parser.add_argument("--multilevel", default="",
+                        help="levels (e.g. 2) of extra rows: surrogate fine-tune from the label-free multi-level "
+                             "conversion (reported, never kept)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--correction", default="light", help="correction after the QCFS conversion")
     parser.add_argument("--onnx-images", type=int, default=1000)
@@ -261,6 +309,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
+    args.multilevel = [int(v) for v in args.multilevel.split(",") if v.strip()]
+    if any(v < 2 for v in args.multilevel):
+        parser.error("--multilevel takes levels of 2 or more (single-spike networks are the main rows)")
     run = results_file.start(threads=args.threads)
     if args.device.startswith("cuda"):
         torch.backends.cudnn.allow_tf32 = False
