@@ -10,12 +10,12 @@ from the label-free conversion for T=4 instead (``spikecast.convert(ann, calib, 
 library's default call - reconstruction, correction and distillation against the ANN on the 512
 calibration images, no labels), with single-spike neurons (compared with the QCFS start by the rule)
 and with 2-level neurons (``--converted-levels``; more bits per step, so reported beside the others,
-outside the rule). Every network is read at
-T = 4 / 8 / 16 / 32 / 64 on ``--images`` class-balanced images of the 5,000-image validation split;
-the test set is never read. These are the numbers the fine-tuning defaults (``correction_form``,
-``anytime``) and bench_finetune.py's surrogate start and length were chosen on. Note: the public CIFAR checkpoints were trained on all 50,000 train
-images, validation split included, so validation top-1 runs above test top-1; the comparison
-between rows is what counts.
+outside the rule). Every network is read at T = 4 / 8 / 16 / 32 / 64 on ``--images``
+class-balanced images of the 5,000-image validation split; the test set is never read. These are
+the numbers the fine-tuning defaults (``correction_form``, ``anytime``) and bench_finetune.py's
+surrogate start and length were chosen on. Note: the public CIFAR checkpoints were trained on all
+50,000 train images, validation split included, so validation top-1 runs above test top-1; the
+comparison between rows is what counts.
 
     python benchmarks/bench_anytime.py --images 2000
 
@@ -109,15 +109,19 @@ def run_model(name: str, args, run, rows: list[str], scores: dict) -> None:
     start = nets["QCFS, correction as charge"]
     first = args.surrogate_epochs[0]
     lengths = {}  # label -> (start, epochs) of the single-spike anytime=2 networks (the ones the rule compares)
-    # anytime=1 against 2 at the first length; every length with anytime=2
-    for anytime, epochs in [(1, first)] + [(2, e) for e in args.surrogate_epochs]:
+
+    def surrogate(start_net, epochs: float, anytime: int, folder: str):
         cfg = FinetuneConfig(method="surrogate", timesteps=4, anytime=anytime, correction="none",
                              train=TrainConfig(epochs=epochs, lr=args.surrogate_lr, batch_size=128,
                                                max_batches=args.max_batches))
+        return finetune(start_net, (x_train, y_train), cfg, calib=(x_cal,), progress=False, device=args.device,
+                        checkpoint_dir=work / f"{folder}_ckpt")
+
+    # anytime=1 against 2 at the first length; every length with anytime=2
+    for anytime, epochs in [(1, first)] + [(2, e) for e in args.surrogate_epochs]:
         label = f"+ surrogate BPTT, anytime={anytime}" + (f", {epochs:g} epoch(s)" if len(args.surrogate_epochs) > 1
                                                           else "")
-        nets[label] = finetune(start, (x_train, y_train), cfg, calib=(x_cal,), progress=False, device=args.device,
-                               checkpoint_dir=work / f"{surrogate_name(epochs, anytime)}_ckpt")
+        nets[label] = surrogate(start, epochs, anytime, surrogate_name(epochs, anytime))
         if anytime == 2:
             lengths[label] = ("qcfs", epochs)
     for levels in args.converted_levels:
@@ -125,13 +129,8 @@ def run_model(name: str, args, run, rows: list[str], scores: dict) -> None:
         start_label = STARTS["conversion"] + (f", {levels} levels" if levels > 1 else "")
         nets[start_label] = start_net
         for epochs in args.surrogate_epochs:
-            cfg = FinetuneConfig(method="surrogate", timesteps=4, anytime=2, correction="none",
-                                 train=TrainConfig(epochs=epochs, lr=args.surrogate_lr, batch_size=128,
-                                                   max_batches=args.max_batches))
             label = f"{start_label} + surrogate BPTT, anytime=2, {epochs:g} epoch(s)"
-            nets[label] = finetune(start_net, (x_train, y_train), cfg, calib=(x_cal,), progress=False,
-                                   device=args.device,
-                                   checkpoint_dir=work / f"{converted_name(levels)}_{surrogate_name(epochs)}_ckpt")
+            nets[label] = surrogate(start_net, epochs, 2, f"{converted_name(levels)}_{surrogate_name(epochs)}")
             if levels == 1:
                 lengths[label] = ("conversion", epochs)
     for label, snn in nets.items():

@@ -619,8 +619,8 @@ _UNSUPPORTED = ("LI", "CubaLI", "I", "Delay", "Threshold")
 _LEAKY = ("LIF", "CubaLIF")
 
 
-def from_nir(source: Union[str, os.PathLike, nir.NIRGraph], *, reset: Optional[str] = None, dt: Optional[float] = None,
-             metadata: Optional[dict] = None) -> SpikingNetwork:
+def from_nir(source: Union[str, os.PathLike, nir.NIRGraph], *, reset: Optional[str] = None,
+             dt: Optional[float] = None, metadata: Optional[dict] = None) -> SpikingNetwork:
     """A :class:`SpikingNetwork` from a NIR file or ``nir.NIRGraph``.
 
     ``reset``: how the neurons reset (``"subtract"`` or ``"zero"``); default: what each node's

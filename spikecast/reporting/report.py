@@ -251,7 +251,8 @@ def _jsonable(obj):
 
 
 # ---------------------------------------------------------------------------------------- build
-def build_report(ann: torch.nn.Module, snn: SpikingNetwork, data: DataLike, timesteps: Sequence[int] = DEFAULT_TIMESTEPS, *,
+def build_report(ann: torch.nn.Module, snn: SpikingNetwork, data: DataLike,
+                 timesteps: Sequence[int] = DEFAULT_TIMESTEPS, *,
                  model: Optional[str] = None, data_name: str = "", title: Optional[str] = None,
                  tolerance: float = 0.01, early_exit: Union[float, Sequence[float], None] = (0.9, 0.99),
                  activity_images: int = 128, quantized_ann: Optional[dict] = None,
