@@ -510,6 +510,8 @@ def test_deprecated_aliases_map_to_the_new_names(capsys):
     (["finetune", "digits-cnn", "--data", "digits", "--timesteps", "4"], "--timesteps belongs to --method surrogate"),
     (["finetune", "digits-cnn", "--data", "digits", "--method", "surrogate", "--thresholds", "max"], "--thresholds"),
     (["finetune", "digits-cnn", "--data", "digits", "--device", "no-such-device"], "unknown device 'no-such-device'"),
+    (["finetune", "digits-cnn", "--data", "digits", "--distill", "2"], "distill must be a weight in [0, 1]"),
+    (["finetune", "digits-cnn", "--data", "digits", "--distill-temperature", "4"], "add --distill W"),
     (["convert", "digits-cnn", "--data", "digits", "--percentile", "99"], "--percentile applies to --thresholds"),
     (["convert", "digits-cnn", "--data", "digits", "--mask-seed", "3"], "--mask-seed seeds random spike masking"),
     (["convert", "digits-cnn", "--data", "digits", "--activity-images", "8"], "add --report"),

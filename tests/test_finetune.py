@@ -254,6 +254,51 @@ def test_anytime_loss_trains_at_every_multiple_of_the_budget(tiny, monkeypatch):
         FinetuneConfig(method="surrogate", anytime=0)
 
 
+def _kl_to(teacher, net, x, T=None):
+    with torch.no_grad():
+        out = net.simulate(x, T) if T else net(x)
+        return float(F.kl_div(F.log_softmax(out, -1), F.log_softmax(teacher(x), -1), log_target=True,
+                              reduction="batchmean"))
+
+
+@pytest.mark.parametrize("method", ["qcfs", "surrogate"])
+def test_distillation_alone_ignores_the_labels_and_moves_towards_the_teacher(tiny, method):
+    x, y = toy_data(96)
+    wrong = (y + 1) % 3
+    start = tiny if method == "qcfs" else spikecast.convert(tiny, calib=x, timesteps=2, correction="none",
+                                                            progress=False)
+    cfg = FinetuneConfig(method=method, levels=2, timesteps=2, correction="none", distill=1.0, distill_temperature=2.0,
+                         train=TrainConfig(epochs=2, lr=0.02, batch_size=32))
+    kw = dict(progress=False, teacher=tiny, calib=x)
+    a, b = finetune(start, (x, y), cfg, **kw), finetune(start, (x, wrong), cfg, **kw)
+    for (k, u), (_, v) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(u, v), k  # distill=1: the labels do not enter the loss
+    assert a.metadata["finetune"]["config"]["distill"] == 1.0
+    mixed = [finetune(start, (x, labels), replace(cfg, distill=0.5), **kw) for labels in (y, wrong)]
+    assert any(not torch.equal(u, v) for u, v in zip(mixed[0].state_dict().values(), mixed[1].state_dict().values()))
+    if method == "surrogate":  # trained on the teacher alone, the SNN's outputs come closer to the teacher's
+        assert _kl_to(tiny, a, x, 2) < _kl_to(tiny, start, x, 2)
+
+
+def test_distillation_needs_a_teacher_and_a_weight_in_range(tiny, tmp_path):
+    x, y = toy_data(32)
+    snn = spikecast.convert(tiny, calib=x, timesteps=2, correction="none", progress=False)
+    with pytest.raises(ValueError, match="pass teacher="):
+        finetune(snn, (x, y), method="surrogate", timesteps=2, distill=0.5, epochs=1, progress=False)
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="distill must be a weight"):
+            FinetuneConfig(distill=bad)
+    with pytest.raises(ValueError, match="distill_temperature must be > 0"):
+        FinetuneConfig(distill=0.5, distill_temperature=0.0)
+    # a checkpoint of a distilled run is not resumed by an undistilled one, nor the other way round
+    ckpt = tmp_path / "ckpt"
+    cfg = FinetuneConfig(method="surrogate", timesteps=2, correction="none", distill=0.5,
+                         train=TrainConfig(epochs=1, lr=0.01, batch_size=32))
+    finetune(snn, (x, y), cfg, teacher=tiny, checkpoint_dir=ckpt, progress=False)
+    with pytest.raises(ValueError, match="different fine-tuning run"):
+        finetune(snn, (x, y), replace(cfg, distill=0.0), checkpoint_dir=ckpt, progress=False)
+
+
 # ------------------------------------------------------------------------------------ loop: resume
 @pytest.mark.parametrize("method", ["qcfs", "surrogate"])
 def test_interrupted_finetune_resumes_to_the_same_weights(tiny, tmp_path, method):

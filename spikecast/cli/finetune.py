@@ -57,6 +57,11 @@ def register(sub, parents) -> None:
     p.add_argument("--anytime", type=positive_int, metavar="K",
                    help="surrogate: also take the loss at 2T..K*T steps, so the SNN stays right when run longer "
                         "(default 2; 1 trains for T only)")
+    p.add_argument("--distill", type=float, default=0.0, metavar="W",
+                   help="weight of distillation from MODEL (the ANN) in the loss: (1-W) * cross-entropy + W * KL "
+                        "(default 0: labels only)")
+    p.add_argument("--distill-temperature", type=float, metavar="TAU",
+                   help="softmax temperature of the distillation (default 1)")
     p.add_argument("--init-snn", metavar="SNN_DIR", help="surrogate: start from this saved SNN instead of converting")
     p.add_argument("--restart", action="store_true", help="ignore (delete) existing checkpoints")
     p.add_argument("--out", default="spikecast-finetune", metavar="DIR")
@@ -81,6 +86,8 @@ def _config(args) -> FinetuneConfig:
                             ("--anytime", args.anytime), ("--init-snn", args.init_snn)):
             if value is not None:
                 raise ValueError(f"{flag} belongs to --method surrogate (QCFS's SNN runs T = --levels steps)")
+    if args.distill_temperature is not None and not args.distill:
+        raise ValueError("--distill-temperature applies to distillation: add --distill W (a weight > 0)")
     levels = levels or 4
     timesteps = timesteps or (levels if not surrogate else 4)
     train = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, weight_decay=args.weight_decay,
@@ -88,7 +95,9 @@ def _config(args) -> FinetuneConfig:
     return FinetuneConfig(method=args.method, levels=levels, timesteps=timesteps, bptt_window=args.bptt_window,
                           anytime=args.anytime or FinetuneConfig.anytime, correction=args.correction,
                           correction_form=args.correction_form, thresholds=args.thresholds or "mse",
-                          signed=args.signed, calib_images=args.calib_images, train=train)
+                          signed=args.signed, calib_images=args.calib_images, distill=args.distill,
+                          distill_temperature=(FinetuneConfig.distill_temperature if args.distill_temperature is None
+                                               else args.distill_temperature), train=train)
 
 
 def run(args) -> int:
@@ -112,7 +121,9 @@ def run(args) -> int:
     T = config.levels if config.method == "qcfs" else config.timesteps
     say(f"spikecast finetune: {model.name}, {config.method} {'L' if config.method == 'qcfs' else 'T'}={T}, "
         f"{args.epochs:g} epoch(s) on {len(x_train)} training images (checkpoints: {ckpt}/)")
-    snn = finetune(source, (x_train, y_train), config, checkpoint_dir=ckpt, device=device, progress=True)
+    # the teacher is the ANN MODEL names, also when the surrogate route starts from a saved SNN
+    snn = finetune(source, (x_train, y_train), config, checkpoint_dir=ckpt, device=device, progress=True,
+                   teacher=model.ann if config.distill > 0 else None)
     say(f"  fine-tuned in {seconds_text(snn.metadata['finetune']['seconds'])}")
     say(f"  validating the SNN against the ANN at T = {timesteps_text(timesteps)} on {len(images)} images...")
     result = validate(model.ann, snn, images.batches(args.batch_size, args.workers), timesteps=timesteps,

@@ -55,6 +55,11 @@ class FinetuneConfig:
     than ``levels`` steps; a QCFS network's error at ``T = L`` is a start-up deficit) or
     ``"current"`` (per-step currents sized for ``T``). ``thresholds``:
     how the initial QCFS clips are chosen (the names are the :class:`Recipe`'s). ``calib_images``: unlabeled images for calibration.
+    ``distill``: weight of knowledge distillation from the source ANN (the teacher) in the loss,
+    ``(1 - distill) * cross-entropy(labels) + distill * t**2 * KL(teacher || network)`` at
+    temperature ``t = distill_temperature`` (0: labels only, 1: the teacher only): the ANN's soft
+    outputs say more per image than its label, which matters when a fine-tune sees a fraction of
+    an epoch.
     """
 
     method: str = "qcfs"
@@ -67,6 +72,8 @@ class FinetuneConfig:
     thresholds: str = "mse"
     signed: bool = Recipe().signed
     calib_images: int = 512
+    distill: float = 0.0
+    distill_temperature: float = 1.0
     train: TrainConfig = TrainConfig()
 
     def __post_init__(self):
@@ -78,6 +85,10 @@ class FinetuneConfig:
             raise ValueError("bptt_window must be >= 1 (or None for full BPTT)")
         if isinstance(self.anytime, bool) or int(self.anytime) != self.anytime or self.anytime < 1:
             raise ValueError(f"anytime must be a positive integer (1: train for T only), got {self.anytime!r}")
+        if not 0.0 <= self.distill <= 1.0:
+            raise ValueError(f"distill must be a weight in [0, 1] (0: labels only), got {self.distill!r}")
+        if not self.distill_temperature > 0:
+            raise ValueError(f"distill_temperature must be > 0, got {self.distill_temperature!r}")
         self.recipe()  # validates the conversion settings
 
     def recipe(self) -> Recipe:
@@ -133,6 +144,7 @@ def finetune(
     checkpoint: Optional[Union[str, Path]] = None,
     pretrained: Optional[bool] = None,
     trust_checkpoint: bool = False,
+    teacher: Optional[ModelLike] = None,
     device: DeviceLike = None,
     val_batch_size: Optional[int] = None,
     progress: bool = True,
@@ -158,6 +170,9 @@ def finetune(
         device: where the network trains, calibrates and lives (``"cpu"``, ``"cuda"``, ...;
             default: the model's device). Batches are moved there; an unavailable device raises
             :class:`~spikecast.errors.DeviceError`. The caller's model is not moved.
+        teacher: the ANN distilled from when ``config.distill > 0`` (default: ``model``, the
+            source ANN; needed when ``model`` is a :class:`SpikingNetwork`, which does not carry
+            its source's weights).
         checkpoint_dir: folder for the per-epoch checkpoint; an interrupted run called again with
             the same arguments resumes after the last finished epoch.
         stop_after_epoch: end after that epoch as an interruption would (for tests).
@@ -176,8 +191,20 @@ def finetune(
     recipe = config.recipe()
     images = read_calibration_set(calib if calib is not None else _calibration_subset(train_data, config.calib_images),
                                   recipe, progress=progress)
+    if teacher is None and config.distill > 0:
+        if isinstance(model, SpikingNetwork):
+            raise ValueError("distill > 0 needs the ANN to distill from: pass teacher=... (a SpikingNetwork does not "
+                             "carry its source's weights)")
+        teacher = model
+    if teacher is not None and config.distill > 0:
+        # the source's checkpoint belongs to the source only: an explicit teacher comes ready to run
+        teacher_ann, _ = (resolve_model(model, checkpoint, pretrained, trust_checkpoint=trust_checkpoint)
+                          if teacher is model else resolve_model(teacher))
+        teacher = _place(teacher_ann, device)[0]
+    else:
+        teacher = None
     run = _Run(config, recipe, images, val, int(val_batch_size or config.train.batch_size), checkpoint_dir,
-               progress, stop_after_epoch, started)
+               progress, stop_after_epoch, started, teacher)
     if config.method == "qcfs":
         ann, source = resolve_model(model, checkpoint, pretrained, trust_checkpoint=trust_checkpoint)
         snn, history = _finetune_qcfs(ann, source, train_data, run, _place(ann, device))
@@ -218,6 +245,9 @@ def _fingerprint(config: FinetuneConfig, source: str, data_size) -> dict:
     """What a checkpoint belongs to. QCFS's correction runs after training, so a checkpoint serves
     every correction setting (the surrogate route corrects its starting network: it counts)."""
     settings = asdict(config)
+    for name in ("distill", "distill_temperature"):  # added later: checkpoints of runs without them still resume
+        if settings[name] == getattr(FinetuneConfig, name):
+            settings.pop(name)
     if config.method == "qcfs":
         settings.pop("correction")
         settings.pop("correction_form")
@@ -242,6 +272,25 @@ class _Run:
     progress: bool
     stop_after_epoch: Optional[int]
     started: float
+    teacher: Optional[nn.Module] = None  # the ANN distilled from (config.distill > 0)
+
+    def loss(self, logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+             teacher_logits: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Cross-entropy with the labels, mixed with distillation from the teacher when there is one
+        (``teacher_logits``: the teacher's outputs for ``x`` when the caller has them already)."""
+        ce = F.cross_entropy(logits, y)
+        if self.teacher is None:
+            return ce
+        if teacher_logits is None:
+            teacher_logits = self.teacher_logits(x)
+        t = float(self.config.distill_temperature)
+        kd = F.kl_div(F.log_softmax(logits / t, -1), F.log_softmax(teacher_logits / t, -1), log_target=True,
+                      reduction="batchmean") * (t * t)
+        return (1 - self.config.distill) * ce + self.config.distill * kd
+
+    def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.teacher(x).float()
 
 
 def _place(module: nn.Module, device: DeviceLike) -> tuple[nn.Module, torch.device]:
@@ -268,7 +317,7 @@ def _finetune_qcfs(ann: nn.Module, name: str, train_data, run: _Run, placed: tup
         if x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)  # ~2x faster convolutions on CPU
         logits = qgraph(x)
-        loss = F.cross_entropy(logits, y.to(device))
+        loss = run.loss(logits, x, y.to(device))
         loss.backward()
         return loss.item(), logits.detach().cpu()
 
@@ -311,11 +360,12 @@ def _finetune_surrogate(model, train_data, run: _Run, device: DeviceLike, checkp
         x, y = x.to(device), y.to(device)
         total, loss = None, None
         budget_out = None
+        teacher_logits = run.teacher_logits(x) if run.teacher is not None else None
         # chunks of steps between the cuts (larger convolution batches where memory allows)
         for t, out in enumerate(snn.steps(x, steps, window=math.gcd(window, T)), start=1):
             total = out if total is None else total + out
             if t % window == 0 or t % T == 0 or t == steps:
-                loss = F.cross_entropy(total / t, y)
+                loss = run.loss(total / t, x, y, teacher_logits)
                 # later windows reuse the static prefix's graph: keep it until the last one
                 loss.backward(retain_graph=t < steps)
                 snn.detach_state()
