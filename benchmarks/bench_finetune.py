@@ -52,8 +52,8 @@ from spikecast.train import FinetuneConfig, TrainConfig, finetune
 from spikecast.zoo import create_model
 
 import results_file
-from bench_anytime import (STARTS, SURROGATE_EPOCHS, SURROGATE_START, converted, converted_name,
-                           surrogate_name)
+from bench_anytime import (STARTS, SURROGATE_DISTILL, SURROGATE_EPOCHS, SURROGATE_START, converted,
+                           converted_name, surrogate_name)
 from bench_data import cifar10
 
 COLUMNS = [1, 2, 4, 8, 16, 32, 64]
@@ -109,7 +109,10 @@ def run_model(name: str, args, work: Path, run) -> None:
                    f"surrogate BPTT for T={args.levels} from the label-free conversion for T={args.levels} (the "
                    "library's default call: no labels)") + " with the loss at "
                 f"{', '.join(f'T={args.levels * k}' for k in range(1, anytime + 1))} (`anytime={anytime}`) for "
-                f"{args.surrogate_epochs:g} epoch(s) (lr {args.surrogate_lr:g}); SGD momentum 0.9, cosine schedule, "
+                f"{args.surrogate_epochs:g} epoch(s) (lr {args.surrogate_lr:g}"
+                + (f", distillation from the ANN with weight {args.surrogate_distill:g}: (1 - W) x cross-entropy + W x "
+                   "KL to the ANN's outputs" if args.surrogate_distill else ", labels only")
+                + "); SGD momentum 0.9, cosine schedule, "
                 f"crop + flip, batch {args.batch_size}")
 
     def body() -> str:
@@ -157,9 +160,11 @@ def run_model(name: str, args, work: Path, run) -> None:
     # --- surrogate fine-tune from the QCFS SNN or from the label-free conversion (bench_anytime.py's names,
     # so either script resumes the other's networks)
     sur_cfg = FinetuneConfig(method="surrogate", timesteps=args.levels, correction="none",
-                             train=TrainConfig(epochs=args.surrogate_epochs, lr=args.surrogate_lr,
+                             distill=args.surrogate_distill, train=TrainConfig(epochs=args.surrogate_epochs, lr=args.surrogate_lr,
                                                batch_size=args.batch_size))
-    surrogate = surrogate_name(args.surrogate_epochs)  # bench_anytime.py's network of this length
+    # bench_anytime.py's network of this length and distillation weight
+    surrogate = surrogate_name(args.surrogate_epochs, 2, args.surrogate_distill)
+    teacher = ann if args.surrogate_distill else None
 
     def from_conversion(levels: int):
         started = time.perf_counter()
@@ -167,13 +172,14 @@ def run_model(name: str, args, work: Path, run) -> None:
         convert_s = time.perf_counter() - started  # ~0 when an earlier sitting saved it: then its own record
         folder = f"{converted_name(levels, args.levels)}_{surrogate}"
         snn, _ = load_or(work / folder, lambda: finetune(start, (x_train, y_train), sur_cfg, calib=(x_cal,),
-                                                         checkpoint_dir=work / f"{folder}_ckpt", device=device))
+                                                         checkpoint_dir=work / f"{folder}_ckpt", device=device,
+                                                         teacher=teacher))
         return snn.to(device), start.metadata.get("seconds", convert_s)
 
     if args.surrogate_epochs > 0 and args.surrogate_start == "qcfs":
         snn_s, _ = load_or(work / surrogate, lambda: finetune(snn_q, (x_train, y_train), sur_cfg, calib=(x_cal,),
                                                               checkpoint_dir=work / f"{surrogate}_ckpt",
-                                                              device=device))
+                                                              device=device, teacher=teacher))
         snn_s = snn_s.to(device)
         sur_train = snn_s.metadata["finetune"]["train_seconds"]
         candidates["QCFS + surrogate"] = (
@@ -298,6 +304,9 @@ def main() -> None:
     parser.add_argument("--surrogate-start", choices=sorted(STARTS), default=SURROGATE_START,
                         help="what the surrogate fine-tune starts from (chosen on the validation split by "
                              "bench_anytime.py)")
+    parser.add_argument("--surrogate-distill", type=float, default=SURROGATE_DISTILL,
+                        help="distillation weight of the surrogate fine-tune (chosen on the validation split by "
+                             "bench_anytime.py; 0: labels only)")
     parser.add_argument("--multilevel", default="",
                         help="levels (e.g. 2) of extra rows: surrogate fine-tune from the label-free multi-level "
                              "conversion (reported, never kept)")

@@ -49,8 +49,9 @@ STEPS: tuple[Step, ...] = (
     Step(("calibration-headline",), "python benchmarks/bench_calibration.py headline", "gpu", 0.5),
     Step(("modern-cifar",), "python benchmarks/bench_modern_cifar.py", "gpu", 2.0),
     Step(("modern-cifar-t4",), "python benchmarks/bench_modern_cifar.py --budget 4 --levels 1", "gpu", 1.0),
+    # bench_finetune.py's surrogate start, length and distillation weight are chosen by bench_anytime.py
+    Step(("anytime-validation",), "python benchmarks/bench_anytime.py --images 2000", "gpu", 2.6),
     Step(("finetune-resnet20", "finetune-resnet32"), "python benchmarks/bench_finetune.py", "gpu", 2.5),
-    Step(("anytime-validation",), "python benchmarks/bench_anytime.py", "gpu", 1.5),
     Step(("fewstep-validation",), "python benchmarks/bench_fewstep.py choose --images 2000 --seeds 0,1,2 --settings "
          "600:light:charge:80:channel:0:0,600:light:charge:80:channel:0:0.5", "gpu", 1.1),
     Step(("fewstep-validation-t8",), "python benchmarks/bench_fewstep.py choose --timesteps 8 --images 2000 --seeds "
