@@ -18,9 +18,9 @@ the first ``--surrogate-epochs`` length, on both networks; the rule picks the (s
 (2) that pair alone at the longer lengths. Every network is read at T = 4 / 8 / 16 / 32 / 64 on
 ``--images`` class-balanced images of the 5,000-image validation split; the test set is never read.
 These are the numbers the fine-tuning defaults (``correction_form``, ``anytime``) and
-bench_finetune.py's surrogate start, length and distillation weight were chosen on. Note: the public CIFAR checkpoints were trained on all
-50,000 train images, validation split included, so validation top-1 runs above test top-1; the
-comparison between rows is what counts.
+bench_finetune.py's surrogate start, length and distillation weight were chosen on. Note: the
+public CIFAR checkpoints were trained on all 50,000 train images, validation split included, so
+validation top-1 runs above test top-1; the comparison between rows is what counts.
 
     python benchmarks/bench_anytime.py --images 2000
 
@@ -232,29 +232,31 @@ def main() -> None:
         net.stage_two(pair, scores)
     chosen, mean = choose(scores, len(networks))
     default = (SURROGATE_START, SURROGATE_EPOCHS, SURROGATE_DISTILL)
+    means = ", ".join(f"{describe(k)}: {100 * m:.2f}%" for k, m in sorted(mean.items()))
     verdict = (
         "No single-spike setting holds from T=4 on every network: nothing is chosen." if chosen is None else
         "Chosen (highest mean top-1 at T=4 with anytime=2 among the single-spike settings that hold from T=4 on, the "
-        "shorter on a tie, then labels only, then the QCFS start; rule fixed in the script): "
-        f"**{describe(chosen)}** (mean " + ", ".join(f"{describe(k)}: {100 * m:.2f}%" for k, m in sorted(mean.items()))
-        + "). " + ("`bench_finetune.py`'s surrogate start, `--surrogate-epochs` and distillation weight are the chosen "
-                   "ones." if default == chosen else f"**`bench_finetune.py`'s defaults ({describe(default)}) differ.**"))
-    stage = ("" if len(args.surrogate_epochs) < 2 else
+        f"shorter on a tie, then labels only, then the QCFS start; rule fixed in the script): **{describe(chosen)}** "
+        f"(mean {means}). "
+        + ("`bench_finetune.py`'s surrogate start, `--surrogate-epochs` and distillation weight are the chosen ones."
+           if default == chosen else f"**`bench_finetune.py`'s defaults ({describe(default)}) differ.**"))
+    pair_text = f"{STARTS[pair[0]]} / {pair[1]:g}"
+    longer = ", ".join(f"{e:g}" for e in args.surrogate_epochs[1:])
+    stage = ("" if not longer else
              f" Stage 1 (all at {args.surrogate_epochs[0]:g} epoch(s)) chose the start and the distillation weight "
-             + (f"{STARTS[pair[0]]} / {pair[1]:g}" if pair_key else f"- none held, so the defaults {STARTS[pair[0]]} / "
-                f"{pair[1]:g} -") + f"; stage 2 ran that pair for {', '.join(f'{e:g}' for e in args.surrogate_epochs[1:])} "
-             "epoch(s).")
+             + (pair_text if pair_key else f"- none held, so the defaults {pair_text} -")
+             + f"; stage 2 ran that pair for {longer} epoch(s).")
     more = [v for v in args.converted_levels if v > 1]
     body = "\n".join([
         f"SNN top-1 on {args.images} class-balanced images of the validation split (never the test set) at each T. QCFS "
         f"L=4 for {args.qcfs_epochs:g} epoch(s) (lr {args.lr:g}), light correction for T=4 given as a per-step current "
         "or as initial charge; the label-free conversion for T=4 (the library's default `spikecast.convert(ann, calib, "
         "timesteps=4)`: reconstruction, correction and distillation against the ANN on the 512 calibration images, no "
-        "labels). Surrogate BPTT (lr "
-        f"{args.surrogate_lr:g}, {len(networks[0].x_train):,} labelled train images) from the charge-corrected QCFS network with the loss at T=4 "
-        "only (anytime=1) or at T=4 and T=8 (anytime=2), and with anytime=2 from either start, with labels only or with "
-        "distillation from the ANN mixed in (weight W: (1 - W) x cross-entropy + W x KL to the ANN's outputs, "
-        f"temperature 1; weights {', '.join(f'{d:g}' for d in args.distill)})."
+        f"labels). Surrogate BPTT (lr {args.surrogate_lr:g}, {len(networks[0].x_train):,} labelled train images) "
+        "from the charge-corrected QCFS network with the loss at T=4 only (anytime=1) or at T=4 and T=8 (anytime=2), "
+        "and with anytime=2 from either start, with labels only or with distillation from the ANN mixed in (weight W: "
+        "(1 - W) x cross-entropy + W x KL to the ANN's outputs, temperature 1; weights "
+        f"{', '.join(f'{d:g}' for d in args.distill)})."
         + stage + (f" Conversions with {', '.join(str(v) for v in more)} levels per step (more bits per step than "
                    "single-spike ones) are fine-tuned too and reported outside the rule." if more else "")
         + " The public checkpoints saw these images in training, so the rows compare with each other, not with test "

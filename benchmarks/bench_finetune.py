@@ -160,7 +160,8 @@ def run_model(name: str, args, work: Path, run) -> None:
     # --- surrogate fine-tune from the QCFS SNN or from the label-free conversion (bench_anytime.py's names,
     # so either script resumes the other's networks)
     sur_cfg = FinetuneConfig(method="surrogate", timesteps=args.levels, correction="none",
-                             distill=args.surrogate_distill, train=TrainConfig(epochs=args.surrogate_epochs, lr=args.surrogate_lr,
+                             distill=args.surrogate_distill,
+                             train=TrainConfig(epochs=args.surrogate_epochs, lr=args.surrogate_lr,
                                                batch_size=args.batch_size))
     # bench_anytime.py's network of this length and distillation weight
     surrogate = surrogate_name(args.surrogate_epochs, 2, args.surrogate_distill)

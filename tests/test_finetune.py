@@ -290,7 +290,7 @@ def test_distillation_needs_a_teacher_and_a_weight_in_range(tiny, tmp_path):
             FinetuneConfig(distill=bad)
     with pytest.raises(ValueError, match="distill_temperature must be > 0"):
         FinetuneConfig(distill=0.5, distill_temperature=0.0)
-    # a checkpoint of a distilled run is not resumed by an undistilled one, nor the other way round
+    # a checkpoint of a distilled run is not resumed by an undistilled one
     ckpt = tmp_path / "ckpt"
     cfg = FinetuneConfig(method="surrogate", timesteps=2, correction="none", distill=0.5,
                          train=TrainConfig(epochs=1, lr=0.01, batch_size=32))

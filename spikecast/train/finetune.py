@@ -191,18 +191,15 @@ def finetune(
     recipe = config.recipe()
     images = read_calibration_set(calib if calib is not None else _calibration_subset(train_data, config.calib_images),
                                   recipe, progress=progress)
-    if teacher is None and config.distill > 0:
-        if isinstance(model, SpikingNetwork):
-            raise ValueError("distill > 0 needs the ANN to distill from: pass teacher=... (a SpikingNetwork does not "
-                             "carry its source's weights)")
-        teacher = model
-    if teacher is not None and config.distill > 0:
-        # the source's checkpoint belongs to the source only: an explicit teacher comes ready to run
-        teacher_ann, _ = (resolve_model(model, checkpoint, pretrained, trust_checkpoint=trust_checkpoint)
-                          if teacher is model else resolve_model(teacher))
-        teacher = _place(teacher_ann, device)[0]
-    else:
+    if not config.distill:
         teacher = None
+    elif teacher is not None:  # an explicit teacher comes ready to run: the source's checkpoint is the source's
+        teacher = _place(resolve_model(teacher)[0], device)[0]
+    elif isinstance(model, SpikingNetwork):
+        raise ValueError("distill > 0 needs the ANN to distill from: pass teacher=... (a SpikingNetwork does not "
+                         "carry its source's weights)")
+    else:
+        teacher = _place(resolve_model(model, checkpoint, pretrained, trust_checkpoint=trust_checkpoint)[0], device)[0]
     run = _Run(config, recipe, images, val, int(val_batch_size or config.train.batch_size), checkpoint_dir,
                progress, stop_after_epoch, started, teacher)
     if config.method == "qcfs":
@@ -274,21 +271,20 @@ class _Run:
     started: float
     teacher: Optional[nn.Module] = None  # the ANN distilled from (config.distill > 0)
 
-    def loss(self, logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
-             teacher_logits: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Cross-entropy with the labels, mixed with distillation from the teacher when there is one
-        (``teacher_logits``: the teacher's outputs for ``x`` when the caller has them already)."""
+    def loss(self, logits: torch.Tensor, y: torch.Tensor, teacher_logits: Optional[torch.Tensor]) -> torch.Tensor:
+        """Cross-entropy with the labels, mixed with distillation when there are teacher outputs."""
         ce = F.cross_entropy(logits, y)
-        if self.teacher is None:
-            return ce
         if teacher_logits is None:
-            teacher_logits = self.teacher_logits(x)
+            return ce
         t = float(self.config.distill_temperature)
         kd = F.kl_div(F.log_softmax(logits / t, -1), F.log_softmax(teacher_logits / t, -1), log_target=True,
                       reduction="batchmean") * (t * t)
         return (1 - self.config.distill) * ce + self.config.distill * kd
 
-    def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
+    def teacher_logits(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """The teacher's outputs for ``x`` (None without one)."""
+        if self.teacher is None:
+            return None
         with torch.no_grad():
             return self.teacher(x).float()
 
@@ -317,7 +313,7 @@ def _finetune_qcfs(ann: nn.Module, name: str, train_data, run: _Run, placed: tup
         if x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)  # ~2x faster convolutions on CPU
         logits = qgraph(x)
-        loss = run.loss(logits, x, y.to(device))
+        loss = run.loss(logits, y.to(device), run.teacher_logits(x))
         loss.backward()
         return loss.item(), logits.detach().cpu()
 
@@ -360,12 +356,12 @@ def _finetune_surrogate(model, train_data, run: _Run, device: DeviceLike, checkp
         x, y = x.to(device), y.to(device)
         total, loss = None, None
         budget_out = None
-        teacher_logits = run.teacher_logits(x) if run.teacher is not None else None
+        teacher_logits = run.teacher_logits(x)  # once per batch: every cut compares with the same outputs
         # chunks of steps between the cuts (larger convolution batches where memory allows)
         for t, out in enumerate(snn.steps(x, steps, window=math.gcd(window, T)), start=1):
             total = out if total is None else total + out
             if t % window == 0 or t % T == 0 or t == steps:
-                loss = run.loss(total / t, x, y, teacher_logits)
+                loss = run.loss(total / t, y, teacher_logits)
                 # later windows reuse the static prefix's graph: keep it until the last one
                 loss.backward(retain_graph=t < steps)
                 snn.detach_state()
