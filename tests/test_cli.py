@@ -18,7 +18,7 @@ import spikecast
 from spikecast.cli import COMMANDS, build_parser, main, parse_shape, parse_timesteps
 from spikecast.cli.args import RECIPE_FLAGS, eval_timesteps, recipe_from
 from spikecast.datasets import parse_data_spec, resolve_data
-from spikecast.recipe import Recipe
+from spikecast.recipe import AUTO_RECONSTRUCT_DROP, Recipe
 
 CLI = Path(spikecast.cli.__file__).parent
 
@@ -480,6 +480,22 @@ def test_reconstruct_timesteps_flag_sets_the_budget_trained_for():
         assert recipe.reconstruct_timesteps == value and recipe.calibration_timesteps == used, extra
     with pytest.raises(SystemExit):
         parser.parse_args(base + ["--reconstruct-timesteps", "0"])
+
+
+def test_reconstruct_drop_flag_sets_qdrop_and_its_absence_leaves_auto(capsys):
+    parser = build_parser()
+    base = ["convert", "m", "--data", "d", "--timesteps", "8"]
+    for extra, value, used in (([], "auto", AUTO_RECONSTRUCT_DROP), (["--reconstruct-drop", "0"], 0.0, 0.0),
+                               (["--reconstruct-drop", "0.25"], 0.25, 0.25),
+                               (["--reconstruct-timesteps", "8"], "auto", 0.0)):
+        args = parser.parse_args(base + extra)
+        eval_timesteps(args)
+        recipe = recipe_from(args)
+        assert recipe.reconstruct_drop == value and recipe.reconstruction_config().drop == used, extra
+    for bad in ("1", "-0.1", "half"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(base + ["--reconstruct-drop", bad])
+        assert "--reconstruct-drop" in capsys.readouterr().err
 
 
 def test_deprecated_aliases_map_to_the_new_names(capsys):

@@ -15,8 +15,8 @@ from spikecast.graph.sites import site_nodes
 from spikecast.pipeline import prepare
 from spikecast.quant.qcfs import DropMasks, QCFSSite, to_qcfs
 from spikecast.quant.reconstruct import ReconstructionConfig, _draw_batch, distill, reconstruct
-from spikecast.recipe import AUTO_PER_CHANNEL_LEVELS, AUTO_RECONSTRUCT_LEVELS, AUTO_RECONSTRUCT_TIMESTEPS, Recipe, \
-    recipe_of
+from spikecast.recipe import AUTO_PER_CHANNEL_LEVELS, AUTO_RECONSTRUCT_DROP, AUTO_RECONSTRUCT_LEVELS, \
+    AUTO_RECONSTRUCT_TIMESTEPS, Recipe, recipe_of
 from spikecast.zoo.digits import digits_tensors
 
 
@@ -157,14 +157,36 @@ def test_a_reconstruction_trains_for_at_most_four_steps_by_default_and_the_snn_r
     assert Recipe.from_dict({"timesteps": 16, "reconstruct": "auto"}).reconstruct_timesteps == "auto"
 
 
+def test_qdrop_only_where_the_reconstruction_trains_for_fewer_steps_than_the_network_runs():
+    assert Recipe().reconstruct_drop == "auto" and 0 < AUTO_RECONSTRUCT_DROP < 1
+    assert Recipe(timesteps=4).reconstruction_config().drop == 0.0  # trained for its whole budget
+    assert Recipe(timesteps=8).reconstruct_drop_used == AUTO_RECONSTRUCT_DROP  # trained for 4, runs 8
+    assert Recipe(timesteps=8).reconstruction_config().drop == AUTO_RECONSTRUCT_DROP
+    assert Recipe(timesteps=8, reconstruct_timesteps=8).reconstruction_config().drop == 0.0
+    assert Recipe(timesteps=2, levels=2).reconstruction_config().drop == 0.0
+    assert Recipe(timesteps=4, reconstruct_drop=0.25).reconstruction_config().drop == 0.25
+    assert Recipe(timesteps=8, reconstruct_drop=0).reconstruction_config().drop == 0.0
+    for bad in (1.0, -0.1, True, "half"):
+        with pytest.raises(ValueError, match="reconstruct_drop must be 'auto' or a fraction"):
+            Recipe(timesteps=8, reconstruct_drop=bad)
+    with pytest.raises(ValueError, match="this recipe does not reconstruct"):
+        Recipe(timesteps=16, reconstruct_drop=0.5)
+    # round trip; a recipe recorded before the field existed dropped nothing
+    assert Recipe.from_dict(Recipe(timesteps=8).to_dict()) == Recipe(timesteps=8)
+    old = {k: v for k, v in Recipe(timesteps=8).to_dict().items() if k != "reconstruct_drop"}
+    assert Recipe.from_dict(old).reconstruction_config().drop == 0.0
+    assert Recipe.from_dict({"timesteps": 16}).reconstruct_drop == "auto"  # no reconstruction: nothing to pin
+
+
 def test_a_network_trained_for_four_steps_and_run_for_eight_is_the_four_step_network(net):
     x = images()
+    # the T=8 default drops AUTO_RECONSTRUCT_DROP of the twin's roundings; the same share at T=4 gives its network
     settings = dict(reconstruct_steps=20, distill_steps=4, progress=False)
-    four = spikecast.convert(net, x, timesteps=4, **settings)
+    four = spikecast.convert(net, x, timesteps=4, reconstruct_drop=AUTO_RECONSTRUCT_DROP, **settings)
     eight = spikecast.convert(net, x, timesteps=8, **settings)
     assert eight.config.timesteps == 8 and four.config.timesteps == 4
     rebuilt = eight.metadata["reconstruction"]
-    assert rebuilt["levels"] == 4 and rebuilt["distill"]["timesteps"] == 4
+    assert rebuilt["levels"] == 4 and rebuilt["distill"]["timesteps"] == 4 and rebuilt["drop"] == AUTO_RECONSTRUCT_DROP
     assert eight.metadata["correction"]["timesteps"] == 4
     assert recipe_of(eight) == Recipe(timesteps=8, **{k: v for k, v in settings.items() if k != "progress"})
     a, b = four.graph_module.state_dict(), eight.graph_module.state_dict()

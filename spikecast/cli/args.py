@@ -17,8 +17,8 @@ from typing import Optional
 from spikecast.jobs import parse_timesteps
 from spikecast.nn.encoding import ENCODINGS
 from spikecast.nn.simulation import DEFAULT_EVAL_TIMESTEPS
-from spikecast.recipe import (AUTO_RECONSTRUCT_LEVELS, AUTO_RECONSTRUCT_TIMESTEPS, MAXPOOL_METHODS, PROFILES,
-                               RECONSTRUCT_MODES, Recipe, build_recipe)
+from spikecast.recipe import (AUTO_RECONSTRUCT_DROP, AUTO_RECONSTRUCT_LEVELS, AUTO_RECONSTRUCT_TIMESTEPS,
+                               MAXPOOL_METHODS, PROFILES, RECONSTRUCT_MODES, Recipe, build_recipe)
 
 __all__ = ["parse_timesteps", "parse_shape", "parse_floats", "parse_confidences", "positive_int", "int_flag",
            "Deprecated",
@@ -35,7 +35,8 @@ EVAL_DEFAULT = ",".join(str(t) for t in DEFAULT_EVAL_TIMESTEPS)
 #: Recipe fields with a flag of the same name, read by :func:`recipe_from` (``timesteps`` too).
 RECIPE_FLAGS = ("thresholds", "percentile", "per_channel", "correction", "correction_form", "signed", "levels", "v_init",
                 "mask_ratio", "mask_seed", "compensate", "encoding", "calib_images", "profile", "weight_bits",
-                "reconstruct", "reconstruct_steps", "distill_steps", "maxpool", "reconstruct_timesteps")
+                "reconstruct", "reconstruct_steps", "distill_steps", "maxpool", "reconstruct_timesteps",
+                "reconstruct_drop")
 
 
 def note(text: str) -> None:
@@ -64,6 +65,19 @@ def non_negative_int(text: str) -> int:
 def auto_or_positive_int(text: str):
     """``"auto"`` or a positive integer."""
     return "auto" if text == "auto" else _int_at_least(text, 1, "positive")
+
+
+def auto_or_fraction(text: str):
+    """``"auto"`` or a number in [0, 1)."""
+    if text == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a fraction in [0, 1), got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value:g}")
+    return value
 
 
 def int_flag(flag: str, text: Optional[str]) -> Optional[int]:
@@ -214,6 +228,10 @@ def add_recipe_args(p) -> None:
                    help="--reconstruct: the budget the reconstruction, correction and distillation train for; the "
                         "SNN still runs --timesteps (auto: --timesteps, at most "
                         f"{AUTO_RECONSTRUCT_TIMESTEPS}; default {r.reconstruct_timesteps})")
+    p.add_argument("--reconstruct-drop", type=auto_or_fraction, metavar="P",
+                   help="--reconstruct: share of the twin's activations passed unrounded at each step (QDrop; "
+                        f"auto: {AUTO_RECONSTRUCT_DROP:g} when it trains for fewer steps than --timesteps, else 0; "
+                        f"default {r.reconstruct_drop})")
     p.add_argument("--distill-steps", type=non_negative_int, metavar="N",
                    help="--reconstruct: steps of backpropagation through time that then train the SNN itself "
                         f"against the ANN, no labels (0: none; default {r.distill_steps})")
