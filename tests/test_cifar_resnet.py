@@ -26,7 +26,7 @@ def test_shared_resnet_converts_and_tracks_ann(name):
     from spikecast.data import cifar10_tensors
 
     ann = create_model(name, pretrained=True)
-    x_cal, _ = cifar10_tensors("train", limit=256)
+    x_cal, _ = cifar10_tensors("train", limit=128)  # 128, not 256: the correction's cost scales with it
     x, y = cifar10_tensors("test", limit=200)
     snn = spikecast.convert(ann, calib=(x_cal,), progress=False)  # the default recipe, calibrated for T=32
     # every F.relu of the authors' code became a neuron: 1 stem + 2 per block
@@ -34,8 +34,8 @@ def test_shared_resnet_converts_and_tracks_ann(name):
     assert len(snn.neurons()) == 1 + 2 * blocks
     assert snn.metadata["correction"]["timesteps"] == 32 and recipe_of(snn).thresholds == "mse"
     res = spikecast.validate(ann, snn, (x, y), timesteps=[8, 32], progress=False)
-    # measured on these 200 images: agreement at T=32 94% (ResNet-20) and 96% (ResNet-32), top-1 within
-    # 0.5 points of the ANN
+    # measured on these 200 images (128 calibration images, 2026-12-04): ResNet-32 agreement at T=32 95.5%,
+    # top-1 86.0% vs the ANN's 85.0%
     assert res.agreement[32] >= 0.9, res.table()
     assert res.snn_accuracy[32] >= res.ann_accuracy - 0.03, res.table()
     # more steps, closer to the ANN
