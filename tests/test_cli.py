@@ -19,6 +19,7 @@ from spikecast.cli import COMMANDS, build_parser, main, parse_shape, parse_times
 from spikecast.cli.args import RECIPE_FLAGS, eval_timesteps, recipe_from
 from spikecast.datasets import parse_data_spec, resolve_data
 from spikecast.recipe import AUTO_RECONSTRUCT_DROP, Recipe
+from spikecast.train.loop import CHECKPOINT_MINUTES
 
 CLI = Path(spikecast.cli.__file__).parent
 
@@ -496,6 +497,17 @@ def test_reconstruct_drop_flag_sets_qdrop_and_its_absence_leaves_auto(capsys):
         with pytest.raises(SystemExit):
             parser.parse_args(base + ["--reconstruct-drop", bad])
         assert "--reconstruct-drop" in capsys.readouterr().err
+
+
+def test_finetune_checkpoint_minutes_flag(capsys):
+    parser = build_parser()
+    base = ["finetune", "m", "--data", "d"]
+    assert parser.parse_args(base).checkpoint_minutes == CHECKPOINT_MINUTES
+    assert parser.parse_args(base + ["--checkpoint-minutes", "0"]).checkpoint_minutes == 0.0
+    for bad in ("-1", "soon", "nan"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(base + ["--checkpoint-minutes", bad])
+        assert "--checkpoint-minutes" in capsys.readouterr().err
 
 
 def test_deprecated_aliases_map_to_the_new_names(capsys):

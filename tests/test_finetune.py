@@ -301,6 +301,42 @@ def test_distillation_needs_a_teacher_and_a_weight_in_range(tiny, tmp_path):
 
 # ------------------------------------------------------------------------------------ loop: resume
 @pytest.mark.parametrize("method", ["qcfs", "surrogate"])
+def test_run_interrupted_inside_an_epoch_resumes_from_that_batch_to_the_same_weights(tiny, tmp_path, method):
+    x, y = toy_data(96)  # 3 batches per epoch
+    cfg = FinetuneConfig(method=method, levels=4, timesteps=2, correction="none",
+                         train=TrainConfig(epochs=3, lr=0.02, batch_size=32))
+    full = finetune(tiny, (x, y), cfg, progress=False)
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(KeyboardInterrupt, match="epoch 2, batch 2"):  # 1 + 2/3 epochs: step 5 of 9
+        finetune(tiny, (x, y), cfg, checkpoint_dir=ckpt, progress=False, stop_after_epoch=5 / 3, checkpoint_minutes=0)
+    state = torch.load(ckpt / CHECKPOINT_FILE, weights_only=True)
+    assert (state["epoch"], state["batch"], state["step"], len(state["history"])) == (1, 2, 5, 1)
+    resumed = finetune(tiny, (x, y), cfg, checkpoint_dir=ckpt, progress=False)
+    history = resumed.metadata["finetune"]["history"]
+    assert [e["epoch"] for e in history] == [1, 2, 3]
+    for (k, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), k
+    # the resumed epoch's loss and accuracy count its batches from before the interruption too
+    assert history[1]["train_accuracy"] == full.metadata["finetune"]["history"][1]["train_accuracy"]
+    assert history[1]["loss"] == pytest.approx(full.metadata["finetune"]["history"][1]["loss"])
+    # a finished run's checkpoint is an epoch's: resuming it trains nothing more
+    assert "batch" not in torch.load(ckpt / CHECKPOINT_FILE, weights_only=True)
+
+
+def test_checkpoints_only_after_epochs_lose_the_unfinished_one(tiny, tmp_path):
+    x, y = toy_data(96)
+    cfg = FinetuneConfig(method="qcfs", levels=4, correction="none",
+                         train=TrainConfig(epochs=2, lr=0.02, batch_size=32))
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        finetune(tiny, (x, y), cfg, checkpoint_dir=ckpt, progress=False, stop_after_epoch=0.67,
+                 checkpoint_minutes=None)
+    assert not (ckpt / CHECKPOINT_FILE).exists()
+    with pytest.raises(ValueError, match="checkpoint_minutes must be >= 0"):
+        finetune(tiny, (x, y), cfg, progress=False, checkpoint_minutes=-1)
+
+
+@pytest.mark.parametrize("method", ["qcfs", "surrogate"])
 def test_interrupted_finetune_resumes_to_the_same_weights(tiny, tmp_path, method):
     x, y = toy_data(96)
     cfg = FinetuneConfig(method=method, levels=4, timesteps=2, correction="none",

@@ -67,6 +67,16 @@ def auto_or_positive_int(text: str):
     return "auto" if text == "auto" else _int_at_least(text, 1, "positive")
 
 
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}") from None
+    if not value >= 0:  # (nan fails too)
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value:g}")
+    return value
+
+
 def auto_or_fraction(text: str):
     """``"auto"`` or a number in [0, 1)."""
     if text == "auto":

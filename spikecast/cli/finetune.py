@@ -7,14 +7,15 @@ import shutil
 import time
 
 from spikecast.cli.args import (CORRECTION_FORMS, CORRECTIONS, THRESHOLDS, Deprecated, add_data_args, add_eval_args,
-                                add_model_args, eval_timesteps, int_flag, note, parse_confidences,
-                                positive_int)
+                                add_model_args, eval_timesteps, int_flag, non_negative_float, note,
+                                parse_confidences, positive_int)
 from spikecast.cli.common import device_of, exit_code, model_from, normalisation, out_path, say
 from spikecast.datasets import parse_data_spec
 from spikecast.jobs import (ORIGIN_KEY, environment, load_data, open_eval_data, origin, seconds_text, split_name,
                             timesteps_text, write_validation)
 from spikecast.runtime.network import SpikingNetwork
 from spikecast.train import FinetuneConfig, TrainConfig, finetune
+from spikecast.train.loop import CHECKPOINT_MINUTES
 from spikecast.validate import validate
 
 
@@ -23,7 +24,8 @@ def register(sub, parents) -> None:
                        description="Fine-tune MODEL with labels for a few-timestep SNN: --method qcfs trains the ANN with "
                                    "L-level quantised clip-floor-shift activations and converts it (T = L reproduces "
                                    "it), --method surrogate runs backpropagation through time in the converted SNN "
-                                   "for --timesteps T steps. A checkpoint is written every epoch to DIR/checkpoints; "
+                                   "for --timesteps T steps. A checkpoint is written to DIR/checkpoints every epoch and "
+                                   "every --checkpoint-minutes inside one; "
                                    "running the same command again resumes. Saves DIR/snn and the validation like "
                                    "`convert`.")
     p.add_argument("model", metavar="MODEL", help="zoo:<name>, a timm name, or file.py:Name")
@@ -63,6 +65,9 @@ def register(sub, parents) -> None:
     p.add_argument("--distill-temperature", type=float, metavar="TAU",
                    help="softmax temperature of the distillation (default 1)")
     p.add_argument("--init-snn", metavar="SNN_DIR", help="surrogate: start from this saved SNN instead of converting")
+    p.add_argument("--checkpoint-minutes", type=non_negative_float, default=CHECKPOINT_MINUTES, metavar="M",
+                   help=f"minutes between the checkpoints written inside an epoch (default {CHECKPOINT_MINUTES:g}; "
+                        "0: after every batch)")
     p.add_argument("--restart", action="store_true", help="ignore (delete) existing checkpoints")
     p.add_argument("--out", default="spikecast-finetune", metavar="DIR")
     p.set_defaults(func=run)
@@ -123,7 +128,7 @@ def run(args) -> int:
         f"{args.epochs:g} epoch(s) on {len(x_train)} training images (checkpoints: {ckpt}/)")
     # the teacher is the ANN MODEL names, also when the surrogate route starts from a saved SNN
     snn = finetune(source, (x_train, y_train), config, checkpoint_dir=ckpt, device=device, progress=True,
-                   teacher=model.ann if config.distill > 0 else None)
+                   teacher=model.ann if config.distill > 0 else None, checkpoint_minutes=args.checkpoint_minutes)
     say(f"  fine-tuned in {seconds_text(snn.metadata['finetune']['seconds'])}")
     say(f"  validating the SNN against the ANN at T = {timesteps_text(timesteps)} on {len(images)} images...")
     result = validate(model.ann, snn, images.batches(args.batch_size, args.workers), timesteps=timesteps,

@@ -12,7 +12,7 @@
   from a converted SNN - the hybrid route with conversion as initialisation. ``bptt_window``
   truncates backpropagation to windows of that many steps so memory does not grow with ``T``.
 
-Both run through :func:`spikecast.train.loop.train` (checkpoint every epoch, resume).
+Both run through :func:`spikecast.train.loop.train` (checkpoints every epoch and every ten minutes inside one, resume).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from spikecast.pipeline import build_snn, convert, prepare, read_calibration_set
 from spikecast.quant.qcfs import freeze, qcfs_thresholds, to_qcfs, trainable_copy
 from spikecast.recipe import Recipe
 from spikecast.runtime.network import SpikingNetwork
-from spikecast.train.loop import TrainConfig, config_dict, labelled_tensors, train
+from spikecast.train.loop import CHECKPOINT_MINUTES, TrainConfig, config_dict, labelled_tensors, train
 
 METHODS = ("qcfs", "surrogate")
 
@@ -148,7 +148,8 @@ def finetune(
     device: DeviceLike = None,
     val_batch_size: Optional[int] = None,
     progress: bool = True,
-    stop_after_epoch: Optional[int] = None,
+    stop_after_epoch: Optional[float] = None,
+    checkpoint_minutes: Optional[float] = CHECKPOINT_MINUTES,
     **settings,
 ) -> SpikingNetwork:
     """Fine-tune with labels and return the spiking network (see the module docstring).
@@ -173,9 +174,13 @@ def finetune(
         teacher: the ANN distilled from when ``config.distill > 0`` (default: ``model``, the
             source ANN; needed when ``model`` is a :class:`SpikingNetwork`, which does not carry
             its source's weights).
-        checkpoint_dir: folder for the per-epoch checkpoint; an interrupted run called again with
-            the same arguments resumes after the last finished epoch.
-        stop_after_epoch: end after that epoch as an interruption would (for tests).
+        checkpoint_dir: folder for the checkpoint, written after every epoch and every
+            ``checkpoint_minutes`` inside one (0: after every batch; None: after epochs only); an
+            interrupted run called again with the same arguments resumes where the checkpoint was
+            written, mid-epoch included (with in-memory ``(x, y)``, to the weights an
+            uninterrupted run reaches; a DataLoader's batches are drawn again as it gives them).
+        stop_after_epoch: end as an interruption would once this many epochs are done (may be
+            fractional: 0.5 is half the first epoch's batches; for tests).
 
     Returns:
         A :class:`SpikingNetwork` with the metadata of ``convert`` (its recipe is
@@ -186,6 +191,8 @@ def finetune(
     config = with_settings(config or FinetuneConfig(), settings)
     if config.method == "qcfs" and isinstance(model, SpikingNetwork):
         raise TypeError("method='qcfs' fine-tunes the ANN: pass the source model, not a SpikingNetwork")
+    if checkpoint_minutes is not None and not checkpoint_minutes >= 0:
+        raise ValueError(f"checkpoint_minutes must be >= 0 or None, got {checkpoint_minutes}")
     if device is not None:
         resolve_device(device)  # an unavailable device fails here, before any work
     recipe = config.recipe()
@@ -201,7 +208,7 @@ def finetune(
     else:
         teacher = _place(resolve_model(model, checkpoint, pretrained, trust_checkpoint=trust_checkpoint)[0], device)[0]
     run = _Run(config, recipe, images, val, int(val_batch_size or config.train.batch_size), checkpoint_dir,
-               progress, stop_after_epoch, started, teacher)
+               progress, stop_after_epoch, started, teacher, checkpoint_minutes)
     if config.method == "qcfs":
         ann, source = resolve_model(model, checkpoint, pretrained, trust_checkpoint=trust_checkpoint)
         snn, history = _finetune_qcfs(ann, source, train_data, run, _place(ann, device))
@@ -267,9 +274,10 @@ class _Run:
     val_batch_size: int
     checkpoint_dir: Optional[Union[str, Path]]
     progress: bool
-    stop_after_epoch: Optional[int]
+    stop_after_epoch: Optional[float]
     started: float
     teacher: Optional[nn.Module] = None  # the ANN distilled from (config.distill > 0)
+    checkpoint_minutes: Optional[float] = CHECKPOINT_MINUTES
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor, teacher_logits: Optional[torch.Tensor]) -> torch.Tensor:
         """Cross-entropy with the labels, mixed with distillation when there are teacher outputs."""
@@ -321,7 +329,8 @@ def _finetune_qcfs(ann: nn.Module, name: str, train_data, run: _Run, placed: tup
     history = train(qgraph, params, batch_step, train_data, config.train,
                     fingerprint=_fingerprint(config, name, _data_size(train_data)),
                     checkpoint_dir=run.checkpoint_dir, evaluate=evaluate, description=f"QCFS L={config.levels}",
-                    progress=run.progress, stop_after_epoch=run.stop_after_epoch)
+                    progress=run.progress, stop_after_epoch=run.stop_after_epoch,
+                    checkpoint_minutes=run.checkpoint_minutes)
     freeze(qgraph)
     # thresholds = the fine-tuned clips; the QCFS graph is the correction's teacher
     snn = build_snn(qcfs_thresholds(qgraph), images, recipe, source=name, calibrated=True, stats=stats,
@@ -375,7 +384,8 @@ def _finetune_surrogate(model, train_data, run: _Run, device: DeviceLike, checkp
     history = train(snn.graph_module, params, batch_step, train_data, config.train,
                     fingerprint=_fingerprint(config, source, _data_size(train_data)),
                     checkpoint_dir=run.checkpoint_dir, evaluate=evaluate, description=f"surrogate T={T}",
-                    progress=run.progress, stop_after_epoch=run.stop_after_epoch)
+                    progress=run.progress, stop_after_epoch=run.stop_after_epoch,
+                    checkpoint_minutes=run.checkpoint_minutes)
     freeze(snn.graph_module)
     snn.reset()
     return snn, history, source

@@ -10,9 +10,13 @@ the backward pass); the loop owns everything else:
 * a deterministic epoch order: in-memory data is shuffled and augmented (random crop with zero
   padding, horizontal flip) from a generator seeded by ``(seed, epoch)``, so a resumed run sees
   the same batches as an uninterrupted one;
-* a checkpoint after every epoch (weights, optimizer, schedule, history; written to a temporary
-  file and renamed, so an interruption never leaves a broken one) that a later call with the same
-  fingerprint resumes from - loadable with ``torch.load(weights_only=True)``.
+* a checkpoint after every epoch, and inside an epoch every ``checkpoint_minutes`` (default
+  :data:`CHECKPOINT_MINUTES`: an ImageNet epoch on one GPU, or a CIFAR one on a CPU, is hours that
+  an interruption would otherwise lose) - weights, optimizer, schedule, history and the batch
+  reached; written to a temporary file and renamed, so an interruption never leaves a broken one.
+  A later call with the same fingerprint resumes from it - mid-epoch, by drawing the epoch's
+  batches again up to the one reached (in-memory data then continues exactly as an uninterrupted
+  run would) - and it loads with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from spikecast.data import TensorBatches, as_loader, augment_batch, split_batch
 from spikecast.progress import progress_bar
 
 CHECKPOINT_FILE = "finetune.pt"
+#: minutes between the checkpoints written inside an epoch (``train(checkpoint_minutes=...)``)
+CHECKPOINT_MINUTES = 10.0
 
 AUGMENTATIONS = ("auto", "crop-flip", "crop", "none")
 OPTIMIZERS = ("sgd", "adamw")
@@ -158,15 +164,21 @@ def train(
     evaluate: Optional[Callable[[], float]] = None,
     description: str = "fine-tune",
     progress: bool = True,
-    stop_after_epoch: Optional[int] = None,
+    stop_after_epoch: Optional[float] = None,
+    checkpoint_minutes: Optional[float] = CHECKPOINT_MINUTES,
 ) -> TrainHistory:
     """Train ``params`` of ``module`` for ``config.epochs`` epochs; resume from ``checkpoint_dir``.
 
     ``fingerprint``: what identifies the run (source model, method, settings). A checkpoint with a
     different fingerprint is refused rather than silently mixed in. ``evaluate()`` (optional)
-    returns a validation accuracy at the end of each epoch. ``stop_after_epoch`` ends the call after
-    that epoch as an interruption would (tests of resume).
+    returns a validation accuracy at the end of each epoch. ``checkpoint_minutes``: a checkpoint is
+    also written inside an epoch once this many minutes have passed since the last one (0: after
+    every batch; None: after epochs only). ``stop_after_epoch`` ends the call as an interruption
+    would once that many epochs are done - fractional: ``0.5`` after half the batches of the first
+    (tests of resume).
     """
+    if checkpoint_minutes is not None and not checkpoint_minutes >= 0:
+        raise ValueError(f"checkpoint_minutes must be >= 0 or None, got {checkpoint_minutes}")
     no_decay = {id(p) for p in params if p.dim() <= 1 or getattr(p, "_spikecast_no_decay", False)}
     groups = [{"params": [p for p in params if id(p) not in no_decay], "weight_decay": config.weight_decay},
               {"params": [p for p in params if id(p) in no_decay], "weight_decay": 0.0}]
@@ -182,6 +194,8 @@ def train(
     total_steps = sum(epoch_lengths)
     warmup_steps = min(round(config.warmup_epochs * per_epoch), total_steps)
     history, start_epoch, step = TrainHistory(), 0, 0
+    # inside an unfinished epoch: batches done and their loss / correct / seen / seconds so far
+    done, partial = 0, (0.0, 0, 0, 0.0)
 
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir is not None else None
     if ckpt_path is not None and ckpt_path.is_file():
@@ -193,19 +207,40 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         history.epochs = list(state["history"])
         start_epoch, step = int(state["epoch"]), int(state["step"])
+        done = int(state.get("batch", 0))  # checkpoints written before mid-epoch ones have none
+        if done:
+            partial = tuple(state["partial"])
         if progress:
-            print(f"resuming {description} from {ckpt_path} after epoch {start_epoch}", file=sys.stderr)
+            where = f", batch {done}" if done else ""
+            print(f"resuming {description} from {ckpt_path} after epoch {start_epoch}{where}", file=sys.stderr)
+
+    def save(epoch_done: int, batch: int, sums: tuple = (0.0, 0, 0, 0.0)) -> float:
+        state = {"fingerprint": fingerprint, "epoch": epoch_done, "step": step, "module": module.state_dict(),
+                 "optimizer": optimizer.state_dict(), "history": history.epochs}
+        if batch:
+            state.update(batch=batch, partial=list(sums))
+        save_checkpoint(ckpt_path, state)
+        return time.perf_counter()
+
+    saved = time.perf_counter()
+    stop_step = (None if stop_after_epoch is None else
+                 sum(epoch_lengths[:int(stop_after_epoch)])
+                 + round((stop_after_epoch % 1) * epoch_lengths[min(int(stop_after_epoch), len(epoch_lengths) - 1)]))
 
     for epoch in range(start_epoch, len(epoch_lengths)):
         started = time.perf_counter()
         batches, _ = epoch_batches(data, config, epoch)
         n_batches = epoch_lengths[epoch]
-        loss_sum, correct, seen = 0.0, 0, 0
+        loss_sum, correct, seen, before = partial if epoch == start_epoch else (0.0, 0, 0, 0.0)
+        skip = done if epoch == start_epoch else 0
         module.train()
         with progress_bar(f"{description} epoch {epoch + 1}/{len(epoch_lengths)}", n_batches, progress) as bar:
             for b, batch in enumerate(batches):
                 if b >= n_batches:
                     break
+                if b < skip:  # done before the interruption: drawn (and augmented) again to keep the order
+                    bar.advance()
+                    continue
                 x, y = split_batch(batch)
                 if y is None:
                     raise ValueError("fine-tuning needs labelled batches (x, y)")
@@ -226,9 +261,15 @@ def train(
                 bar.update(description=f"{description} epoch {epoch + 1}/{len(epoch_lengths)} "
                                        f"loss {loss_sum / seen:.3f} acc {100 * correct / seen:.1f}%")
                 bar.advance()
+                sums = (loss_sum, correct, seen, before + time.perf_counter() - started)
+                if (ckpt_path is not None and checkpoint_minutes is not None and b + 1 < n_batches
+                        and time.perf_counter() - saved >= 60 * checkpoint_minutes):
+                    saved = save(epoch, b + 1, sums)
+                if stop_step is not None and step >= stop_step and b + 1 < n_batches:
+                    raise KeyboardInterrupt(f"stopped at epoch {epoch + 1}, batch {b + 1} (stop_after_epoch)")
         module.eval()
         entry = {"epoch": epoch + 1, "loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
-                 "batches": n_batches, "seconds": round(time.perf_counter() - started, 2)}
+                 "batches": n_batches, "seconds": round(before + time.perf_counter() - started, 2)}
         if evaluate is not None:
             entry["val_accuracy"] = float(evaluate())
         history.epochs.append(entry)
@@ -237,10 +278,8 @@ def train(
             print(f"{description} epoch {epoch + 1}/{len(epoch_lengths)}: loss {entry['loss']:.4f}, "
                   f"train {100 * entry['train_accuracy']:.2f}%{val} ({entry['seconds']:.0f} s)", file=sys.stderr)
         if ckpt_path is not None:
-            save_checkpoint(ckpt_path, {"fingerprint": fingerprint, "epoch": epoch + 1, "step": step,
-                                        "module": module.state_dict(), "optimizer": optimizer.state_dict(),
-                                        "history": history.epochs})
-        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < len(epoch_lengths):
+            saved = save(epoch + 1, 0)
+        if stop_step is not None and step >= stop_step and epoch + 1 < len(epoch_lengths):
             raise KeyboardInterrupt(f"stopped after epoch {epoch + 1} (stop_after_epoch)")
     return history
 
