@@ -32,20 +32,17 @@ resumes them instead of training again.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 import spikecast
-from spikecast.graph import serialize
 from spikecast.train import FinetuneConfig, TrainConfig, finetune
 from spikecast.zoo import create_model
 
 import results_file
 from bench_data import cifar10
+from row_store import RowStore
 
 COLUMNS = (4, 8, 16, 32, 64)
 #: the surrogate fine-tune's length bench_finetune.py used before this comparison (and its checkpoint
@@ -98,34 +95,6 @@ def top1(snn, x, y) -> dict[int, float]:
     return {T: n / len(x) for T, n in out.items()}
 
 
-def _sha(chunks) -> str:
-    h = hashlib.sha256()
-    for chunk in chunks:
-        h.update(chunk if isinstance(chunk, bytes) else str(chunk).encode())
-    return h.hexdigest()
-
-
-def source_digest() -> str:
-    """The spikecast package's Python sources: a stored row is reused only by the code that measured it."""
-    root = Path(spikecast.__file__).parent
-    return _sha(part for f in sorted(root.rglob("*.py")) for part in (f.relative_to(root).as_posix(), f.read_bytes()))
-
-
-def tensor_digest(*tensors: torch.Tensor) -> str:
-    return _sha(part for t in tensors for part in (t.dtype, tuple(t.shape), t.detach().cpu().contiguous().numpy()
-                                                    .tobytes()))
-
-
-def network_digest(snn) -> str:
-    """What a network computes: its tensors, simulation settings and graph (not its metadata, which
-    holds wall times)."""
-    gm = snn.graph_module
-    state = gm.state_dict()
-    return _sha([tensor_digest(*(state[k] for k in sorted(state))), ",".join(sorted(state)),
-                 json.dumps(asdict(snn.config), sort_keys=True),
-                 json.dumps(serialize.graph_to_json(gm), sort_keys=True)])
-
-
 def describe(key: tuple[str, float, float]) -> str:
     """A single-spike surrogate fine-tune's (start, epochs, distillation weight) in words."""
     start, epochs, distill = key
@@ -154,7 +123,7 @@ class Network:
         self.work = Path(args.work) / name
         # class-balanced: the split's own order is by class, so its first 2000 images are four classes
         self.x_val, self.y_val = cifar10("val", args.images)
-        self.images, self.code = tensor_digest(self.x_val, self.y_val), source_digest()
+        self.store = RowStore(self.work / "rows.json", self.x_val, self.y_val)
         self.x_cal, _ = cifar10("train", 512)
         self.x_train, self.y_train = cifar10("train")
         self.ann = create_model(name, pretrained=True)
@@ -165,17 +134,8 @@ class Network:
         """Top-1 at each T; read from ``rows.json`` in the work folder when this script measured the same
         network on the same images with the same spikecast sources before (an earlier sitting)."""
         device = self.args.device
-        store = self.work / "rows.json"
-        stored = json.loads(store.read_text()) if store.is_file() else {}
-        key = _sha([self.code, network_digest(snn), self.images, COLUMNS])
-        if key in stored:
-            acc = {int(t): a for t, a in stored[key].items()}
-        else:
-            acc = top1(snn.to(device), self.x_val.to(device), self.y_val.to(device))
-            stored[key] = acc
-            store.parent.mkdir(parents=True, exist_ok=True)
-            store.with_suffix(".tmp").write_text(json.dumps(stored, indent=1))
-            store.with_suffix(".tmp").replace(store)
+        acc = self.store.accuracy(snn, COLUMNS, lambda: top1(snn.to(device), self.x_val.to(device),
+                                                            self.y_val.to(device)))
         self.rows.append(f"| {self.name} | {label} | " + " | ".join(f"{100 * acc[T]:.2f}%" for T in COLUMNS) + " |")
         print(self.rows[-1], flush=True)
         return acc
