@@ -1,7 +1,7 @@
 """Fine-tuning and quantisation of the shared CIFAR-10 ResNets (full 10,000-image test set).
 
 Fine-tuning reads the 45,000-image train split with labels; the 5,000-image validation split
-decides which fine-tuned network is kept (QCFS alone or QCFS + surrogate BPTT: the higher
+decides which fine-tuned network is kept (QCFS alone or the surrogate BPTT fine-tune: the higher
 validation top-1 at T = L, a rule fixed here); the int8 / int4 / integer-arithmetic rows are made
 from that network. The test set is read once per reported number.
 
