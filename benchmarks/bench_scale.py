@@ -270,8 +270,9 @@ def write(name: str, args, run, conv: list[str], sim: list[str], notes: list[str
         "|---|---|---:|---:|---:|---:|", *sim, "", *[f"- {n}" for n in notes]])
     print(body)
     if not args.no_write:
+        # section "scale" held resnet50's numbers before each model had a section of its own
         run.write(f"scale-{name.replace('_', '-')}", f"ImageNet-size models: {name} (conversion, simulation, memory)",
-                  body)
+                  body, replaces=("scale",) if name == "resnet50" else ())
 
 
 if __name__ == "__main__":

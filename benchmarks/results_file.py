@@ -119,24 +119,33 @@ class Run:
                 f"{machine()} · {self.threads} torch threads · load average (1 / 5 / 15 min) "
                 f"{self.load_before} before, {load_average()} after")
 
-    def write(self, slug: str, heading: str, body: str, path: Path = RESULTS) -> str:
+    def write(self, slug: str, heading: str, body: str, path: Path = RESULTS, replaces: tuple[str, ...] = ()) -> str:
         """Write section ``slug`` (``## heading`` + body + the Run line) into RESULTS.md, replacing
-        that section only; returns the section's text."""
+        that section only; returns the section's text.
+
+        ``replaces``: sections an older version of the same script wrote under other names (their
+        numbers are now this section's); they are removed, so a stale copy cannot outlive the re-run."""
         if not re.fullmatch(r"[a-z0-9-]+", slug):
             raise ValueError(f"section slug must be lowercase letters, digits and '-', got {slug!r}")
         block = (f'<!-- BEGIN RESULTS section="{slug}" script="{self.script}" -->\n'
                  f"## {heading}\n\n{body.strip()}\n\n{self.provenance()}\n"
                  f'<!-- END RESULTS section="{slug}" -->\n')
         text = path.read_text() if path.exists() else TITLE
+        for old in replaces:
+            if old != slug:
+                text = _put_section(text, old, "", append=False)
         path.write_text(_put_section(text, slug, block))
         return block
 
 
-def _put_section(text: str, slug: str, block: str) -> str:
-    """``text`` with section ``slug`` replaced by ``block`` (appended when absent)."""
+def _put_section(text: str, slug: str, block: str, append: bool = True) -> str:
+    """``text`` with section ``slug`` replaced by ``block`` (appended when absent, unless not ``append``)."""
     pattern = re.compile(rf'^<!-- BEGIN RESULTS section="{re.escape(slug)}" .*?'
-                         rf'^<!-- END RESULTS section="{re.escape(slug)}" -->\n', re.S | re.M)
-    text = pattern.sub(lambda _m: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block
+                         rf'^<!-- END RESULTS section="{re.escape(slug)}" -->\n\n?', re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _m: block + ("\n" if block and _m.group(0).endswith("\n\n") else ""), text)
+    elif append:
+        text = text.rstrip() + "\n\n" + block
     return text.rstrip() + "\n"
 
 

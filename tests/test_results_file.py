@@ -152,6 +152,15 @@ def test_write_replace_and_merge(tmp_path):
     merged = rf.sections(path)
     assert "three" in merged["second"] and "merged" in merged["second"] and "2.00%" in merged["first"]
 
+    # a section an older version of the script wrote under another name goes when its successor is written
+    run.write("legacy", "Legacy", "| 7.77% |", path)
+    run.write("successor", "Successor", "| 8.88% |", path, replaces=("legacy", "never-written"))
+    text = path.read_text()
+    assert "7.77%" not in text and "8.88%" in text and set(rf.sections(path)) == {"first", "second", "successor"}
+    assert "\n\n\n" not in text and len(RUN_LINE.findall(text)) == 3
+    run.write("successor", "Successor", "| 8.89% |", path, replaces=("successor",))  # itself: replaced, kept
+    assert "8.89%" in path.read_text() and "successor" in rf.sections(path)
+
     path.write_text(path.read_text() + "\n## Typed by hand\n\n| 9.99% |\n")
     assert rf.prune(path) == ["Typed by hand"]
-    assert "9.99%" not in path.read_text() and set(rf.sections(path)) == {"first", "second"}
+    assert "9.99%" not in path.read_text() and set(rf.sections(path)) == {"first", "second", "successor"}
