@@ -18,6 +18,7 @@ number the README quotes from a section appears in it.
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import platform
 import re
@@ -53,12 +54,31 @@ def cpu_name() -> str:
     return cpu
 
 
+# Libraries whose versions can move a section's numbers, named on its Run line when the script loaded
+# them: pip resolves them afresh on each machine (only torch is capped), and an int8 ANN's top-1 read
+# 81.34% and 80.64% in two runs of the same sources in two sessions, with nothing recorded to tell why.
+VERSIONED = ("numpy", "onnx", "onnxruntime", "timm", "spikingjelly", "sinabs", "snntorch", "norse", "rockpool", "nir")
+
+
+def loaded_versions() -> list[str]:
+    """``"name version"`` for each of :data:`VERSIONED` this process has imported."""
+    found = []
+    for name in VERSIONED:
+        if name in sys.modules:
+            try:
+                found.append(f"{name} {importlib.metadata.version(name)}")
+            except importlib.metadata.PackageNotFoundError:  # imported from a source tree, not installed
+                found.append(f"{name} {getattr(sys.modules[name], '__version__', '(version unknown)')}")
+    return found
+
+
 def machine() -> str:
-    """The machine in words: CPU (or GPU), logical CPUs, torch / Python versions."""
+    """The machine in words: CPU (or GPU), logical CPUs, torch / Python versions, and the versions of
+    the other libraries loaded that can move numbers (:data:`VERSIONED`)."""
     what = f"{cpu_name()}, {os.cpu_count()} logical CPUs"
     if torch.cuda.is_available():
         what += f", GPU {torch.cuda.get_device_name(0)}"
-    return f"{what}; torch {torch.__version__}; Python {platform.python_version()}"
+    return "; ".join([what, f"torch {torch.__version__}", f"Python {platform.python_version()}", *loaded_versions()])
 
 
 def git_commit() -> str:

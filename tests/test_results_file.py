@@ -164,3 +164,18 @@ def test_write_replace_and_merge(tmp_path):
     path.write_text(path.read_text() + "\n## Typed by hand\n\n| 9.99% |\n")
     assert rf.prune(path) == ["Typed by hand"]
     assert "9.99%" not in path.read_text() and set(rf.sections(path)) == {"first", "second", "successor"}
+
+
+def test_run_line_names_the_versions_of_libraries_the_script_loaded(monkeypatch):
+    """A section's numbers can move with onnxruntime's or timm's version (pip resolves them afresh
+    on each machine): the machine part of the Run line names each one the script imported, and
+    none it did not."""
+    import onnxruntime  # noqa: F401 - loaded, as a script using it would
+
+    results_file = _results_file()
+    monkeypatch.setattr(results_file, "VERSIONED", (*results_file.VERSIONED, "not_a_loaded_library"))
+    described = results_file.machine()
+    assert f"onnxruntime {onnxruntime.__version__}" in described
+    assert f"torch {results_file.torch.__version__}" in described
+    assert "not_a_loaded_library" not in described
+    assert "·" not in described  # the Run line's fields are separated by it
