@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import math
 import time
 from pathlib import Path
@@ -76,8 +77,10 @@ def validate(ann, snn, x, y, timesteps):
 
 
 def on_cpu(snn):
-    """A CPU copy (integer arithmetic and onnxruntime run on the CPU)."""
-    return snn if next(snn.parameters()).device.type == "cpu" else copy.deepcopy(snn).cpu()
+    """A CPU copy (integer arithmetic and onnxruntime run on the CPU). A network loaded from disk may
+    hold its weights as buffers only (no parameters), so both are looked at."""
+    first = next(itertools.chain(snn.parameters(), snn.buffers()), None)
+    return snn if first is None or first.device.type == "cpu" else copy.deepcopy(snn).cpu()
 
 
 def load_or(path: Path, build):

@@ -41,6 +41,7 @@ import torch
 import torch.fx as fx
 
 from spikecast.convert.spiking import to_spiking
+from spikecast.devices import device_of
 from spikecast.errors import UnsupportedSite
 from spikecast.graph import ops
 from spikecast.graph.normalize import MAXPOOL_REWRITES, find_unsupported, fresh_copy, normalize, time_varying_nodes
@@ -337,7 +338,7 @@ def inspect(model: ModelLike, input_shape: Optional[Sequence[int]] = None, examp
     if maxpool not in MAXPOOL_REWRITES:
         raise ValueError(f"unknown maxpool method {maxpool!r}; choose one of {tuple(MAXPOOL_REWRITES)}")
     ann, name = resolve_model(model, checkpoint, bool(pretrained), trust_checkpoint=trust_checkpoint)
-    device = next((p.device for p in ann.parameters()), torch.device("cpu"))
+    device = device_of(ann) or torch.device("cpu")
     if example is None:
         if input_shape is None:
             input_shape = default_input_shape(model, ann)

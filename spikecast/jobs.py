@@ -34,7 +34,7 @@ from torch import nn
 
 from spikecast.data import TensorBatches
 from spikecast.datasets import DataSpec, ImageData, open_data, parse_data_spec, resolve_data
-from spikecast.devices import resolve_device
+from spikecast.devices import device_of, resolve_device
 from spikecast.errors import DataError, one_line
 from spikecast.models import data_defaults, parse_model_ref, resolve_model
 from spikecast.nn.simulation import DEFAULT_EVAL_TIMESTEPS
@@ -167,7 +167,7 @@ def open_eval_data(model: LoadedModel, spec: Union[str, DataSpec], limit: Option
 
 def check_model_runs(ann: nn.Module, x: torch.Tensor) -> None:
     """Run the ANN on two samples, turning a shape mismatch into a one-line :class:`DataError`."""
-    device = next((p.device for p in ann.parameters()), torch.device("cpu"))
+    device = device_of(ann) or torch.device("cpu")
     try:
         with torch.inference_mode():
             ann(x[:2].to(device))

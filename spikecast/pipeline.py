@@ -22,7 +22,7 @@ from spikecast.calibrate.thresholds import calibrate
 from spikecast.convert.correction import CorrectionConfig, correct_graph
 from spikecast.convert.spiking import to_spiking
 from spikecast.data import DataLike, input_channel_guard
-from spikecast.devices import DeviceLike, resolve_device
+from spikecast.devices import DeviceLike, device_of, resolve_device
 from spikecast.errors import CalibrationError
 from spikecast.export.nir import nir_form
 from spikecast.graph.normalize import MaxpoolRewrite, normalize
@@ -176,7 +176,7 @@ def convert(
         raise CalibrationError("convert() needs calibration data (`calib=`): a DataLoader, batches or a tensor")
     started = time.perf_counter()
     ann, name = resolve_model(model, checkpoint, pretrained, trust_checkpoint=trust_checkpoint)
-    home = next((p.device for p in ann.parameters()), None) or next((b.device for b in ann.buffers()), None)
+    home = device_of(ann)
     device = resolve_device(device, default=home or torch.device("cpu"))
     if home is not None and home != device:
         ann = copy.deepcopy(ann).to(device)  # the caller's model stays where it is

@@ -45,6 +45,7 @@ import torch.fx as fx
 
 from spikecast.calibrate.sample import CalibrationSet, as_calibration_set
 from spikecast.calibrate.statistics import broadcast_shape, channel_dim, channel_sum
+from spikecast.devices import device_of
 from spikecast.nn.neuron import IFNeuron
 from spikecast.errors import CalibrationError
 from spikecast.graph.sites import site_nodes
@@ -202,8 +203,7 @@ def correct_graph(snn_graph: fx.GraphModule, ann_graph: fx.GraphModule, images: 
     out = copy.deepcopy(snn_graph)
     if config.level == "none":
         return out, None
-    device = device or next((p.device for p in out.parameters()), None) or next(
-        (b.device for b in out.buffers()), torch.device("cpu"))
+    device = device or device_of(out) or torch.device("cpu")
     x = teacher_order(as_calibration_set(images).images)
     if config.max_images is not None:
         x = x[:config.max_images]

@@ -52,6 +52,7 @@ import torch.fx as fx
 from torch import nn
 
 from spikecast.calibrate.statistics import iterate_inputs
+from spikecast.devices import device_of
 from spikecast.errors import CalibrationError
 from spikecast.nn.stateful import StatefulModule
 from spikecast.runtime.network import StepCallback, mean_outputs, parse_budgets
@@ -366,7 +367,7 @@ def export_snn_step(snn, path: PathLike, *, example: torch.Tensor, opset: int = 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     example = example.detach()
-    device = next((t.device for t in snn.graph_module.parameters()), example.device)
+    device = device_of(snn.graph_module) or example.device
     example = example.to(device)
     wrapper = SnnStepModule(snn)  # the exporter traces in eval mode (and restores the mode)
     specs = wrapper.discover_states(example)

@@ -54,6 +54,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from spikecast.calibrate.statistics import iterate_inputs
 from spikecast.convert.compensation import compensated_nodes
+from spikecast.devices import device_of
 from spikecast.graph import ops
 from spikecast.graph.sites import site_nodes
 from spikecast.graph.trace import module_path
@@ -329,7 +330,7 @@ def count_ann_macs(ann: torch.nn.Module, example: torch.Tensor) -> dict[str, flo
     conversion does, so BN is folded), by the convention of :data:`MAC_CONVENTION`, from one run
     on ``example``; the caller's ANN is left on its device and in its modes."""
     state = ModuleState(ann)
-    device = next((p.device for p in ann.parameters()), example.device)
+    device = device_of(ann) or example.device
     try:
         state.use(device)
         x = example.to(device)
@@ -362,7 +363,7 @@ def measure_activity(ann: torch.nn.Module, snn: SpikingNetwork, data, timesteps:
     if not xs:
         raise ValueError("activity measurement needs at least one input batch")
     x = torch.cat(xs)[:max_images]
-    device = next((p.device for p in snn.parameters()), torch.device("cpu"))
+    device = device_of(snn) or torch.device("cpu")
     x = x.to(device)
 
     # ANN: activation at every site (by readable name) and dense MACs per weighted layer; the

@@ -38,6 +38,7 @@ import torch
 from spikecast.calibrate.statistics import iterate_inputs
 from spikecast.convert.compensation import compensated_nodes
 from spikecast.data import DataLike
+from spikecast.devices import device_of
 from spikecast.errors import SpikecastError
 from spikecast.graph import ops
 from spikecast.inspection import MAXPOOL_SPIKING, NEURON, inspect
@@ -314,7 +315,7 @@ def maxpool_record(ann: torch.nn.Module, snn: SpikingNetwork, example: torch.Ten
     decomposition, ``@max``), the spiking max-pools left, and the neuron layers on the longest path.
     None when ``ann`` has no max-pool."""
     recipe = recipe_of(snn)
-    device = next((p.device for p in ann.parameters()), torch.device("cpu"))
+    device = device_of(ann) or torch.device("cpu")
     state = ModuleState(ann)  # tracing puts the ANN in eval mode: the caller gets it back as it was
     try:
         found = inspect(ann, example=example.to(device), maxpool=recipe.maxpool, encoding=recipe.encoding,

@@ -32,7 +32,7 @@ from torch import nn
 from spikecast.calibrate.sample import CalibrationSet
 from spikecast.calibrate.thresholds import calibrate
 from spikecast.data import DataLike, as_loader, split_batch
-from spikecast.devices import DeviceLike, resolve_device
+from spikecast.devices import DeviceLike, device_of, resolve_device
 from spikecast.models import ModelLike, resolve_model
 from spikecast.pipeline import build_snn, convert, prepare, read_calibration_set
 from spikecast.quant.qcfs import freeze, qcfs_thresholds, to_qcfs, trainable_copy
@@ -127,10 +127,6 @@ def _accuracy(fn, val, batch_size: int, device: torch.device) -> float:
             correct += int((fn(x.to(device)).argmax(-1).cpu() == y.cpu()).sum())
             seen += len(y)
     return correct / max(seen, 1)
-
-
-def _model_device(module: nn.Module) -> Optional[torch.device]:
-    return next((p.device for p in module.parameters()), None) or next((b.device for b in module.buffers()), None)
 
 
 def finetune(
@@ -299,7 +295,7 @@ class _Run:
 
 def _place(module: nn.Module, device: DeviceLike) -> tuple[nn.Module, torch.device]:
     """``module`` on ``device`` (a copy when it lives elsewhere: the caller's module is not moved)."""
-    home = _model_device(module)
+    home = device_of(module)
     target = resolve_device(device, default=home or torch.device("cpu"))
     if home is not None and home != target:
         module = copy.deepcopy(module).to(target)
@@ -344,12 +340,12 @@ def _finetune_surrogate(model, train_data, run: _Run, device: DeviceLike, checkp
     if isinstance(model, SpikingNetwork):
         start = model
         source = str(model.metadata.get("source", "SpikingNetwork"))
-        device = resolve_device(device, default=_model_device(model.graph_module) or torch.device("cpu"))
+        device = resolve_device(device, default=device_of(model.graph_module) or torch.device("cpu"))
     else:
         start = convert(model, run.images, run.recipe, checkpoint=checkpoint, pretrained=pretrained,
                         trust_checkpoint=trust_checkpoint, device=device, progress=run.progress)
         source = str(start.metadata.get("source"))
-        device = _model_device(start.graph_module) or torch.device("cpu")  # where convert put it
+        device = device_of(start.graph_module) or torch.device("cpu")  # where convert put it
     graph, params = trainable_copy(start.graph_module)
     graph.to(device)  # in place: the parameters in `params` move with it
     snn = SpikingNetwork(graph, replace(start.config, timesteps=T), start.metadata)
